@@ -1,0 +1,175 @@
+"""Depthwise convolution with a depth multiplier, on two interchangeable paths.
+
+* ``"xla"`` — :func:`jax.lax.conv_general_dilated` with
+  ``feature_group_count=C``. cuDNN handles it well on GPU, but XLA's CPU
+  backend runs it at ~0.3 GFLOP/s (31 ms for 8×32×32×64, 3×3, on 2 cores).
+* ``"shift"`` — shift-and-add: pad once, then sum the ``kh·kw`` strided slices
+  of the input times the per-channel weights. Same output, 0.6 ms on the same
+  shape, because it is a handful of fused elementwise passes.
+
+``implementation="auto"`` picks per backend (see :func:`depthwise_implementation`);
+either path can be forced.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from efficonv._typing import Array, PrecisionLike
+from efficonv.kernels import _options as opt
+from efficonv.kernels._mac_scope import elementwise_macs
+from efficonv.kernels.conv import promote_operands
+
+DepthwiseImpl = Literal["auto", "shift", "xla"]
+_DEPTHWISE_IMPLS = ("auto", "shift", "xla")
+
+
+def depthwise_implementation(implementation: str = "auto", backend: str | None = None) -> str:
+  """Resolves ``implementation`` to the depthwise path that will run.
+
+  ``"auto"`` gives ``"shift"`` on CPU (measured ~50× faster than XLA's grouped
+  conv there) and ``"xla"`` elsewhere (cuDNN/TPU grouped convs are efficient).
+
+  Args:
+    implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
+    backend: a JAX platform name; the default backend when ``None``.
+
+  Returns:
+    ``"shift"`` or ``"xla"``.
+  """
+  if implementation not in _DEPTHWISE_IMPLS:
+    raise ValueError(
+      f"depthwise implementation must be one of {_DEPTHWISE_IMPLS}, got {implementation!r}"
+    )
+  if implementation != "auto":
+    return implementation
+  backend = backend or jax.default_backend()
+  return "shift" if backend == "cpu" else "xla"
+
+
+def _accumulation_dtype(dtype: jnp.dtype) -> jnp.dtype:
+  # Sums of k² products in bfloat16/float16 lose bits; accumulate in float32.
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def depthwise_valid(
+  xp: Array,
+  kernel: Array,
+  strides: tuple[int, int],
+  dilation: tuple[int, int],
+  implementation: str = "auto",
+  precision: PrecisionLike = None,
+) -> Array:
+  """Depthwise conv of an already padded input, no further padding.
+
+  Args:
+    xp: padded input ``(N, Hp, Wp, C)``.
+    kernel: ``(kh, kw, C, m)``; output channel ``c·m + j`` comes from input
+      channel ``c`` and multiplier index ``j`` (the ``lax`` grouped-conv order).
+    strides: ``(sh, sw)``.
+    dilation: ``(dh, dw)``.
+    implementation: ``"auto" | "shift" | "xla"``.
+    precision: used by the ``"xla"`` path.
+
+  Returns:
+    ``(N, H', W', C·m)``.
+  """
+  kh, kw, c, m = kernel.shape
+  impl = depthwise_implementation(implementation)
+  if impl == "xla":
+    xp, kernel = promote_operands(xp, kernel)
+    return jax.lax.conv_general_dilated(
+      xp,
+      kernel.reshape(kh, kw, 1, c * m),
+      window_strides=strides,
+      padding="VALID",
+      rhs_dilation=dilation,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=c,
+      precision=precision,
+    )
+  n, hp, wp, _ = xp.shape
+  ho = opt.output_size(hp, kh, strides[0], dilation[0], 0, 0)
+  wo = opt.output_size(wp, kw, strides[1], dilation[1], 0, 0)
+  acc_dtype = _accumulation_dtype(jnp.result_type(xp.dtype, kernel.dtype))
+  out_dtype = jnp.result_type(xp.dtype, kernel.dtype)
+  k = kernel.astype(acc_dtype)
+  acc = None
+  # The multiplies below are the conv's MACs; the scope lets efficonv.cost count them.
+  with elementwise_macs():
+    for i in range(kh):
+      for j in range(kw):
+        top, left = i * dilation[0], j * dilation[1]
+        window = jax.lax.slice(
+          xp,
+          (0, top, left, 0),
+          (n, top + (ho - 1) * strides[0] + 1, left + (wo - 1) * strides[1] + 1, c),
+          (1, strides[0], strides[1], 1),
+        ).astype(acc_dtype)
+        if m > 1:
+          term = window[..., None] * k[i, j][None, None, None]
+        else:
+          term = window * k[i, j, :, 0][None, None, None]
+        acc = term if acc is None else acc + term
+  assert acc is not None
+  return acc.reshape(n, ho, wo, c * m).astype(out_dtype)
+
+
+def depthwise(
+  x: Array,
+  kernel: Array,
+  *,
+  strides: int | tuple[int, int] = 1,
+  padding: opt.PaddingLike = "SAME",
+  dilation: int | tuple[int, int] = 1,
+  implementation: DepthwiseImpl = "auto",
+  precision: PrecisionLike = None,
+) -> Array:
+  """Depthwise convolution with depth multiplier ``m``.
+
+  .. math::
+    y_{n,h,w,c m + j} = \\sum_{a,b} x_{n, s_h h + d_h a, s_w w + d_w b, c}\\, K_{a,b,c,j}
+
+  Equal to ``conv(x, kernel.reshape(kh, kw, 1, C*m), feature_group_count=C)``.
+
+  Args:
+    x: ``(N, H, W, C)``.
+    kernel: ``(kh, kw, C, m)``.
+    strides: int or ``(sh, sw)``.
+    padding: any form accepted by :func:`efficonv.kernels.resolve_padding`.
+    dilation: int or ``(dh, dw)``.
+    implementation: ``"auto"`` (per backend), ``"shift"`` or ``"xla"``.
+    precision: used by the ``"xla"`` path.
+
+  Returns:
+    ``(N, H', W', C·m)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from efficonv.kernels import depthwise
+    >>> depthwise(jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 2)), strides=2).shape
+    (2, 4, 4, 8)
+  """
+  opt.check_input(x)
+  if getattr(kernel, "ndim", None) != 4 or kernel.shape[2] != x.shape[-1]:
+    raise ValueError(
+      f"kernel must have shape (kh, kw, {x.shape[-1]}, depth_multiplier) for x of shape "
+      f"{x.shape}, got {getattr(kernel, 'shape', None)}"
+    )
+  s = opt.pair(strides, "strides")
+  d = opt.pair(dilation, "dilation")
+  pads, mode = opt.resolve_padding(padding, x.shape[1:3], kernel.shape[:2], s, d)
+  return depthwise_valid(opt.pad_input(x, pads, mode), kernel, s, d, implementation, precision)
+
+
+def depthwise_shift(x: Array, kernel: Array, **kwargs) -> Array:
+  """:func:`depthwise` forced onto the shift-and-add path."""
+  return depthwise(x, kernel, implementation="shift", **kwargs)
+
+
+def depthwise_xla(x: Array, kernel: Array, **kwargs) -> Array:
+  """:func:`depthwise` forced onto XLA's grouped convolution."""
+  return depthwise(x, kernel, implementation="xla", **kwargs)

@@ -1,0 +1,251 @@
+"""The shared body of efficonv's factorized NNX convolution layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from efficonv._typing import Array, Dtype, PrecisionLike
+from efficonv.formats._base import IMPLEMENTATIONS, Format, Plan
+from efficonv.formats.init import Initializer
+from efficonv.kernels import _options as opt
+from efficonv.kernels.depthwise import _DEPTHWISE_IMPLS
+
+default_bias_init = nnx.initializers.zeros_init()
+
+
+def check_options(
+  in_features: int,
+  out_features: int,
+  kernel_size: int | Sequence[int],
+  strides: int | Sequence[int],
+  padding: opt.PaddingLike,
+  kernel_dilation: int | Sequence[int],
+  implementation: str,
+  depthwise_implementation: str,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+  """Validates the constructor arguments shared by every layer.
+
+  Returns:
+    ``(kernel_size, strides, kernel_dilation)`` as pairs.
+
+  Raises:
+    ValueError: naming the offending argument.
+  """
+  for name, value in (("in_features", in_features), ("out_features", out_features)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be a positive int, got {value!r}")
+  ks = opt.pair(kernel_size, "kernel_size")  # type: ignore[arg-type]
+  s = opt.pair(strides, "strides")  # type: ignore[arg-type]
+  d = opt.pair(kernel_dilation, "kernel_dilation")  # type: ignore[arg-type]
+  # Validates the padding's form now (sizes are checked per call).
+  opt.resolve_padding(padding, (10**6, 10**6), ks, s, d)
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+  if depthwise_implementation not in _DEPTHWISE_IMPLS:
+    raise ValueError(f"depthwise_implementation must be one of {_DEPTHWISE_IMPLS}, got {depthwise_implementation!r}")
+  return ks, s, d
+
+
+class FactorizedConv(nnx.Module):
+  """Base class: a conv layer whose kernel is held as a factor :class:`~efficonv.Format`.
+
+  Subclasses set ``format_type`` and create the factor parameters. The layer
+  stores each factor as an :class:`flax.nnx.Param` named like the format's
+  field (lists of factors in :class:`flax.nnx.List`), so optax, ``nnx.state``
+  filters and checkpoints see ordinary parameters.
+  """
+
+  format_type: ClassVar[type[Format]]
+
+  def _setup(
+    self,
+    fmt: Format,
+    *,
+    strides: tuple[int, int],
+    padding: opt.PaddingLike,
+    kernel_dilation: tuple[int, int],
+    use_bias: bool,
+    dtype: Dtype | None,
+    param_dtype: Dtype,
+    precision: PrecisionLike,
+    bias_init: Initializer,
+    implementation: str,
+    depthwise_implementation: str,
+    rngs: nnx.Rngs,
+  ) -> None:
+    self.in_features = fmt.in_features
+    self.out_features = fmt.out_features
+    self.kernel_size = fmt.kernel_size
+    self.strides = strides
+    self.padding = padding
+    self.kernel_dilation = kernel_dilation
+    self.use_bias = use_bias
+    self.dtype = dtype
+    self.param_dtype = param_dtype
+    self.precision = precision
+    self.implementation = implementation
+    self.depthwise_implementation = depthwise_implementation
+    for name in fmt._fields:
+      value = getattr(fmt, name)
+      if isinstance(value, tuple):
+        setattr(self, name, nnx.List([nnx.Param(jnp.asarray(v, param_dtype)) for v in value]))
+      else:
+        setattr(self, name, nnx.Param(jnp.asarray(value, param_dtype)))
+    self.bias: nnx.Param | None = (
+      nnx.Param(bias_init(rngs.params(), (fmt.out_features,), param_dtype)) if use_bias else None
+    )
+
+  @property
+  def format(self) -> Format:
+    """The current factors as a format object (in ``param_dtype``)."""
+    values = []
+    for name in self.format_type._fields:
+      attr = getattr(self, name)
+      values.append(tuple(p[...] for p in attr) if isinstance(attr, nnx.List) else attr[...])
+    return self.format_type(*values)
+
+  def to_dense(self) -> Array:
+    """The dense HWIO kernel the layer currently represents."""
+    return self.format.to_dense()
+
+  def plan(self, input_shape: Sequence[int]) -> Plan:
+    """Which implementation this layer runs on ``input_shape`` (NHWC), and why."""
+    return self.format.plan(
+      input_shape,
+      strides=self.strides,
+      padding=self.padding,
+      dilation=self.kernel_dilation,
+      implementation=self.implementation,  # type: ignore[arg-type]
+      depthwise_implementation_=self.depthwise_implementation,
+    )
+
+  def cost_params(self) -> int:
+    """Parameters of the factors and the bias."""
+    return self.format.params() + (self.out_features if self.use_bias else 0)
+
+  def cost_macs(self, input_shape: Sequence[int]) -> int:
+    """MACs of the factorized sequence on ``input_shape`` (bias adds excluded)."""
+    return self.format.macs(input_shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
+
+  def __call__(self, inputs: Array) -> Array:
+    """Applies the layer.
+
+    Args:
+      inputs: ``(N, H, W, in_features)``, or unbatched ``(H, W, in_features)``.
+
+    Returns:
+      ``(N, H', W', out_features)`` (unbatched in, unbatched out).
+    """
+    unbatched = getattr(inputs, "ndim", None) == 3
+    if unbatched:
+      inputs = inputs[None]
+    opt.check_input(inputs, "inputs", self.in_features)
+    fmt = self.format
+    bias = self.bias[...] if self.bias is not None else None
+    inputs, fmt, bias = promote_tree((inputs, fmt, bias), self.dtype)
+    y = fmt.conv(
+      inputs,
+      strides=self.strides,
+      padding=self.padding,
+      dilation=self.kernel_dilation,
+      implementation=self.implementation,  # type: ignore[arg-type]
+      depthwise_implementation=self.depthwise_implementation,
+      precision=self.precision,
+    )
+    if bias is not None:
+      y = y + bias.reshape(1, 1, 1, -1)
+    return y[0] if unbatched else y
+
+  @classmethod
+  def from_format(
+    cls,
+    fmt: Format,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: opt.PaddingLike = "SAME",
+    kernel_dilation: int | Sequence[int] = 1,
+    use_bias: bool | None = None,
+    bias: Array | None = None,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    precision: PrecisionLike = None,
+    bias_init: Initializer = default_bias_init,
+    implementation: str = "auto",
+    depthwise_implementation: str = "auto",
+    rngs: nnx.Rngs | None = None,
+  ) -> Any:
+    """Builds the layer around existing factors.
+
+    Args:
+      fmt: a format of this layer's type (e.g. :class:`efficonv.CP` for ``CPConv``).
+      strides, padding, kernel_dilation: the conv options.
+      use_bias: whether to add a bias (``True`` by default, like ``nnx.Conv``).
+      bias: initial bias ``(out_features,)``; zeros via ``bias_init`` when ``None``.
+      dtype, param_dtype, precision, bias_init, implementation,
+      depthwise_implementation: as for the constructor.
+      rngs: only needed for a random ``bias_init`` (``nnx.Rngs(0)`` otherwise).
+
+    Returns:
+      The layer.
+    """
+    if not isinstance(fmt, cls.format_type):
+      raise ValueError(f"fmt must be an efficonv.{cls.format_type.__name__}, got {type(fmt).__name__}")
+    layer = cls(
+      fmt.in_features,
+      fmt.out_features,
+      fmt.kernel_size,
+      **cls._format_kwargs(fmt),
+      strides=strides,
+      padding=padding,
+      kernel_dilation=kernel_dilation,
+      use_bias=True if use_bias is None else use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      bias_init=bias_init,
+      implementation=implementation,
+      depthwise_implementation=depthwise_implementation,
+      rngs=rngs if rngs is not None else nnx.Rngs(0),
+    )
+    layer._load_format(fmt)
+    if bias is not None:
+      if layer.bias is None:
+        raise ValueError("bias was given but use_bias=False")
+      if tuple(bias.shape) != (fmt.out_features,):
+        raise ValueError(f"bias must have shape ({fmt.out_features},), got {tuple(bias.shape)}")
+      layer.bias[...] = jnp.asarray(bias, layer.param_dtype)
+    return layer
+
+  @classmethod
+  def _format_kwargs(cls, fmt: Format) -> dict[str, Any]:
+    """Constructor keywords (rank etc.) that make a layer of ``fmt``'s shape."""
+    raise NotImplementedError
+
+  def _load_format(self, fmt: Format) -> None:
+    """Overwrites the factor parameters with ``fmt``'s arrays (shapes must match)."""
+    for name in fmt._fields:
+      value, attr = getattr(fmt, name), getattr(self, name)
+      pairs = zip(attr, value) if isinstance(attr, nnx.List) else [(attr, value)]
+      for param, v in pairs:
+        if tuple(param.shape) != tuple(v.shape):
+          raise ValueError(f"fmt.{name} must have shape {tuple(param.shape)}, got {tuple(v.shape)}")
+        param[...] = jnp.asarray(v, self.param_dtype)
+
+
+ActivationFn = Callable[[Array], Array]
+
+
+def promote_tree(tree: Any, dtype: Dtype | None) -> Any:
+  """Casts every inexact array leaf of ``tree`` to ``dtype``.
+
+  With ``dtype=None`` the common result type of all leaves is used (as
+  :func:`flax.nnx.nn.dtypes.promote_dtype`, which takes only flat tuples).
+  """
+  leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if leaf is not None]
+  target = dtype if dtype is not None else jnp.result_type(*leaves)
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, target), tree)

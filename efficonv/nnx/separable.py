@@ -1,0 +1,101 @@
+"""``SeparableConv``: depthwise (with a depth multiplier) then pointwise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from efficonv._typing import Dtype, PrecisionLike
+from efficonv.formats.init import Initializer
+from efficonv.formats.separable import Separable
+from efficonv.kernels._options import PaddingLike
+from efficonv.nnx._base import FactorizedConv, check_options, default_bias_init
+
+
+class SeparableConv(FactorizedConv):
+  """Depthwise-separable convolution with a depth multiplier.
+
+  Depthwise ``kh×kw`` producing ``m`` maps per input channel (strides and
+  dilation here), then ``1×1 (C_in·m → C_out)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from efficonv.nnx import SeparableConv
+    >>> SeparableConv(32, 64, 3, depth_multiplier=4, rngs=nnx.Rngs(0))(jnp.ones((2, 8, 8, 32))).shape
+    (2, 8, 8, 64)
+
+  Args:
+    in_features: input channels ``C_in``.
+    out_features: output channels ``C_out``.
+    kernel_size: ``k`` or ``(kh, kw)``.
+    depth_multiplier: depthwise maps per input channel ``m``.
+    strides: int or ``(sh, sw)``; applied to the spatial steps only.
+    padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
+    kernel_dilation: int or ``(dh, dw)``.
+    use_bias: add a bias to the output.
+    dtype: computation dtype (inferred from inputs and params when ``None``).
+    param_dtype: parameter dtype.
+    precision: XLA precision of the matmuls/convs.
+    kernel_init: ``None`` draws factors whose reconstructed kernel has
+      LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
+      every factor instead.
+    bias_init: bias initializer.
+    implementation: ``"auto"``, ``"factorized"`` or ``"reconstructed"``.
+    depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
+    rngs: random number streams.
+
+  References:
+    Chollet, `Xception: Deep Learning with Depthwise Separable Convolutions
+    <https://arxiv.org/abs/1610.02357>`_, CVPR 2017.
+  """
+
+  format_type = Separable
+
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    depth_multiplier: int = 1,
+    strides: int | Sequence[int] = 1,
+    padding: PaddingLike = "SAME",
+    kernel_dilation: int | Sequence[int] = 1,
+    use_bias: bool = True,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    precision: PrecisionLike = None,
+    kernel_init: Initializer | None = None,
+    bias_init: Initializer = default_bias_init,
+    implementation: str = "auto",
+    depthwise_implementation: str = "auto",
+    rngs: nnx.Rngs,
+  ):
+    ks, s, d = check_options(
+      in_features, out_features, kernel_size, strides, padding, kernel_dilation, implementation, depthwise_implementation
+    )
+    fmt = Separable.init(
+      rngs.params(), in_features, out_features, ks, depth_multiplier, dtype=param_dtype, initializer=kernel_init
+    )
+    self._setup(
+      fmt,
+      strides=s,
+      padding=padding,
+      kernel_dilation=d,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      precision=precision,
+      bias_init=bias_init,
+      implementation=implementation,
+      depthwise_implementation=depthwise_implementation,
+      rngs=rngs,
+    )
+
+  @classmethod
+  def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
+    return {"depth_multiplier": fmt.depth_multiplier}
