@@ -1,0 +1,1 @@
+"""Experiments built on efficonv: data, training and reporting (the library never imports this package)."""
