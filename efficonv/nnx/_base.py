@@ -141,10 +141,7 @@ class FactorizedConv(nnx.Module):
     Returns:
       ``(N, H', W', out_features)`` (unbatched in, unbatched out).
     """
-    unbatched = getattr(inputs, "ndim", None) == 3
-    if unbatched:
-      inputs = inputs[None]
-    opt.check_input(inputs, "inputs", self.in_features)
+    inputs, unbatched = batch_inputs(inputs, self.in_features)
     fmt = self.format
     bias = self.bias[...] if self.bias is not None else None
     inputs, fmt, bias = promote_tree((inputs, fmt, bias), self.dtype)
@@ -222,6 +219,66 @@ class FactorizedConv(nnx.Module):
     return layer
 
   @classmethod
+  def from_conv(
+    cls,
+    conv: nnx.Conv,
+    rank: Any,
+    *,
+    implementation: str = "auto",
+    depthwise_implementation: str = "auto",
+    return_info: bool = False,
+    **decompose_kwargs: Any,
+  ) -> Any:
+    """Replaces a trained :class:`flax.nnx.Conv` by this layer, decomposing its kernel.
+
+    The new layer keeps the conv's strides, padding, dilation, bias, dtypes
+    and precision; its output equals the conv's up to the kernel's
+    reconstruction error (``info.relative_error``).
+
+    Args:
+      conv: a 2-D ``nnx.Conv`` with ``feature_group_count=1``, no input
+        dilation and no mask.
+      rank: the scheme's rank (CP/spatial: int; Tucker: ``(R1, R2)``; TT:
+        ranks; separable: depth multiplier).
+      implementation, depthwise_implementation: as for the constructor.
+      return_info: also return the :class:`efficonv.decompose.FitInfo`.
+      **decompose_kwargs: passed to the :mod:`efficonv.decompose` function
+        (e.g. ``n_iter``, ``init`` for CP; ``in_modes``/``out_modes`` for TT).
+
+    Returns:
+      The layer, or ``(layer, info)`` with ``return_info=True``.
+
+    Example:
+      >>> from flax import nnx
+      >>> from efficonv.nnx import CPConv
+      >>> conv = nnx.Conv(16, 32, (3, 3), strides=2, rngs=nnx.Rngs(0))
+      >>> layer, info = CPConv.from_conv(conv, 8, return_info=True)
+      >>> layer.strides, layer.format.rank
+      ((2, 2), 8)
+    """
+    kernel = conv_kernel(conv)
+    fmt, info = cls._decompose(kernel, rank, **decompose_kwargs)
+    layer = cls.from_format(
+      fmt,
+      strides=1 if conv.strides is None else conv.strides,
+      padding=conv.padding,
+      kernel_dilation=1 if conv.kernel_dilation is None else conv.kernel_dilation,
+      use_bias=conv.bias is not None,
+      bias=conv.bias[...] if conv.bias is not None else None,
+      dtype=conv.dtype,
+      param_dtype=conv.param_dtype,
+      precision=conv.precision,
+      implementation=implementation,
+      depthwise_implementation=depthwise_implementation,
+    )
+    return (layer, info) if return_info else layer
+
+  @classmethod
+  def _decompose(cls, kernel: Array, rank: Any, **kwargs: Any) -> tuple[Format, Any]:
+    """Runs this scheme's :mod:`efficonv.decompose` function."""
+    raise NotImplementedError
+
+  @classmethod
   def _format_kwargs(cls, fmt: Format) -> dict[str, Any]:
     """Constructor keywords (rank etc.) that make a layer of ``fmt``'s shape."""
     raise NotImplementedError
@@ -240,6 +297,33 @@ class FactorizedConv(nnx.Module):
 ActivationFn = Callable[[Array], Array]
 
 
+def batch_inputs(inputs: Array, in_features: int) -> tuple[Array, bool]:
+  """Checks layer ``inputs`` and gives unbatched ones a batch axis (as :class:`flax.nnx.Conv` accepts them).
+
+  Args:
+    inputs: ``(N, H, W, in_features)`` or unbatched ``(H, W, in_features)``.
+    in_features: the channels the layer expects.
+
+  Returns:
+    ``(inputs as (N, H, W, in_features), whether the batch axis was added)``.
+
+  Raises:
+    ValueError: naming ``inputs`` when it is not rank 3 or 4 or has the wrong channel count.
+  """
+  ndim = getattr(inputs, "ndim", None)
+  if ndim not in (3, 4):
+    raise ValueError(
+      f"inputs must be NHWC (rank 4) or unbatched HWC (rank 3), got shape {getattr(inputs, 'shape', type(inputs))}"
+    )
+  unbatched = ndim == 3
+  if unbatched and inputs.shape[-1] != in_features:
+    # Checked before adding the axis so the message shows the shape the caller passed.
+    raise ValueError(f"inputs must have {in_features} channels in its last axis (HWC), got shape {inputs.shape}")
+  inputs = inputs[None] if unbatched else inputs
+  opt.check_input(inputs, "inputs", in_features)
+  return inputs, unbatched
+
+
 def promote_tree(tree: Any, dtype: Dtype | None) -> Any:
   """Casts every inexact array leaf of ``tree`` to ``dtype``.
 
@@ -249,3 +333,24 @@ def promote_tree(tree: Any, dtype: Dtype | None) -> Any:
   leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if leaf is not None]
   target = dtype if dtype is not None else jnp.result_type(*leaves)
   return jax.tree_util.tree_map(lambda a: jnp.asarray(a, target), tree)
+
+
+def conv_kernel(conv: Any) -> Array:
+  """The HWIO kernel of a plain 2-D :class:`flax.nnx.Conv`.
+
+  Raises:
+    ValueError: naming ``conv`` when it is not a 2-D conv without groups,
+      input dilation or mask (no factorized layer reproduces those).
+  """
+  if not isinstance(conv, nnx.Conv):
+    raise ValueError(f"conv must be a flax.nnx.Conv, got {type(conv).__name__}")
+  kernel = conv.kernel[...]
+  if kernel.ndim != 4:
+    raise ValueError(f"conv must be a 2-D convolution (HWIO kernel of rank 4), got kernel shape {kernel.shape}")
+  if conv.feature_group_count != 1:
+    raise ValueError(f"conv must have feature_group_count=1, got {conv.feature_group_count}")
+  if conv.input_dilation not in (None, 1, (1, 1), [1, 1]):
+    raise ValueError(f"conv must have input_dilation=1, got {conv.input_dilation}")
+  if conv.mask is not None:
+    raise ValueError("conv must not have a kernel mask")
+  return kernel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
@@ -12,7 +13,7 @@ from efficonv.formats.init import Initializer
 from efficonv.formats.tucker2 import Tucker2
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv_valid, pointwise
-from efficonv.nnx._base import default_bias_init, promote_tree
+from efficonv.nnx._base import batch_inputs, default_bias_init, promote_tree
 from efficonv.nnx.tucker import TuckerConv
 
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -26,6 +27,8 @@ class Bottleneck(TuckerConv):
   factors get the Tucker variance-matched init); with one, each of the three
   convs is LeCun-initialized over its own fan-in and has its own bias, and the
   layer always runs factorized (a nonlinear block has no dense kernel).
+  :meth:`from_format` builds the linear layer (``activation=None``): a
+  :class:`~efficonv.Tucker2` is one linear conv.
 
   Example:
     >>> import jax.numpy as jnp
@@ -103,10 +106,10 @@ class Bottleneck(TuckerConv):
     self.core_bias: nnx.Param | None = nnx.Param(bias_init(rngs.params(), (r2,), param_dtype)) if use_bias else None
 
   def __call__(self, inputs: Array) -> Array:
-    """``(N, H, W, in_features)`` → ``(N, H', W', out_features)``."""
+    """``(N, H, W, in_features)`` → ``(N, H', W', out_features)`` (unbatched ``(H, W, in_features)`` too)."""
     if self.activation is None:
       return super().__call__(inputs)
-    opt.check_input(inputs, "inputs", self.in_features)
+    inputs, unbatched = batch_inputs(inputs, self.in_features)
     act = self.activation
     fmt: Tucker2 = self.format  # type: ignore[assignment]
     biases = [b[...] if b is not None else None for b in (self.first_bias, self.core_bias, self.bias)]
@@ -117,13 +120,20 @@ class Bottleneck(TuckerConv):
     # Padding after the activation: the k×k conv sees zeros, as a standalone conv would.
     h = opt.pad_input(h, pads, mode)
     h = act(_add_bias(conv_valid(h, fmt.core, self.strides, self.kernel_dilation, "xla", self.precision), biases[1]))
-    return _add_bias(pointwise(h, fmt.last, precision=self.precision), biases[2])
+    y = _add_bias(pointwise(h, fmt.last, precision=self.precision), biases[2])
+    return y[0] if unbatched else y
 
   def to_dense(self) -> Array:
     """The Tucker-2 kernel (only without ``activation``)."""
     if self.activation is not None:
       raise ValueError("to_dense needs activation=None: a nonlinear block is not one convolution")
     return super().to_dense()
+
+  @classmethod
+  def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
+    # A Tucker-2 format is one linear conv: the layer built around it must be that conv, not a
+    # ReLU block (whose extra biases the format does not carry).
+    return {"ranks": fmt.rank, "activation": None}
 
   def cost_params(self) -> int:
     extra = sum(int(b.size) for b in (self.first_bias, self.core_bias) if b is not None)

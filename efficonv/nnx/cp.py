@@ -99,5 +99,11 @@ class CPConv(FactorizedConv):
     )
 
   @classmethod
+  def _decompose(cls, kernel: Any, rank: Any, **kwargs: Any) -> Any:
+    from efficonv.decompose import cp
+
+    return cp(kernel, rank, **kwargs)
+
+  @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
     return {"rank": fmt.rank}

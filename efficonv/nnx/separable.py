@@ -97,5 +97,11 @@ class SeparableConv(FactorizedConv):
     )
 
   @classmethod
+  def _decompose(cls, kernel: Any, rank: Any, **kwargs: Any) -> Any:
+    from efficonv.decompose import separable
+
+    return separable(kernel, rank, **kwargs)
+
+  @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
     return {"depth_multiplier": fmt.depth_multiplier}

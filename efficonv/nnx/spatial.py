@@ -95,5 +95,11 @@ class SpatialConv(FactorizedConv):
     )
 
   @classmethod
+  def _decompose(cls, kernel: Any, rank: Any, **kwargs: Any) -> Any:
+    from efficonv.decompose import spatial
+
+    return spatial(kernel, rank, **kwargs)
+
+  @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
     return {"rank": fmt.rank}

@@ -12,7 +12,7 @@ from efficonv._typing import Array, Dtype, PrecisionLike
 from efficonv.formats.init import Initializer
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv_valid
-from efficonv.nnx._base import default_bias_init, promote_tree
+from efficonv.nnx._base import batch_inputs, default_bias_init, promote_tree
 
 default_kernel_init = nnx.initializers.lecun_normal()
 
@@ -113,8 +113,8 @@ class StackedConv(nnx.Module):
     )
 
   def __call__(self, inputs: Array) -> Array:
-    """``(N, H, W, in_features)`` → ``(N, H', W', out_features)``."""
-    opt.check_input(inputs, "inputs", self.in_features)
+    """``(N, H, W, in_features)`` → ``(N, H', W', out_features)`` (unbatched ``(H, W, in_features)`` too)."""
+    inputs, unbatched = batch_inputs(inputs, self.in_features)
     pads, mode = opt.resolve_padding(
       self.padding, inputs.shape[1:3], self.kernel_size, self.strides, self.kernel_dilation
     )
@@ -129,7 +129,7 @@ class StackedConv(nnx.Module):
         h = h + b.reshape(1, 1, 1, -1)
       if not last and self.activation is not None:
         h = self.activation(h)
-    return h
+    return h[0] if unbatched else h
 
   def to_dense(self) -> Array:
     """The single ``k×k`` HWIO kernel equal to the stack (only without ``activation``).

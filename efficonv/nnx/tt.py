@@ -102,6 +102,13 @@ class TTConv(FactorizedConv):
     )
 
   @classmethod
+  def _decompose(cls, kernel: Any, rank: Any, *, in_modes: Any = None, out_modes: Any = None, **kwargs: Any) -> Any:
+    from efficonv.decompose import tt
+
+    in_modes, out_modes = tt_modes(int(kernel.shape[2]), int(kernel.shape[3]), in_modes, out_modes)
+    return tt(kernel, rank, in_modes, out_modes, **kwargs)
+
+  @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
     return {"ranks": fmt.rank, "in_modes": fmt.in_modes, "out_modes": fmt.out_modes}
 

@@ -97,6 +97,12 @@ class TuckerConv(FactorizedConv):
     )
 
   @classmethod
+  def _decompose(cls, kernel: Any, rank: Any, **kwargs: Any) -> Any:
+    from efficonv.decompose import tucker2
+
+    return tucker2(kernel, tucker_ranks(rank), **kwargs)
+
+  @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
     return {"ranks": fmt.rank}
 

@@ -1,0 +1,335 @@
+"""Replace the convolutions of a trained NNX model by factorized layers.
+
+The seed's headline method (Lebedev et al. 2014; Kim et al. 2015): decompose
+each trained kernel, swap the layer for the factorized sequence, then
+fine-tune the whole network with an ordinary optax loop.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> import efficonv
+  >>> class Net(nnx.Module):
+  ...   def __init__(self, rngs):
+  ...     self.conv1 = nnx.Conv(1, 16, (3, 3), rngs=rngs)
+  ...     self.conv2 = nnx.Conv(16, 32, (3, 3), rngs=rngs)
+  ...   def __call__(self, x):
+  ...     return self.conv2(nnx.relu(self.conv1(x)))
+  >>> net = Net(nnx.Rngs(0))
+  >>> small, report = efficonv.compress(net, efficonv.Policy(scheme="tucker2", rank=(8, 8)),
+  ...                                   input_shape=(1, 28, 28, 1))
+  >>> [(r.path, r.scheme, r.rank) for r in report.layers]
+  [('conv2', 'tucker2', (8, 8))]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from efficonv import cost
+from efficonv.nnx import CPConv, SeparableConv, SpatialConv, TTConv, TuckerConv
+from efficonv.nnx._base import FactorizedConv, conv_kernel
+
+SCHEMES: dict[str, type[FactorizedConv]] = {
+  "cp": CPConv,
+  "tucker2": TuckerConv,
+  "tt": TTConv,
+  "spatial": SpatialConv,
+  "separable": SeparableConv,
+}
+
+Path = tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  """Which convs to replace, by which scheme, at which rank.
+
+  Attributes:
+    scheme: ``"cp"``, ``"tucker2"``, ``"tt"``, ``"spatial"`` or ``"separable"``.
+    rank: a rank of the scheme's kind (int; ``(R1, R2)`` for Tucker-2; TT
+      ranks; the depth multiplier for separable) or a rule from
+      :mod:`efficonv.rank` (``MacReduction(4)``, ``ParamFraction(0.25)``,
+      ``Energy(0.9)``, ``VBMF()``, …) evaluated per layer.
+    skip_first: leave the first conv of the forward pass alone (as Lebedev
+      et al. and Szegedy et al. advise: factoring the input layer hurts most
+      and saves least).
+    include: ``None`` (every eligible conv), a sequence of layer paths
+      (``"block1/conv"``), or a predicate ``(path, conv) -> bool``.
+    implementation: ``implementation`` of the new layers.
+    decompose_kwargs: passed to the :mod:`efficonv.decompose` function
+      (e.g. ``{"n_iter": 200}``; TT ``in_modes``/``out_modes``).
+  """
+
+  scheme: str = "cp"
+  rank: Any = None
+  skip_first: bool = True
+  include: Sequence[str] | Callable[[str, nnx.Conv], bool] | None = None
+  implementation: str = "auto"
+  decompose_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self) -> None:
+    if self.scheme not in SCHEMES:
+      raise ValueError(f"scheme must be one of {tuple(SCHEMES)}, got {self.scheme!r}")
+    if self.rank is None:
+      raise ValueError("rank must be given: a rank for the scheme or a rule from efficonv.rank")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerReport:
+  """What :func:`compress` did to one conv.
+
+  Attributes:
+    path: the layer's path in the model (``"/"``-joined).
+    input_shape: NHWC input shape seen in the traced forward pass.
+    scheme: the scheme used (``"skipped"`` for convs left alone).
+    rank: the rank used (``None`` when skipped).
+    rank_reason: why that rank (the rule's explanation, or "given").
+    params_before, params_after: parameters of the layer (bias included).
+    macs_before, macs_after: MACs of the layer on ``input_shape`` (:mod:`efficonv.cost`).
+    relative_error: ``||W - Ŵ||_F / ||W||_F`` of the kernel fit.
+    degeneracy: the fit's degeneracy measure (largest term over ``||W||``).
+    implementation: what the new layer runs on ``input_shape`` (``plan``).
+  """
+
+  path: str
+  input_shape: tuple[int, ...]
+  scheme: str
+  rank: Any
+  rank_reason: str
+  params_before: int
+  params_after: int
+  macs_before: int
+  macs_after: int
+  relative_error: float
+  degeneracy: float
+  implementation: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  """Per-layer report of :func:`compress`, with totals over the replaced convs."""
+
+  layers: tuple[LayerReport, ...]
+
+  @property
+  def macs_before(self) -> int:
+    return sum(r.macs_before for r in self.layers)
+
+  @property
+  def macs_after(self) -> int:
+    return sum(r.macs_after for r in self.layers)
+
+  @property
+  def params_before(self) -> int:
+    return sum(r.params_before for r in self.layers)
+
+  @property
+  def params_after(self) -> int:
+    return sum(r.params_after for r in self.layers)
+
+  def to_dict(self) -> dict[str, Any]:
+    """A JSON-ready dict."""
+    return {
+      "layers": [dataclasses.asdict(r) for r in self.layers],
+      "totals": {
+        "params_before": self.params_before,
+        "params_after": self.params_after,
+        "macs_before": self.macs_before,
+        "macs_after": self.macs_after,
+      },
+    }
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, default=str)
+
+  def to_markdown(self) -> str:
+    """A Markdown table, one row per conv."""
+    rows = [
+      "| layer | scheme | rank | why | params | MACs | MAC ratio | rel. error | degeneracy | runs |",
+      "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in self.layers:
+      ratio = r.macs_before / max(r.macs_after, 1)
+      rows.append(
+        f"| {r.path} | {r.scheme} | {r.rank} | {r.rank_reason} | {r.params_before:,} → {r.params_after:,} | "
+        f"{r.macs_before:,} → {r.macs_after:,} | {ratio:.2f}× | {r.relative_error:.3g} | {r.degeneracy:.3g} | "
+        f"{r.implementation} |"
+      )
+    return "\n".join(rows)
+
+
+def conv_calls(
+  model: nnx.Module, input_shape: Sequence[int], forward: Callable[[nnx.Module, jax.Array], Any] | None = None
+) -> list[tuple[Path, tuple[int, ...]]]:
+  """The ``nnx.Conv`` layers of ``model`` in forward order, with their input shapes.
+
+  Traces ``forward(model, x)`` abstractly (``jax.eval_shape``: no FLOPs) and
+  records each conv call.
+
+  Returns:
+    ``[(path, input_shape), …]`` in call order; a conv called twice appears twice.
+  """
+  forward = forward or (lambda m, x: m(x))
+  graphdef, state = nnx.split(model)
+  calls: list[tuple[Path, tuple[int, ...]]] = []
+  original = nnx.Conv.__call__
+
+  def traced(state: Any) -> Any:
+    copy = nnx.merge(graphdef, state)
+    paths = {id(node): tuple(path) for path, node in nnx.iter_graph(copy) if isinstance(node, nnx.Conv)}
+
+    def recording_call(self: nnx.Conv, inputs: jax.Array) -> jax.Array:
+      calls.append((paths[id(self)], tuple(int(v) for v in inputs.shape)))
+      return original(self, inputs)
+
+    nnx.Conv.__call__ = recording_call  # type: ignore[method-assign]
+    try:
+      return forward(copy, jnp.zeros(tuple(input_shape), jnp.float32))
+    finally:
+      nnx.Conv.__call__ = original  # type: ignore[method-assign]
+
+  jax.eval_shape(traced, state)
+  return calls
+
+
+def compress(
+  model: nnx.Module,
+  policy: Policy,
+  *,
+  input_shape: Sequence[int],
+  forward: Callable[[nnx.Module, jax.Array], Any] | None = None,
+) -> tuple[nnx.Module, Report]:
+  """Returns a copy of ``model`` with selected convs replaced by factorized layers.
+
+  Each selected :class:`flax.nnx.Conv` has its kernel decomposed by the
+  policy's scheme (:mod:`efficonv.decompose`) at the policy's rank (or the
+  rank its :mod:`efficonv.rank` rule chooses for that layer), and is
+  replaced by the matching :mod:`efficonv.nnx` layer built with
+  ``from_conv`` (same strides, padding, dilation and bias). The result is an
+  ordinary NNX model: ``nnx.Optimizer``/optax fine-tune it as any other. The
+  input model is not modified.
+
+  Args:
+    model: an NNX model containing ``nnx.Conv`` layers.
+    policy: what to replace and how (:class:`Policy`).
+    input_shape: NHWC shape of one input batch, for tracing the forward pass
+      (layer order and per-layer shapes), MAC counts and MAC-based rank rules.
+    forward: ``forward(model, x)`` when the model is not called as ``model(x)``.
+
+  Returns:
+    ``(new_model, report)``; ``report.layers`` lists every conv, skipped ones
+    included, in forward order.
+
+  Raises:
+    ValueError: naming ``input_shape`` when it is not NHWC, ``policy`` when
+      ``include`` names a path that is not a conv.
+  """
+  if len(tuple(input_shape)) != 4:
+    raise ValueError(f"input_shape must be NHWC (rank 4), got {tuple(input_shape)}")
+  new_model = nnx.merge(*nnx.split(model))
+  calls = conv_calls(new_model, input_shape, forward)
+  convs = {tuple(path): node for path, node in nnx.iter_graph(new_model) if isinstance(node, nnx.Conv)}
+  if isinstance(policy.include, Sequence) and not isinstance(policy.include, str):
+    known = {_name(p) for p in convs}
+    unknown = [p for p in policy.include if p not in known]
+    if unknown:
+      raise ValueError(f"policy.include names paths that are not convs: {unknown}; convs are {sorted(known)}")
+  seen: set[Path] = set()
+  reports = []
+  for index, (path, shape) in enumerate(calls):
+    if path in seen:  # a shared conv is replaced once, at its first call
+      continue
+    seen.add(path)
+    conv = convs[path]
+    name = _name(path)
+    selected = _selected(policy, name, conv) and not (policy.skip_first and index == 0)
+    macs_before = cost.macs(conv, shape)
+    params_before = cost.params(conv)
+    if not selected:
+      reason = "first conv of the forward pass (skip_first)" if index == 0 and policy.skip_first else "not included"
+      reports.append(
+        LayerReport(name, shape, "skipped", None, reason, params_before, params_before, macs_before, macs_before,
+                    0.0, 0.0, "dense")
+      )
+      continue
+    rank, reason = _rank_for(policy, conv, shape)
+    layer_cls = SCHEMES[policy.scheme]
+    layer, info = layer_cls.from_conv(
+      conv, rank, implementation=policy.implementation, return_info=True, **policy.decompose_kwargs
+    )
+    _replace(new_model, path, layer)
+    reports.append(
+      LayerReport(
+        name,
+        shape,
+        policy.scheme,
+        _plain(layer.format.rank),
+        reason,
+        params_before,
+        cost.params(layer),
+        macs_before,
+        cost.macs(layer, shape),
+        float(info.relative_error),
+        float(info.degeneracy),
+        layer.plan(shape).implementation,
+      )
+    )
+  return new_model, Report(tuple(reports))
+
+
+def _name(path: Path) -> str:
+  return "/".join(str(p) for p in path)
+
+
+def _selected(policy: Policy, name: str, conv: nnx.Conv) -> bool:
+  if policy.include is None:
+    return True
+  if callable(policy.include):
+    return bool(policy.include(name, conv))
+  return name in policy.include
+
+
+def _plain(rank: Any) -> Any:
+  return tuple(int(r) for r in rank) if isinstance(rank, tuple) else int(rank)
+
+
+def _rank_for(policy: Policy, conv: nnx.Conv, input_shape: tuple[int, ...]) -> tuple[Any, str]:
+  rank = policy.rank
+  if isinstance(rank, (int, tuple, list)) and not isinstance(rank, bool):
+    return (tuple(rank) if isinstance(rank, list) else rank), "given"
+  from efficonv import rank as rank_lib
+
+  kwargs: dict[str, Any] = {}
+  if policy.scheme == "tt":
+    for key in ("in_modes", "out_modes"):
+      if key in policy.decompose_kwargs:
+        kwargs[key] = policy.decompose_kwargs[key]
+  choice = rank_lib.choose_rank(
+    policy.scheme,
+    conv_kernel(conv),
+    rank,
+    input_shape=input_shape,
+    strides=1 if conv.strides is None else conv.strides,
+    padding=conv.padding,
+    dilation=1 if conv.kernel_dilation is None else conv.kernel_dilation,
+    **kwargs,
+  )
+  return choice.rank, choice.reason
+
+
+def _replace(model: nnx.Module, path: Path, layer: nnx.Module) -> None:
+  parent: Any = model
+  for key in path[:-1]:
+    parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+  last = path[-1]
+  if isinstance(last, int):
+    parent[last] = layer
+  else:
+    setattr(parent, last, layer)
