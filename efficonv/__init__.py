@@ -1,6 +1,9 @@
 """efficonv: every scheme for speeding up convolutions, done right in JAX."""
 
+from efficonv import cost as cost
 from efficonv import kernels as kernels
+from efficonv.compress import Policy as Policy
+from efficonv.compress import compress as compress
 from efficonv.formats import CP as CP
 from efficonv.formats import TT as TT
 from efficonv.formats import Format as Format
