@@ -2,6 +2,7 @@
 
 from efficonv import cost as cost
 from efficonv import kernels as kernels
+from efficonv import rank as rank
 from efficonv.compress import Policy as Policy
 from efficonv.compress import compress as compress
 from efficonv.formats import CP as CP

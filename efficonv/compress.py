@@ -18,7 +18,7 @@ Example:
   >>> small, report = efficonv.compress(net, efficonv.Policy(scheme="tucker2", rank=(8, 8)),
   ...                                   input_shape=(1, 28, 28, 1))
   >>> [(r.path, r.scheme, r.rank) for r in report.layers]
-  [('conv2', 'tucker2', (8, 8))]
+  [('conv1', 'skipped', None), ('conv2', 'tucker2', (8, 8))]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from flax import nnx
 
 from efficonv import cost
 from efficonv.nnx import CPConv, SeparableConv, SpatialConv, TTConv, TuckerConv
-from efficonv.nnx._base import FactorizedConv, conv_kernel
+from efficonv.nnx._base import FactorizedConv, conv_kernel, conv_padding
 
 SCHEMES: dict[str, type[FactorizedConv]] = {
   "cp": CPConv,
@@ -61,7 +61,10 @@ class Policy:
       et al. and Szegedy et al. advise: factoring the input layer hurts most
       and saves least).
     include: ``None`` (every eligible conv), a sequence of layer paths
-      (``"block1/conv"``), or a predicate ``(path, conv) -> bool``.
+      (``"block1/conv"``; a single string is one path), or a predicate
+      ``(path, conv) -> bool``. Eligible: 2-D, ``feature_group_count=1``,
+      no input dilation, no mask (others are skipped, or rejected when
+      ``include`` names them).
     implementation: ``implementation`` of the new layers.
     decompose_kwargs: passed to the :mod:`efficonv.decompose` function
       (e.g. ``{"n_iter": 200}``; TT ``in_modes``/``out_modes``).
@@ -79,6 +82,8 @@ class Policy:
       raise ValueError(f"scheme must be one of {tuple(SCHEMES)}, got {self.scheme!r}")
     if self.rank is None:
       raise ValueError("rank must be given: a rank for the scheme or a rule from efficonv.rank")
+    if isinstance(self.include, str):  # one path, not a sequence of one-letter paths (nor a substring test)
+      object.__setattr__(self, "include", (self.include,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +119,11 @@ class LayerReport:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-  """Per-layer report of :func:`compress`, with totals over the replaced convs."""
+  """Per-layer report of :func:`compress`, with totals.
+
+  The totals sum every conv listed; skipped convs count the same before and
+  after, so the totals are those of all the model's convs.
+  """
 
   layers: tuple[LayerReport, ...]
 
@@ -229,11 +238,14 @@ def compress(
 
   Raises:
     ValueError: naming ``input_shape`` when it is not NHWC, ``policy`` when
-      ``include`` names a path that is not a conv.
+      ``include`` names a path that is not a conv or a conv that cannot be
+      factorized (grouped, 1-D/3-D, input-dilated or masked).
   """
   if len(tuple(input_shape)) != 4:
     raise ValueError(f"input_shape must be NHWC (rank 4), got {tuple(input_shape)}")
-  new_model = nnx.merge(*nnx.split(model))
+  # New Variable objects: a plain split/merge would share them, and fine-tuning the
+  # copy would then update the original's kept layers in place.
+  new_model = nnx.clone(model)
   calls = conv_calls(new_model, input_shape, forward)
   convs = {tuple(path): node for path, node in nnx.iter_graph(new_model) if isinstance(node, nnx.Conv)}
   if isinstance(policy.include, Sequence) and not isinstance(policy.include, str):
@@ -250,10 +262,16 @@ def compress(
     conv = convs[path]
     name = _name(path)
     selected = _selected(policy, name, conv) and not (policy.skip_first and index == 0)
+    ineligible = _ineligible(conv)
+    if selected and ineligible and not (policy.include is None or callable(policy.include)):
+      raise ValueError(f"policy.include names {name!r}, which cannot be factorized: {ineligible}")
     macs_before = cost.macs(conv, shape)
     params_before = cost.params(conv)
-    if not selected:
-      reason = "first conv of the forward pass (skip_first)" if index == 0 and policy.skip_first else "not included"
+    if not selected or ineligible:
+      if index == 0 and policy.skip_first:
+        reason = "first conv of the forward pass (skip_first)"
+      else:
+        reason = f"not factorizable: {ineligible}" if selected else "not included"
       reports.append(
         LayerReport(name, shape, "skipped", None, reason, params_before, params_before, macs_before, macs_before,
                     0.0, 0.0, "dense")
@@ -296,6 +314,15 @@ def _selected(policy: Policy, name: str, conv: nnx.Conv) -> bool:
   return name in policy.include
 
 
+def _ineligible(conv: nnx.Conv) -> str:
+  """Why no factorized layer can replace ``conv`` (``""`` when one can)."""
+  try:
+    conv_kernel(conv)
+  except ValueError as e:
+    return str(e)
+  return ""
+
+
 def _plain(rank: Any) -> Any:
   return tuple(int(r) for r in rank) if isinstance(rank, tuple) else int(rank)
 
@@ -317,7 +344,7 @@ def _rank_for(policy: Policy, conv: nnx.Conv, input_shape: tuple[int, ...]) -> t
     rank,
     input_shape=input_shape,
     strides=1 if conv.strides is None else conv.strides,
-    padding=conv.padding,
+    padding=conv_padding(conv),
     dilation=1 if conv.kernel_dilation is None else conv.kernel_dilation,
     **kwargs,
   )

@@ -230,7 +230,9 @@ class Format:
       raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     backend = backend or jax.default_backend()
     g = geometry(input_shape, self.kernel_size, self.in_features, strides, padding, dilation)
-    dw = depthwise_implementation(depthwise_implementation_, backend) if self.has_depthwise else None
+    # Validated for every format, so that a typo fails the same way whatever the format.
+    dw_resolved = depthwise_implementation(depthwise_implementation_, backend)
+    dw = dw_resolved if self.has_depthwise else None
     rates = _rates(backend)
     steps = self._steps(g)
     dense = _dense_macs(g, self.kernel_size, self.in_features, self.out_features)

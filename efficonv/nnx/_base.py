@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.linear import canonicalize_padding
 
 from efficonv._typing import Array, Dtype, PrecisionLike
 from efficonv.formats._base import IMPLEMENTATIONS, Format, Plan
@@ -261,7 +262,7 @@ class FactorizedConv(nnx.Module):
     layer = cls.from_format(
       fmt,
       strides=1 if conv.strides is None else conv.strides,
-      padding=conv.padding,
+      padding=conv_padding(conv),
       kernel_dilation=1 if conv.kernel_dilation is None else conv.kernel_dilation,
       use_bias=conv.bias is not None,
       bias=conv.bias[...] if conv.bias is not None else None,
@@ -297,12 +298,12 @@ class FactorizedConv(nnx.Module):
 ActivationFn = Callable[[Array], Array]
 
 
-def batch_inputs(inputs: Array, in_features: int) -> tuple[Array, bool]:
+def batch_inputs(inputs: Array, in_features: int | None) -> tuple[Array, bool]:
   """Checks layer ``inputs`` and gives unbatched ones a batch axis (as :class:`flax.nnx.Conv` accepts them).
 
   Args:
     inputs: ``(N, H, W, in_features)`` or unbatched ``(H, W, in_features)``.
-    in_features: the channels the layer expects.
+    in_features: the channels the layer expects (``None``: any, for layers that infer them).
 
   Returns:
     ``(inputs as (N, H, W, in_features), whether the batch axis was added)``.
@@ -316,7 +317,7 @@ def batch_inputs(inputs: Array, in_features: int) -> tuple[Array, bool]:
       f"inputs must be NHWC (rank 4) or unbatched HWC (rank 3), got shape {getattr(inputs, 'shape', type(inputs))}"
     )
   unbatched = ndim == 3
-  if unbatched and inputs.shape[-1] != in_features:
+  if unbatched and in_features is not None and inputs.shape[-1] != in_features:
     # Checked before adding the axis so the message shows the shape the caller passed.
     raise ValueError(f"inputs must have {in_features} channels in its last axis (HWC), got shape {inputs.shape}")
   inputs = inputs[None] if unbatched else inputs
@@ -354,3 +355,22 @@ def conv_kernel(conv: Any) -> Array:
   if conv.mask is not None:
     raise ValueError("conv must not have a kernel mask")
   return kernel
+
+
+def conv_padding(conv: nnx.Conv) -> opt.PaddingLike:
+  """The padding of a 2-D :class:`flax.nnx.Conv` in a form efficonv accepts.
+
+  ``nnx.Conv`` also takes a per-axis mix of ints and pairs (``[1, (0, 2)]``);
+  flax's own canonicalization turns every explicit form into ``((lo, hi), (lo, hi))``.
+
+  Args:
+    conv: a 2-D ``nnx.Conv`` (checked by :func:`conv_kernel` first).
+
+  Returns:
+    ``conv.padding`` when it is a string (``"SAME"``, ``"VALID"``, ``"CIRCULAR"``,
+    ``"REFLECT"``), else ``((top, bottom), (left, right))``.
+  """
+  if isinstance(conv.padding, str):
+    return conv.padding
+  pads = canonicalize_padding(conv.padding, 2)
+  return (tuple(pads[0]), tuple(pads[1]))  # type: ignore[return-value]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from efficonv._typing import Dtype, PrecisionLike
@@ -100,7 +101,15 @@ class SeparableConv(FactorizedConv):
   def _decompose(cls, kernel: Any, rank: Any, **kwargs: Any) -> Any:
     from efficonv.decompose import separable
 
-    return separable(kernel, rank, **kwargs)
+    # from_conv's argument is `rank`; the decomposition would name it `depth_multiplier`.
+    kh, kw, _, cout = kernel.shape
+    maximum = min(kh * kw, cout)
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= maximum:
+      raise ValueError(
+        f"rank (the depth multiplier) must be an int in [1, min(kh*kw, C_out)] = [1, {maximum}] for a kernel of "
+        f"shape {tuple(kernel.shape)}, got {rank!r}"
+      )
+    return separable(kernel, int(rank), **kwargs)
 
   @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:

@@ -1,0 +1,222 @@
+"""CP decomposition of a dense kernel: regularized CP-ALS (default) or Levenberg–Marquardt.
+
+The kernel ``W`` (``kh × kw × C_in × C_out``) is fitted by
+
+.. math::
+  \\min_{\\lambda, A^{(n)}} \\Big\\| W - \\sum_{r=1}^R \\lambda_r\\, a^{(0)}_r \\circ a^{(1)}_r \\circ a^{(2)}_r
+    \\circ a^{(3)}_r \\Big\\|_F^2 + \\ell_2 \\|\\lambda\\|_2^2, \\qquad \\|a^{(n)}_r\\| = 1,
+
+with modes ``(kh, kw, C_in, C_out)``. One sweep updates the modes in that order; each update is the
+exact minimizer over ``B = A^{(n)} diag(λ)`` with the other (unit-column) factors fixed:
+
+.. math::
+  B = M^{(n)} \\big(\\circledast_{m \\ne n} A^{(m)T} A^{(m)} + \\ell_2 I\\big)^{-1},
+  \\qquad M^{(n)} = W_{(n)} \\big(\\odot_{m \\ne n} A^{(m)}\\big)
+
+(the MTTKRP, computed by einsum), followed by column normalization ``λ_r = ||b_r||``.
+
+Degeneracy guard (Phan et al. 2020): with unit columns in the other factors, ``||B||_F^2 = Σ_r λ_r^2``
+is the summed squared norm of the rank-one terms, so the ridge ``ℓ2`` penalizes exactly the large
+cancelling terms of a degenerate fit. Every update minimizes the same objective, so it never increases;
+after the first update it is ``≤ ||W||²`` (``B = 0`` is feasible), hence in exact arithmetic every rank-one
+term obeys ``||λ_r a_r^{(0)} ∘ ⋯ ∘ a_r^{(3)}|| ≤ ||W|| / √ℓ2`` — ``FitInfo.degeneracy ≤ 1/√ℓ2``
+(``1000`` for the default ``1e-6``). The same ridge keeps the normal equations positive definite in
+float32 (the Gram Hadamard product has a unit diagonal, so ``ℓ2`` is a relative shift). A larger ``ℓ2``
+tightens the bound at the price of a bias of order ``ℓ2`` in the fit; the default leaves exact low-rank
+kernels recoverable to ``~1e-6`` relative error.
+
+``method="lm"`` minimizes the same objective by damped Gauss–Newton steps (matrix-free, see
+:mod:`efficonv.decompose._cp_lm`) after one ALS sweep; it is slower per iteration but crosses the
+"swamps" where ALS crawls (nearly collinear factors), the method Lebedev et al. used.
+
+References:
+  Kolda & Bader, `Tensor Decompositions and Applications <https://doi.org/10.1137/07070111X>`_,
+  SIAM Review 2009 (CP-ALS).
+  Lebedev et al., `Speeding-up Convolutional Neural Networks Using Fine-tuned CP-Decomposition
+  <https://arxiv.org/abs/1412.6553>`_, ICLR 2015.
+  Phan et al., `Stable Low-rank Tensor Decomposition for Compression of Convolutional Neural Network
+  <https://arxiv.org/abs/2008.05441>`_, ECCV 2020.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Literal, Union
+
+import jax
+import jax.numpy as jnp
+
+from efficonv._typing import Array, ArrayLike
+from efficonv.decompose._cp_als import Factors, als, unit_columns
+from efficonv.decompose._cp_lm import levenberg_marquardt
+from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
+from efficonv.decompose._svd import leading_eigenvectors
+from efficonv.decompose._validate import check_float, check_int, check_kernel
+from efficonv.formats import CP
+from efficonv.kernels.reconstruct import cp_to_dense
+
+Init = Union[Literal["svd", "random"], CP]
+INITS = ("svd", "random")
+Method = Literal["als", "lm"]
+METHODS = ("als", "lm")
+
+
+def max_cp_rank(shape: tuple[int, ...]) -> int:
+  """Largest rank :func:`cp` accepts for a kernel of ``shape``: ``∏ shape / max(shape)``.
+
+  Every tensor of this shape is an exact sum of that many rank-one terms (one per fiber along its
+  longest mode), so a larger rank only adds redundant terms — and redundancy invites degeneracy.
+  For ``3×3×64×64`` it is 576.
+  """
+  return math.prod(shape) // max(shape)
+
+
+def cp(
+  kernel: ArrayLike,
+  rank: int,
+  *,
+  n_iter: int = 100,
+  tol: float = 1e-6,
+  init: Init = "svd",
+  key: Array | None = None,
+  l2: float = 1e-6,
+  method: Method = "als",
+) -> tuple[CP, FitInfo]:
+  """Rank-``rank`` CP decomposition of an HWIO kernel by regularized CP-ALS or LM (see the module docstring).
+
+  The whole fit is one ``lax.while_loop`` (at most ``n_iter`` sweeps, stopping once the relative error
+  changes by less than ``tol``), so it runs under ``jax.jit`` (close over or mark static every argument
+  but ``kernel`` and ``key``) and ``jax.vmap`` over a stack of same-shape kernels (each kernel keeps its
+  own stopping sweep). Called eagerly, the fit is compiled once per kernel shape, ``rank``, ``init`` kind
+  and ``method``; other values of ``n_iter``, ``tol`` and ``l2`` reuse it.
+
+  Example:
+    >>> import jax
+    >>> from efficonv.decompose import cp
+    >>> w = jax.random.normal(jax.random.key(0), (3, 3, 16, 32))
+    >>> fmt, info = cp(w, 8, n_iter=20)
+    >>> fmt.rank, fmt.to_dense().shape
+    (8, (3, 3, 16, 32))
+    >>> fits = jax.jit(jax.vmap(lambda k: cp(k, 8, n_iter=20)))(jax.numpy.stack([w, -w]))
+    >>> fits[1].relative_error.shape
+    (2,)
+
+  Args:
+    kernel: ``(kh, kw, C_in, C_out)`` dense kernel; ints are cast to float32, lower floats promoted.
+    rank: ``R``, ``1 <= R <= ∏ shape / max(shape)`` (:func:`max_cp_rank`).
+    n_iter: maximum number of iterations, ``>= 1``: ALS sweeps (each updates all four factors), or for
+      ``"lm"`` one ALS sweep plus ``n_iter - 1`` LM steps (rejected steps count).
+    tol: stop when the relative error changes by less than ``tol`` between iterations; ``0`` runs all
+      ``n_iter`` and skips the per-sweep error of ALS (one GEMM per sweep cheaper).
+    init: ``"svd"`` — leading left singular vectors of each unfolding (modes shorter than ``R`` are
+      padded with random unit columns); ``"random"`` — Gaussian unit columns; or a :class:`CP` of the
+      same shape and rank to warm-start from.
+    key: PRNG key for random columns; ``jax.random.key(0)`` when ``None``.
+    l2: ridge on the rank-one term norms (relative to the unit Gram diagonal); guarantees
+      ``FitInfo.degeneracy <= 1/sqrt(l2)``. ``0`` disables the guard and the float32 safety margin.
+    method: ``"als"`` (alternating least squares) or ``"lm"`` (Levenberg–Marquardt).
+
+  Returns:
+    ``(CP, FitInfo)``. The term weights ``λ_r`` are absorbed evenly (``λ_r^{1/4}`` into each factor
+    column), which balances the factor scales for fine-tuning. ``CP.first`` is ``(C_in, R)``,
+    ``vertical`` ``(kh, R)``, ``horizontal`` ``(kw, R)``, ``last`` ``(R, C_out)``. Under ``jit`` a
+    non-finite kernel cannot be rejected and yields a NaN ``relative_error`` instead.
+
+  Raises:
+    ValueError: naming the argument: ``kernel`` not 4-D/real/finite, ``rank`` out of range, ``n_iter``
+      ``< 1``, ``tol``/``l2`` negative, ``init`` unknown or of the wrong shape, ``method`` unknown.
+  """
+  w = check_kernel(kernel)
+  shape = tuple(int(d) for d in w.shape)
+  rank = check_int(
+    rank,
+    "rank",
+    minimum=1,
+    maximum=max_cp_rank(shape),
+    why=f"prod(kernel.shape) / max(kernel.shape) for {shape}",
+  )
+  n_iter = check_int(n_iter, "n_iter", minimum=1)
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  tol = check_float(tol, "tol")
+  l2 = check_float(l2, "l2")
+  key = jax.random.key(0) if key is None else key
+  if isinstance(init, CP):
+    given = (init.kernel_size, init.in_features, init.out_features, init.rank)
+    if given != ((shape[0], shape[1]), shape[2], shape[3], rank):
+      raise ValueError(
+        f"init must be a CP of kernel shape {shape} and rank {rank}, got kernel_size, in/out features and rank {given}"
+      )
+    start = tuple(jnp.asarray(f, w.dtype) for f in (init.vertical, init.horizontal, init.first, init.last.T))
+    init_kind = "given"
+  elif isinstance(init, str) and init in INITS:
+    start, init_kind = None, init
+  else:
+    raise ValueError(f"init must be one of {INITS} or a CP format, got {init!r}")
+  return _fit(
+    w, key, start, n_iter, tol, l2, rank=rank, init=init_kind, method=method, check_convergence=tol > 0
+  )
+
+
+# Only what changes the program is static, so new values of n_iter, tol or l2 reuse the compiled fit.
+@functools.partial(jax.jit, static_argnames=("rank", "init", "method", "check_convergence"))
+def _fit(
+  w: Array,
+  key: Array,
+  start: Factors | None,
+  n_iter: int | Array,
+  tol: float | Array,
+  l2: float | Array,
+  *,
+  rank: int,
+  init: str,
+  method: str,
+  check_convergence: bool,
+) -> tuple[CP, FitInfo]:
+  factors = (
+    _initial_factors(w, rank, init, key) if start is None else tuple(unit_columns(f)[0] for f in start)
+  )
+  w_norm = jnp.linalg.norm(w.ravel())
+  if method == "als":
+    factors, weights, sweeps = als(
+      w, factors, n_iter=n_iter, tol=tol, l2=l2, w_norm=w_norm, check_convergence=check_convergence
+    )
+  else:
+    # One ALS sweep sets the scale (and puts the objective below ||W||², which the bound needs).
+    factors, weights, _ = als(w, factors, n_iter=1, tol=tol, l2=l2, w_norm=w_norm, check_convergence=False)
+    share = jnp.sqrt(jnp.sqrt(weights))
+    balanced = tuple(f * share[None, :] for f in factors)
+    balanced, steps = levenberg_marquardt(
+      w, balanced, n_iter=n_iter - 1, tol=tol, l2=l2, w_norm=w_norm, check_convergence=check_convergence
+    )
+    split = [unit_columns(f) for f in balanced]
+    factors = tuple(unit for unit, _ in split)
+    weights = functools.reduce(lambda a, b: a * b, [norms for _, norms in split])
+    sweeps = steps + 1
+  share = jnp.sqrt(jnp.sqrt(weights))  # λ^{1/4} per factor
+  a_h, a_w, a_in, a_out = (f * share[None, :] for f in factors)
+  fmt = CP(a_in, a_h, a_w, a_out.T)
+  dense = cp_to_dense(fmt.first, fmt.vertical, fmt.horizontal, fmt.last, precision=HIGHEST)
+  info = FitInfo(dense_relative_error(w, dense), sweeps, safe_ratio(jnp.max(weights), w_norm))
+  return fmt, info
+
+
+def _unfold(w: Array, mode: int) -> Array:
+  """Mode-``mode`` unfolding ``(I_n, ∏_{m≠n} I_m)``."""
+  return jnp.moveaxis(w, mode, 0).reshape(w.shape[mode], -1)
+
+
+def _initial_factors(w: Array, rank: int, init: str, key: Array) -> Factors:
+  keys = jax.random.split(key, 4)
+  factors = []
+  for mode, size in enumerate(w.shape):
+    random = unit_columns(jax.random.normal(keys[mode], (size, rank), w.dtype))[0]
+    if init == "random":
+      factors.append(random)
+      continue
+    k = min(size, rank)
+    u = leading_eigenvectors(_unfold(w, mode), k)
+    # A mode shorter than the rank has only `size` singular vectors; the rest start random.
+    factors.append(jnp.concatenate([u, random[:, k:]], axis=1) if k < rank else u)
+  return tuple(factors)  # type: ignore[return-value]

@@ -1,0 +1,196 @@
+"""CP-ALS: exact recovery, float32 safety, the degeneracy guard, jit/vmap, validation, TensorLy parity."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from efficonv.decompose import FitInfo, cp, max_cp_rank
+from efficonv.formats import CP
+
+from . import _builders as build
+
+SHAPE = (3, 3, 8, 10)
+
+
+@pytest.mark.parametrize(("init", "tol"), [("svd", 1e-6), ("random", 0.0)])
+def test_recovers_exact_cp_rank(init: str, tol: float) -> None:
+  w = build.cp_kernel(np.random.default_rng(0), SHAPE, 4)
+  fmt, info = cp(w, 4, n_iter=300, tol=tol, init=init, key=jax.random.key(1))
+  assert isinstance(fmt, CP) and isinstance(info, FitInfo)
+  assert (fmt.first.shape, fmt.vertical.shape, fmt.horizontal.shape, fmt.last.shape) == (
+    (8, 4),
+    (3, 4),
+    (3, 4),
+    (4, 10),
+  )
+  assert fmt.first.dtype == jnp.float32
+  assert float(info.relative_error) < 1e-4
+  assert build.relative_error(w, fmt.to_dense()) < 1e-4
+  # With a tolerance it stops before the cap; the report counts the sweeps done.
+  assert 1 <= int(info.n_iter) < 300 if tol > 0 else int(info.n_iter) == 300
+
+
+def test_levenberg_marquardt_crosses_an_als_swamp() -> None:
+  # Highly collinear factors (congruence ~0.8): ALS crawls, damped Gauss-Newton converges.
+  rng = np.random.default_rng(1)
+  factors = [0.9 * rng.standard_normal((s, 1)) + np.sqrt(0.19) * rng.standard_normal((s, 4)) for s in SHAPE]
+  w = np.einsum("xr,yr,cr,sr->xycs", *factors).astype(np.float32)
+  _, als = cp(w, 4, n_iter=60, tol=0.0, init="random", key=jax.random.key(1))
+  fmt, lm = cp(w, 4, n_iter=60, tol=0.0, init="random", key=jax.random.key(1), method="lm")
+  assert int(lm.n_iter) == 60
+  assert float(lm.relative_error) < 1e-4
+  assert build.relative_error(w, fmt.to_dense()) < 1e-4
+  assert float(als.relative_error) > 10 * float(lm.relative_error)
+
+
+def test_overfactored_float32_fit_from_random_init_stays_finite() -> None:
+  # The case where an unregularized float32 ALS breaks down: rank 4 fitted at rank 64.
+  w = build.cp_kernel(np.random.default_rng(1), (3, 3, 16, 16), 4)
+  fmt, info = cp(w, 64, n_iter=100, init="random", key=jax.random.key(2))
+  assert all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(fmt))
+  assert float(info.relative_error) < 1e-3
+  assert 0 < float(info.degeneracy) <= 1e3  # the l2 bound 1/sqrt(1e-6)
+
+
+def _border_rank_two_kernel() -> np.ndarray:
+  """Σ_n (a ∘ … ∘ b_n ∘ … ∘ a): rank 4, but a limit of rank-2 tensors — a rank-2 fit degenerates."""
+  rng = np.random.default_rng(3)
+  a = [v / np.linalg.norm(v) for v in (rng.standard_normal(s) for s in (3, 3, 6, 6))]
+  b = [v - (v @ u) * u for v, u in zip((rng.standard_normal(s) for s in (3, 3, 6, 6)), a)]
+  b = [v / np.linalg.norm(v) for v in b]
+  terms = [np.einsum("x,y,c,s->xycs", *[b[m] if m == n else a[m] for m in range(4)]) for n in range(4)]
+  return np.sum(terms, axis=0).astype(np.float32)
+
+
+@pytest.mark.parametrize(("method", "n_iter"), [("als", 2000), ("lm", 300)])
+def test_l2_bounds_degeneracy(method: str, n_iter: int) -> None:
+  w = _border_rank_two_kernel()
+  _, free = cp(w, 2, n_iter=n_iter, tol=0.0, init="random", l2=0.0, method=method)
+  _, guarded = cp(w, 2, n_iter=n_iter, tol=0.0, init="random", l2=1e-2, method=method)
+  # Unregularized fits drift into cancelling terms larger than W; the ridge keeps them at most 1/sqrt(l2).
+  assert float(free.degeneracy) > 2.0
+  assert float(guarded.degeneracy) <= 1 / np.sqrt(1e-2)
+  assert float(guarded.degeneracy) < float(free.degeneracy) / 2
+
+
+def test_tol_zero_runs_every_sweep() -> None:
+  w = build.cp_kernel(np.random.default_rng(0), SHAPE, 3)
+  _, info = cp(w, 3, n_iter=7, tol=0.0)
+  assert int(info.n_iter) == 7
+
+
+def test_warm_start_from_the_solution() -> None:
+  rng = np.random.default_rng(4)
+  factors = [rng.standard_normal((s, 4)).astype(np.float32) for s in SHAPE]
+  exact = CP(factors[2], factors[0], factors[1], factors[3].T)
+  w = np.asarray(exact.to_dense())
+  _, info = cp(w, 4, n_iter=1, tol=0.0, init=exact)
+  assert float(info.relative_error) < 1e-4
+
+
+_cp4 = jax.jit(functools.partial(cp, rank=4, n_iter=300))
+
+
+def test_jit_and_vmap() -> None:
+  w = build.cp_kernel(np.random.default_rng(5), SHAPE, 4)
+  _, jitted = _cp4(w)
+  assert float(jitted.relative_error) < 1e-4
+  stack = np.stack([w, np.zeros_like(w), -2 * w])
+  fmts, infos = jax.jit(jax.vmap(functools.partial(cp, rank=4, n_iter=300)))(stack)
+  assert fmts.first.shape == (3, 8, 4) and fmts.last.shape == (3, 4, 10)
+  assert infos.relative_error.shape == infos.n_iter.shape == infos.degeneracy.shape == (3,)
+  for i in range(3):
+    dense = CP(fmts.first[i], fmts.vertical[i], fmts.horizontal[i], fmts.last[i]).to_dense()
+    assert float(infos.relative_error[i]) < 1e-4
+    np.testing.assert_allclose(dense, stack[i], atol=1e-3 * float(np.abs(w).max()))
+  # Each kernel stops at its own sweep: the zero kernel's error is 0 from the first sweep on.
+  assert int(infos.n_iter[1]) == 2 < int(infos.n_iter[0])
+
+
+def test_levenberg_marquardt_under_jit_and_vmap() -> None:
+  rng = np.random.default_rng(7)
+  stack = np.stack([build.cp_kernel(rng, (3, 3, 4, 5), 2) for _ in range(2)])
+  fmts, infos = jax.jit(jax.vmap(functools.partial(cp, rank=2, n_iter=50, method="lm")))(stack)
+  assert fmts.first.shape == (2, 4, 2) and infos.n_iter.shape == (2,)
+  for i in range(2):
+    assert float(infos.relative_error[i]) < 1e-4
+    dense = CP(fmts.first[i], fmts.vertical[i], fmts.horizontal[i], fmts.last[i]).to_dense()
+    assert build.relative_error(stack[i], dense) < 1e-4
+
+
+def test_nan_kernel_under_jit_reports_nan_error() -> None:
+  w = np.full(SHAPE, np.nan, np.float32)
+  _, info = _cp4(w)
+  assert np.isnan(float(info.relative_error))
+
+
+def test_zero_kernel_gives_zero_factors_without_nan() -> None:
+  fmt, info = cp(np.zeros(SHAPE, np.float32), 4, n_iter=5)
+  assert not np.any(fmt.to_dense())
+  assert float(info.relative_error) == 0.0 and float(info.degeneracy) == 0.0
+
+
+def test_int_and_float16_kernels_are_fitted_in_float32() -> None:
+  for kernel in (np.ones(SHAPE, np.int32), np.ones(SHAPE, np.float16)):
+    fmt, info = cp(kernel, 4, n_iter=3)
+    assert fmt.first.dtype == jnp.float32
+    assert float(info.relative_error) < 1e-5
+
+
+def test_max_rank() -> None:
+  assert max_cp_rank((3, 3, 64, 64)) == 576
+  assert max_cp_rank(SHAPE) == 72
+
+
+@pytest.mark.parametrize(
+  ("kernel", "kwargs", "names"),
+  [
+    (np.zeros((3, 8, 10)), {"rank": 2}, "kernel"),
+    (np.zeros((3, 3, 0, 10)), {"rank": 2}, "kernel"),
+    (np.full(SHAPE, np.nan), {"rank": 2}, "kernel"),
+    (np.full(SHAPE, np.inf), {"rank": 2}, "kernel"),
+    (np.zeros(SHAPE, np.complex64), {"rank": 2}, "kernel"),
+    (np.ones(SHAPE), {"rank": 0}, "rank"),
+    (np.ones(SHAPE), {"rank": 73}, "rank"),
+    (np.ones(SHAPE), {"rank": 2.0}, "rank"),
+    (np.ones(SHAPE), {"rank": 2, "n_iter": 0}, "n_iter"),
+    (np.ones(SHAPE), {"rank": 2, "tol": -1.0}, "tol"),
+    (np.ones(SHAPE), {"rank": 2, "l2": -1e-6}, "l2"),
+    (np.ones(SHAPE), {"rank": 2, "init": "hosvd"}, "init"),
+    (np.ones(SHAPE), {"rank": 2, "method": "gn"}, "method"),
+    (
+      np.ones(SHAPE),
+      {"rank": 2, "init": CP(np.ones((8, 3)), np.ones((3, 3)), np.ones((3, 3)), np.ones((3, 10)))},
+      "init",
+    ),
+  ],
+)
+def test_rejects_bad_input(kernel: np.ndarray, kwargs: dict, names: str) -> None:
+  with pytest.raises(ValueError, match=names):
+    cp(kernel, **kwargs)
+
+
+def test_no_worse_than_tensorly_parafac() -> None:
+  tl = pytest.importorskip(
+    "tensorly", reason="TensorLy is an optional peer (test extra), used only to cross-check"
+  )
+  from tensorly.decomposition import parafac
+
+  rng = np.random.default_rng(6)
+  w = build.cp_kernel(rng, SHAPE, 6) + 0.3 * build.gaussian(rng, SHAPE)
+  start = [build.gaussian(rng, (s, 4)) for s in SHAPE]
+  # Same kernel, rank, starting factors and number of sweeps (tol=0: no early stop on either side).
+  _, ours = cp(w, 4, n_iter=30, tol=0.0, init=CP(start[2], start[0], start[1], start[3].T))
+  theirs = parafac(
+    tl.tensor(w), 4, n_iter_max=30, tol=0, init=tl.cp_tensor.CPTensor((np.ones(4, np.float32), start))
+  )
+  assert float(ours.relative_error) <= build.relative_error(w, tl.cp_to_tensor(theirs)) * (1 + 1e-3) + 1e-6
+  # Same init *type*: at rank <= every mode size, both SVD inits are the leading singular vectors.
+  _, ours = cp(w, 3, n_iter=30, tol=0.0, init="svd")
+  theirs = parafac(tl.tensor(w), 3, n_iter_max=30, tol=0, init="svd")
+  assert float(ours.relative_error) <= build.relative_error(w, tl.cp_to_tensor(theirs)) * (1 + 1e-3) + 1e-6

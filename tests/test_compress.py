@@ -1,0 +1,393 @@
+"""``efficonv.compress`` on a small trained CNN: exactness, the report's numbers, selection and fine-tuning.
+
+The CNN (three 3×3 convs and a linear head on 1×16×16 images) is trained for a
+few dozen Adam steps on a synthetic three-class stripes data set, once per
+module. Its second and third convs have the same kernel shape, so one rank fits
+both and each decomposition compiles once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import efficonv
+from efficonv import cost
+from efficonv import nnx as enn
+from efficonv import rank as rank_rules
+from efficonv.compress import SCHEMES, Report
+
+BATCH, SIZE, CLASSES, WIDTH = 24, 16, 3, 8
+INPUT_SHAPE = (BATCH, SIZE, SIZE, 1)
+PATHS = ("conv1", "conv2", "conv3")
+# Exact ranks for the (3, 3, 8, 8) kernels of conv2 and conv3. TT gets an int, which the fit clips to
+# the maximal (exact) ranks.
+EXACT_RANK: dict[str, Any] = {"tucker2": (WIDTH, WIDTH), "spatial": 3 * WIDTH, "separable": WIDTH, "tt": 10**3}
+CP_RANK = 3  # planted for the exact test; lossy on the trained kernels
+
+
+class CNN(nnx.Module):
+  """conv1 (SAME) → conv2 (stride 2) → conv3 (stride 2, VALID) → linear head."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(1, WIDTH, (3, 3), rngs=rngs)
+    self.conv2 = nnx.Conv(WIDTH, WIDTH, (3, 3), strides=2, rngs=rngs)
+    self.conv3 = nnx.Conv(WIDTH, WIDTH, (3, 3), strides=2, padding="VALID", rngs=rngs)
+    self.head = nnx.Linear(3 * 3 * WIDTH, CLASSES, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.relu(self.conv1(x))
+    x = nnx.relu(self.conv2(x))
+    x = nnx.relu(self.conv3(x))
+    return self.head(x.reshape(x.shape[0], -1))
+
+
+def stripes(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+  """Class 0: horizontal stripes, 1: vertical, 2: diagonal; random phase and period, plus noise."""
+  k_label, k_phase, k_period, k_noise = jax.random.split(key, 4)
+  labels = jax.random.randint(k_label, (n,), 0, CLASSES)
+  phase = jax.random.uniform(k_phase, (n, 1, 1), maxval=2 * math.pi)
+  period = jax.random.uniform(k_period, (n, 1, 1), minval=3.0, maxval=6.0)
+  rows, cols = jnp.meshgrid(jnp.arange(SIZE), jnp.arange(SIZE), indexing="ij")
+  coordinate = jnp.stack([rows, cols, rows + cols])[labels]  # (n, SIZE, SIZE)
+  images = jnp.sin(2 * math.pi * coordinate / period + phase)
+  images = images + 0.3 * jax.random.normal(k_noise, images.shape)
+  return images[..., None], labels
+
+
+def loss_fn(model: nnx.Module, x: jax.Array, labels: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(model(x), labels).mean()
+
+
+@nnx.jit
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, labels: jax.Array) -> jax.Array:
+  loss, grads = nnx.value_and_grad(loss_fn)(model, x, labels)
+  optimizer.update(model, grads)
+  return loss
+
+
+def fit(model: nnx.Module, x: jax.Array, labels: jax.Array, steps: int, learning_rate: float) -> list[float]:
+  optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
+  return [float(train_step(model, optimizer, x, labels)) for _ in range(steps)]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[jax.Array, jax.Array]:
+  return stripes(jax.random.key(0), BATCH)
+
+
+@pytest.fixture(scope="module")
+def trained(data: tuple[jax.Array, jax.Array]) -> CNN:
+  model = CNN(nnx.Rngs(0))
+  losses = fit(model, *data, steps=40, learning_rate=1e-2)
+  assert losses[-1] < 0.5 * losses[0]  # it learned something: its kernels are trained, not random
+  return model
+
+
+def params_snapshot(model: nnx.Module) -> dict[str, np.ndarray]:
+  return {
+    jax.tree_util.keystr(p): np.array(v) for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+  }
+
+
+def relative(a: jax.Array, b: jax.Array) -> float:
+  return float(jnp.linalg.norm((a - b).ravel()) / jnp.linalg.norm(b.ravel()))
+
+
+def plant_cp(model: CNN, rank: int) -> CNN:
+  """A copy of ``model`` whose conv2/conv3 kernels have CP rank ``rank`` (same Frobenius norms)."""
+  planted = nnx.clone(model)
+  rng = np.random.default_rng(0)
+  for path in ("conv2", "conv3"):
+    conv = getattr(planted, path)
+    factors = [rng.standard_normal((n, rank)) for n in conv.kernel.shape]
+    kernel = np.einsum("xr,yr,cr,sr->xycs", *factors)
+    kernel *= float(jnp.linalg.norm(conv.kernel[...].ravel())) / np.linalg.norm(kernel)
+    conv.kernel[...] = jnp.asarray(kernel, jnp.float32)
+  return planted
+
+
+@pytest.mark.parametrize("scheme", ["cp", "tucker2", "spatial", "separable", "tt"])
+def test_exact_ranks_reproduce_the_trained_model(scheme: str, trained: CNN, data: tuple[jax.Array, jax.Array]) -> None:
+  model = plant_cp(trained, CP_RANK) if scheme == "cp" else trained
+  rank = CP_RANK if scheme == "cp" else EXACT_RANK[scheme]
+  compressed, report = efficonv.compress(
+    model, efficonv.Policy(scheme=scheme, rank=rank, implementation="factorized"), input_shape=INPUT_SHAPE
+  )
+  replaced = [r for r in report.layers if r.scheme != "skipped"]
+  assert [r.path for r in replaced] == ["conv2", "conv3"]
+  assert all(isinstance(getattr(compressed, r.path), SCHEMES[scheme]) for r in replaced)
+  total_error = sum(r.relative_error for r in replaced)
+  assert total_error < 1e-4
+  # Two lossless-up-to-float32 layers: the output moves by at most a small multiple of their kernel errors.
+  tolerance = 1e-4 + 10 * total_error
+  x, _ = data
+  assert relative(compressed(x), model(x)) < tolerance
+
+
+def test_lossy_model_is_the_model_with_the_reconstructed_kernels(
+  trained: CNN, data: tuple[jax.Array, jax.Array]
+) -> None:
+  compressed, report = efficonv.compress(trained, efficonv.Policy(scheme="cp", rank=CP_RANK), input_shape=INPUT_SHAPE)
+  reference = nnx.clone(trained)
+  for r in report.layers[1:]:
+    kernel = getattr(trained, r.path).kernel[...]
+    dense = getattr(compressed, r.path).to_dense()
+    assert r.relative_error > 1e-2  # lossy
+    np.testing.assert_allclose(relative(dense, kernel), r.relative_error, rtol=1e-4)
+    getattr(reference, r.path).kernel[...] = dense
+  x, _ = data
+  y, y_reference, y_original = compressed(x), reference(x), trained(x)
+  assert relative(y, y_reference) < 1e-5
+  assert relative(y, y_original) > 1e-3
+
+
+def test_report_counts_match_the_cost_model(trained: CNN) -> None:
+  policy = efficonv.Policy(scheme="cp", rank=CP_RANK, implementation="factorized")
+  compressed, report = efficonv.compress(trained, policy, input_shape=INPUT_SHAPE)
+  assert [r.path for r in report.layers] == list(PATHS)
+  out_sizes = {"conv1": SIZE, "conv2": SIZE // 2, "conv3": (SIZE // 2 - 3) // 2 + 1}
+  in_shapes = {"conv1": INPUT_SHAPE, "conv2": (BATCH, SIZE, SIZE, WIDTH), "conv3": (BATCH, SIZE // 2, SIZE // 2, WIDTH)}
+  for r in report.layers:
+    original, new = getattr(trained, r.path), getattr(compressed, r.path)
+    assert r.input_shape == in_shapes[r.path]
+    cin = r.input_shape[-1]
+    assert r.macs_before == BATCH * out_sizes[r.path] ** 2 * 9 * cin * WIDTH  # N·H'·W'·kh·kw·C_in·C_out
+    assert r.params_before == 9 * cin * WIDTH + WIDTH == cost.params(original)
+    assert r.macs_before == cost.macs(original, r.input_shape)
+    assert r.params_after == cost.params(new)
+    assert r.macs_after == cost.macs(new, r.input_shape)
+    if r.path == "conv1":
+      assert (r.scheme, r.rank, r.macs_after, r.params_after) == ("skipped", None, r.macs_before, r.params_before)
+    else:
+      assert (r.scheme, r.rank, r.rank_reason) == ("cp", CP_RANK, "given")
+      assert r.macs_after < r.macs_before and r.params_after < r.params_before
+      assert r.implementation == "factorized"
+  assert report.macs_before == sum(r.macs_before for r in report.layers)
+  assert report.macs_after == sum(r.macs_after for r in report.layers)
+  assert report.params_before == sum(r.params_before for r in report.layers)
+  assert report.params_after == sum(r.params_after for r in report.layers)
+  # Whole models (traced): everything but the convs (the head) is the same before and after.
+  head_macs = cost.macs(trained, INPUT_SHAPE) - report.macs_before
+  assert head_macs == BATCH * 3 * 3 * WIDTH * CLASSES
+  assert cost.macs(compressed, INPUT_SHAPE) - report.macs_after == head_macs
+  assert cost.params(trained) - report.params_before == cost.params(compressed) - report.params_after
+
+
+def test_report_renders_to_markdown_and_json(trained: CNN) -> None:
+  _, report = efficonv.compress(trained, efficonv.Policy(scheme="cp", rank=CP_RANK), input_shape=INPUT_SHAPE)
+  lines = report.to_markdown().splitlines()
+  assert len(lines) == 2 + len(PATHS)
+  assert lines[0].startswith("| layer |")
+  for line, r in zip(lines[2:], report.layers):
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[:3] == [r.path, r.scheme, str(r.rank)]
+    assert f"{r.macs_before:,} → {r.macs_after:,}" in cells
+  decoded = json.loads(report.to_json())
+  assert decoded == json.loads(json.dumps(report.to_dict()))
+  assert [layer["path"] for layer in decoded["layers"]] == list(PATHS)
+  assert decoded["layers"][1]["rank"] == CP_RANK
+  assert decoded["layers"][1]["input_shape"] == [BATCH, SIZE, SIZE, WIDTH]
+  assert decoded["totals"] == {
+    "params_before": report.params_before,
+    "params_after": report.params_after,
+    "macs_before": report.macs_before,
+    "macs_after": report.macs_after,
+  }
+
+
+def replaced_paths(report: Report) -> list[str]:
+  return [r.path for r in report.layers if r.scheme != "skipped"]
+
+
+def test_skip_first(trained: CNN) -> None:
+  # Spatial rank 3 is exact for conv1 (min(kh·C_in, kw·C_out) = 3) and valid for conv2/conv3.
+  compressed, report = efficonv.compress(trained, efficonv.Policy(scheme="spatial", rank=3), input_shape=INPUT_SHAPE)
+  assert replaced_paths(report) == ["conv2", "conv3"]
+  assert type(compressed.conv1) is nnx.Conv and "skip_first" in report.layers[0].rank_reason
+  compressed, report = efficonv.compress(
+    trained, efficonv.Policy(scheme="spatial", rank=3, skip_first=False), input_shape=INPUT_SHAPE
+  )
+  assert replaced_paths(report) == list(PATHS)
+  assert isinstance(compressed.conv1, enn.SpatialConv) and report.layers[0].relative_error < 1e-5
+
+
+@pytest.mark.parametrize(
+  ("include", "expected"),
+  [
+    (["conv3"], ["conv3"]),
+    ("conv3", ["conv3"]),  # one path as a string (not a substring test)
+    (("conv2", "conv3"), ["conv2", "conv3"]),
+    (lambda path, conv: conv.padding == "VALID", ["conv3"]),
+  ],
+  ids=["list", "string", "tuple", "predicate"],
+)
+def test_include(include: Any, expected: list[str], trained: CNN) -> None:
+  compressed, report = efficonv.compress(
+    trained, efficonv.Policy(scheme="cp", rank=CP_RANK, include=include), input_shape=INPUT_SHAPE
+  )
+  assert replaced_paths(report) == expected
+  for r in report.layers:
+    assert isinstance(getattr(compressed, r.path), enn.CPConv) == (r.path in expected)
+  assert report.layers[1].rank_reason == ("given" if "conv2" in expected else "not included")
+
+
+def test_include_predicate_sees_path_and_conv(trained: CNN) -> None:
+  seen: list[tuple[str, type]] = []
+
+  def include(path: str, conv: nnx.Conv) -> bool:
+    seen.append((path, type(conv)))
+    return False
+
+  _, report = efficonv.compress(
+    trained, efficonv.Policy(scheme="cp", rank=CP_RANK, include=include, skip_first=False), input_shape=INPUT_SHAPE
+  )
+  assert seen == [(path, nnx.Conv) for path in PATHS]
+  assert replaced_paths(report) == []
+
+
+def test_unknown_include_paths_are_rejected_naming_them(trained: CNN) -> None:
+  policy = efficonv.Policy(scheme="cp", rank=CP_RANK, include=["conv2", "block9/conv", "head"])
+  with pytest.raises(ValueError, match=r"include.*'block9/conv', 'head'"):
+    efficonv.compress(trained, policy, input_shape=INPUT_SHAPE)
+  with pytest.raises(ValueError, match=r"include.*\['conv'\]"):  # a string is one path, never a substring
+    efficonv.compress(trained, efficonv.Policy(scheme="cp", rank=CP_RANK, include="conv"), input_shape=INPUT_SHAPE)
+
+
+def test_original_is_unchanged_by_compress_and_by_fine_tuning_the_copy(
+  trained: CNN, data: tuple[jax.Array, jax.Array]
+) -> None:
+  before = params_snapshot(trained)
+  compressed, _ = efficonv.compress(trained, efficonv.Policy(scheme="cp", rank=CP_RANK), input_shape=INPUT_SHAPE)
+  assert type(trained.conv2) is nnx.Conv and type(trained.conv3) is nnx.Conv
+  x, labels = data
+  loss_before = float(loss_fn(compressed, x, labels))
+  losses = fit(compressed, x, labels, steps=25, learning_rate=1e-3)
+  loss_after = float(loss_fn(compressed, x, labels))
+  assert losses[0] == pytest.approx(loss_before, rel=1e-5)
+  assert loss_after < loss_before
+  assert isinstance(compressed.conv2, enn.CPConv)  # fine-tuned as factors, not densified
+  after = params_snapshot(trained)
+  assert after.keys() == before.keys()
+  for key in before:
+    np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+
+class ListNet(nnx.Module):
+  """A stem conv, then convs held in an ``nnx.List`` (paths ``blocks/0``, ``blocks/1``)."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.stem = nnx.Conv(1, WIDTH, (3, 3), rngs=rngs)
+    self.blocks = nnx.List([nnx.Conv(WIDTH, WIDTH, (3, 3), strides=2, rngs=rngs) for _ in range(2)])
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.stem(x)
+    for block in self.blocks:
+      x = nnx.relu(block(x))
+    return x
+
+
+def test_convs_in_an_nnx_list(data: tuple[jax.Array, jax.Array]) -> None:
+  model = ListNet(nnx.Rngs(1))
+  compressed, report = efficonv.compress(
+    model, efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"]), input_shape=INPUT_SHAPE
+  )
+  assert [r.path for r in report.layers] == ["stem", "blocks/0", "blocks/1"]
+  assert replaced_paths(report) == ["blocks/0", "blocks/1"]
+  assert all(isinstance(block, enn.TuckerConv) for block in compressed.blocks)
+  assert compressed.blocks[1].strides == (2, 2)
+  x, _ = data
+  assert relative(compressed(x), model(x)) < 1e-4
+  _, report = efficonv.compress(
+    model, efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"], include=["blocks/1"]), input_shape=INPUT_SHAPE
+  )
+  assert replaced_paths(report) == ["blocks/1"]
+
+
+class DropoutNet(nnx.Module):
+  """Needs ``train``: ``model(x, train=...)``."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(1, WIDTH, (3, 3), rngs=rngs)
+    self.conv2 = nnx.Conv(WIDTH, WIDTH, (3, 3), strides=2, rngs=rngs)
+    self.dropout = nnx.Dropout(0.5, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return self.conv2(self.dropout(nnx.relu(self.conv1(x)), deterministic=not train))
+
+
+def test_forward_for_models_with_extra_arguments(data: tuple[jax.Array, jax.Array]) -> None:
+  model = DropoutNet(nnx.Rngs(2))
+  policy = efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"])
+  with pytest.raises(TypeError, match="train"):
+    efficonv.compress(model, policy, input_shape=INPUT_SHAPE)
+  forward: Callable[[nnx.Module, jax.Array], jax.Array] = lambda m, x: m(x, train=False)  # noqa: E731
+  compressed, report = efficonv.compress(model, policy, input_shape=INPUT_SHAPE, forward=forward)
+  assert replaced_paths(report) == ["conv2"]
+  x, _ = data
+  assert relative(compressed(x, train=False), model(x, train=False)) < 1e-4
+
+
+class DepthwiseNet(nnx.Module):
+  """A depthwise (grouped) conv between two plain ones: no factorized layer reproduces it."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(1, WIDTH, (3, 3), rngs=rngs)
+    self.depthwise = nnx.Conv(WIDTH, WIDTH, (3, 3), feature_group_count=WIDTH, rngs=rngs)
+    self.conv2 = nnx.Conv(WIDTH, WIDTH, (3, 3), strides=2, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.conv2(nnx.relu(self.depthwise(nnx.relu(self.conv1(x)))))
+
+
+def test_ineligible_convs_are_skipped_or_rejected_when_named() -> None:
+  model = DepthwiseNet(nnx.Rngs(3))
+  policy = efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"])
+  compressed, report = efficonv.compress(model, policy, input_shape=INPUT_SHAPE)
+  assert replaced_paths(report) == ["conv2"]
+  depthwise = report.layers[1]
+  assert depthwise.path == "depthwise" and "feature_group_count" in depthwise.rank_reason
+  assert depthwise.macs_before == depthwise.macs_after == cost.macs(model.depthwise, depthwise.input_shape)
+  assert type(compressed.depthwise) is nnx.Conv
+  named = efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"], include=["depthwise"])
+  with pytest.raises(ValueError, match=r"include.*'depthwise'.*feature_group_count"):
+    efficonv.compress(model, named, input_shape=INPUT_SHAPE)
+
+
+def test_vbmf_rule_for_tucker2(trained: CNN) -> None:
+  rule = rank_rules.VBMF()
+  _, report = efficonv.compress(trained, efficonv.Policy(scheme="tucker2", rank=rule), input_shape=INPUT_SHAPE)
+  for r in report.layers[1:]:
+    conv = getattr(trained, r.path)
+    choice = rank_rules.choose_rank(
+      "tucker2", conv.kernel[...], rule, input_shape=r.input_shape, strides=conv.strides, padding=conv.padding
+    )
+    assert r.rank == choice.rank and r.rank_reason == choice.reason
+    assert r.rank_reason and 1 <= r.rank[0] <= WIDTH and 1 <= r.rank[1] <= WIDTH
+
+
+def test_mac_reduction_rule_for_cp(trained: CNN) -> None:
+  _, report = efficonv.compress(
+    trained, efficonv.Policy(scheme="cp", rank=rank_rules.MacReduction(4)), input_shape=INPUT_SHAPE
+  )
+  assert replaced_paths(report) == ["conv2", "conv3"]
+  for r in report.layers[1:]:
+    assert r.macs_before / r.macs_after >= 4
+    assert r.rank_reason
+    # The largest such rank: one more term would miss the target (the rule's own claim, checked on the layer).
+    conv = getattr(trained, r.path)
+    bigger = enn.CPConv.from_format(
+      efficonv.CP.init(jax.random.key(0), WIDTH, WIDTH, (3, 3), r.rank + 1),
+      strides=conv.strides,
+      padding=conv.padding,
+    )
+    assert r.macs_before / cost.macs(bigger, r.input_shape) < 4
