@@ -13,7 +13,7 @@ from efficonv._typing import Array, Dtype, PrecisionLike
 from efficonv.formats import CP, TT, Format, Separable, Spatial, Tucker2
 from efficonv.formats.init import Initializer
 from efficonv.kernels import _options as opt
-from efficonv.nnx._base import check_options, promote_tree
+from efficonv.nnx._base import batch_inputs, check_options, promote_tree
 from efficonv.nnx.tt import tt_modes
 from efficonv.nnx.tucker import tucker_ranks
 
@@ -42,8 +42,9 @@ class _FactorizedConv(linen.Module):
 
   @linen.compact
   def __call__(self, inputs: Array) -> Array:
-    """``(N, H, W, C_in)`` → ``(N, H', W', features)``."""
-    opt.check_input(inputs, "inputs")
+    """``(N, H, W, C_in)`` → ``(N, H', W', features)`` (unbatched ``(H, W, C_in)`` too, as ``linen.Conv``)."""
+    given_shape = getattr(inputs, "shape", None)
+    inputs, unbatched = batch_inputs(inputs, None)
     ks, _, _ = check_options(
       inputs.shape[-1],
       self.features,
@@ -55,14 +56,15 @@ class _FactorizedConv(linen.Module):
       self.depthwise_implementation,
     )
     cin = inputs.shape[-1]
+    fields = self.format_type._fields
+    if all(self.has_variable("params", name) for name in fields):
+      # Checked before self.param, which would raise a flax ScopeParamShapeError naming a factor instead.
+      stored = self.format_type(*(self.get_variable("params", name) for name in fields))
+      if stored.in_features != cin:
+        raise ValueError(f"inputs must have {stored.in_features} channels in its last axis, got shape {given_shape}")
     # Each factor is drawn from its own key with the jointly matched std (see efficonv.formats.init).
-    values = [
-      self.param(name, lambda key, n=name: getattr(self.init_format(key, cin, ks), n))
-      for name in self.format_type._fields
-    ]
+    values = [self.param(name, lambda key, n=name: getattr(self.init_format(key, cin, ks), n)) for name in fields]
     fmt = self.format_type(*values)
-    if fmt.in_features != inputs.shape[-1]:
-      raise ValueError(f"inputs must have {fmt.in_features} channels, got shape {inputs.shape}")
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     inputs, fmt, bias = promote_tree((inputs, fmt, bias), self.dtype)
     y = fmt.conv(
@@ -74,7 +76,8 @@ class _FactorizedConv(linen.Module):
       depthwise_implementation=self.depthwise_implementation,
       precision=self.precision,
     )
-    return y if bias is None else y + bias.reshape(1, 1, 1, -1)
+    y = y if bias is None else y + bias.reshape(1, 1, 1, -1)
+    return y[0] if unbatched else y
 
 
 class CPConv(_FactorizedConv):

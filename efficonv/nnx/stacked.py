@@ -76,6 +76,9 @@ class StackedConv(nnx.Module):
     bias_init: Initializer = default_bias_init,
     rngs: nnx.Rngs,
   ):
+    for name, value in (("in_features", in_features), ("out_features", out_features), ("features", features)):
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
     ks = opt.pair(kernel_size, "kernel_size")  # type: ignore[arg-type]
     small = opt.pair(small_kernel_size, "small_kernel_size")  # type: ignore[arg-type]
     counts = []

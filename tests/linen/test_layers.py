@@ -1,0 +1,200 @@
+"""The Linen wrappers: init/apply under ``jit``, shapes, equality with the NNX layers, initialization."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen
+from flax import nnx as flax_nnx
+
+import efficonv
+from efficonv import linen as eln
+from efficonv import nnx as enn
+
+# Tests compile many tiny programs; XLA's CPU optimizations would triple compile time for nothing here.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+IN_FEATURES, FEATURES = 6, 4  # TT: in_modes (2, 3), out_modes (2, 2)
+KERNEL_SIZE = (3, 2)
+INPUT_SHAPE = (2, 10, 9, IN_FEATURES)
+
+# name: (Linen class, its rank options, the NNX class, the format)
+LAYERS: dict[str, tuple[type[linen.Module], dict[str, Any], type, type[efficonv.Format]]] = {
+  "CPConv": (eln.CPConv, {"rank": 3}, enn.CPConv, efficonv.CP),
+  "TuckerConv": (eln.TuckerConv, {"ranks": (3, 2)}, enn.TuckerConv, efficonv.Tucker2),
+  "SpatialConv": (eln.SpatialConv, {"rank": 3}, enn.SpatialConv, efficonv.Spatial),
+  "SeparableConv": (eln.SeparableConv, {"depth_multiplier": 2}, enn.SeparableConv, efficonv.Separable),
+  "TTConv": (eln.TTConv, {"ranks": (2, 3), "in_modes": (2, 3), "out_modes": (2, 2)}, enn.TTConv, efficonv.TT),
+}
+NAMES = tuple(LAYERS)
+OPTIONS: list[dict[str, Any]] = [
+  {},
+  {"strides": 2, "padding": "CIRCULAR", "kernel_dilation": 2},
+  {"strides": (1, 2), "padding": ((1, 2), (0, 1))},
+  {"padding": "VALID", "kernel_dilation": (2, 1)},
+]
+RANDOM_BIAS = linen.initializers.normal(1.0)
+
+
+def run_compiled(fn: Any, *args: Any) -> Any:
+  return jax.jit(fn).lower(*args).compile(FAST_COMPILE)(*args)
+
+
+def linen_layer(name: str, **options: Any) -> linen.Module:
+  cls, ranks, _, _ = LAYERS[name]
+  return cls(features=FEATURES, kernel_size=KERNEL_SIZE, **{**ranks, **options})
+
+
+def format_of(name: str, params: dict[str, Any]) -> efficonv.Format:
+  """The format built from a Linen layer's params (one param per factor, named like the format's fields)."""
+  fmt_type = LAYERS[name][3]
+  assert set(params) == {*fmt_type._fields, "bias"}
+  return fmt_type(*(params[field] for field in fmt_type._fields))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_apply_jit_equals_the_nnx_layer_from_format(name: str) -> None:
+  """Under ``jit``: init, apply, and the NNX layer built ``from_format`` on the same factors agree."""
+  x = jax.random.normal(jax.random.key(1), INPUT_SHAPE)
+
+  def run(key: jax.Array, x: jax.Array) -> list[tuple[jax.Array, jax.Array, Any]]:
+    results = []
+    for options in OPTIONS:
+      module = linen_layer(name, precision="highest", bias_init=RANDOM_BIAS, **options)
+      variables = module.init(key, x[:1])  # the batch size need not match
+      params = variables["params"]
+      layer = LAYERS[name][2].from_format(format_of(name, params), bias=params["bias"], precision="highest", **options)
+      results.append((module.apply(variables, x), layer(x), variables))
+    return results
+
+  for options, (y, expected, variables) in zip(OPTIONS, run_compiled(run, jax.random.key(0), x)):
+    conv = linen.Conv(FEATURES, KERNEL_SIZE, **options)  # the shape of the conv it replaces
+    shape = jax.eval_shape(lambda x, conv=conv: conv.init_with_output(jax.random.key(0), x)[0], x).shape
+    chex.assert_shape([y, expected], shape)
+    assert np.any(np.asarray(variables["params"]["bias"]) != 0)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-5, err_msg=str(options))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_dense_reference_and_unbatched_input(name: str) -> None:
+  """``apply`` equals ``lax.conv_general_dilated`` with the reconstructed kernel; HWC input works like ``linen.Conv``."""
+  module = linen_layer(name, strides=2, padding="VALID", precision="highest", bias_init=RANDOM_BIAS)
+  x = jax.random.normal(jax.random.key(2), INPUT_SHAPE)
+
+  def run(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    variables = module.init(jax.random.key(3), x)
+    params = variables["params"]
+    reference = jax.lax.conv_general_dilated(
+      x,
+      format_of(name, params).to_dense(precision="highest"),
+      (2, 2),
+      "VALID",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision="highest",
+    ) + params["bias"].reshape(1, 1, 1, -1)
+    return module.apply(variables, x), reference, module.apply(variables, x[1])
+
+  y, reference, single = run_compiled(run, x)
+  chex.assert_shape(y, (2, 4, 4, FEATURES))
+  np.testing.assert_allclose(np.asarray(y), np.asarray(reference), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(single), np.asarray(y[1]), rtol=1e-5, atol=1e-5)
+
+
+# Variance of the initialization (see tests/nnx/test_init.py for the method and the tolerance).
+TOL = 0.10
+VARIANCE_LAYERS = {
+  "CPConv": (eln.CPConv, {"rank": 4}, 4096),
+  "TuckerConv": (eln.TuckerConv, {"ranks": (2, 3)}, 2048),
+  "SpatialConv": (eln.SpatialConv, {"rank": 2}, 2048),
+  "SeparableConv": (eln.SeparableConv, {"depth_multiplier": 2}, 1024),
+  "TTConv": (eln.TTConv, {"ranks": (2, 3), "in_modes": (2, 4), "out_modes": (4, 2)}, 2048),
+}
+
+
+VARIANCE_INPUT = jnp.zeros((1, 4, 4, 8))
+FAN_IN = 3 * 3 * 8
+
+
+@pytest.fixture(scope="module")
+def linen_conv_ratio() -> float:
+  """``fan_in · mean(W²)`` of ``linen.Conv``'s own LeCun-normal kernel."""
+  conv = linen.Conv(8, (3, 3))
+  keys = jax.random.split(jax.random.key(1), 256)
+  kernels = run_compiled(jax.vmap(lambda k: conv.init(k, VARIANCE_INPUT)["params"]["kernel"]), keys)
+  return FAN_IN * float(np.mean(np.asarray(kernels, np.float64) ** 2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_has_lecun_variance(name: str, linen_conv_ratio: float) -> None:
+  """Per-layer ``fan_in · mean(W²)`` over ``L`` inits (one ``vmap`` over keys) is 1 within 10% (≥ 4 standard errors)."""
+  cls, ranks, n_layers = VARIANCE_LAYERS[name]
+  module = cls(features=8, kernel_size=(3, 3), **ranks)
+
+  def dense(key: jax.Array) -> jax.Array:
+    return format_of(name, module.init(key, VARIANCE_INPUT)["params"]).to_dense()
+
+  kernels = np.asarray(run_compiled(jax.vmap(dense), jax.random.split(jax.random.key(0), n_layers)), np.float64)
+  assert kernels.size >= 100_000
+  ratios = FAN_IN * np.mean(kernels.reshape(n_layers, -1) ** 2, axis=1)
+  mean, se = ratios.mean(), ratios.std(ddof=1) / np.sqrt(n_layers)
+  assert se <= mean * TOL / 4, f"too few samples (SE {se:.3f})"
+  assert abs(mean - 1) <= TOL, f"variance is {mean:.3f} / fan_in, expected 1 / fan_in"
+  assert abs(linen_conv_ratio - 1) <= TOL / 4  # linen.Conv: LeCun normal, measured the same way
+  assert abs(mean / linen_conv_ratio - 1) <= TOL
+
+
+def test_same_init_as_nnx_layer_distribution() -> None:
+  """Linen and NNX draw from the same format ``init``: identical factor shapes and dtypes."""
+  variables = jax.eval_shape(lambda: linen_layer("TTConv").init(jax.random.key(0), jnp.zeros(INPUT_SHAPE)))
+  layer = flax_nnx.eval_shape(
+    lambda: enn.TTConv(IN_FEATURES, FEATURES, KERNEL_SIZE, **LAYERS["TTConv"][1], rngs=flax_nnx.Rngs(0))
+  )
+  # Both flatten in key order: bias, cores[0], cores[1], spatial.
+  ours = [(a.shape, a.dtype) for a in jax.tree.leaves(variables["params"])]
+  theirs = [(a.shape, a.dtype) for a in jax.tree.leaves(flax_nnx.state(layer, flax_nnx.Param))]
+  assert ours == theirs
+  assert len(ours) == 4
+
+
+def test_dtypes() -> None:
+  x = jax.ShapeDtypeStruct(INPUT_SHAPE, jnp.float32)
+  low_params = linen_layer("CPConv", param_dtype=jnp.bfloat16)
+  variables, y = jax.eval_shape(lambda x: low_params.init_with_output(jax.random.key(0), x)[::-1], x)
+  assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(jnp.bfloat16)}
+  assert y.dtype == jnp.float32  # promoted with the input, like linen.Conv
+  low_compute = linen_layer("CPConv", dtype=jnp.bfloat16)
+  variables, y = jax.eval_shape(lambda x: low_compute.init_with_output(jax.random.key(0), x)[::-1], x)
+  assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  assert y.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+  ("overrides", "shape", "argument"),
+  [
+    ({}, (1, *INPUT_SHAPE), "inputs"),
+    ({}, INPUT_SHAPE[1:3], "inputs"),
+    ({"rank": 0}, INPUT_SHAPE, "rank"),
+    ({"padding": "FULL"}, INPUT_SHAPE, "padding"),
+    ({"strides": 0}, INPUT_SHAPE, "strides"),
+    ({"implementation": "fast"}, INPUT_SHAPE, "implementation"),
+  ],
+)
+def test_bad_arguments_raise_value_error(overrides: dict, shape: tuple[int, ...], argument: str) -> None:
+  module = linen_layer("CPConv", **overrides)
+  with pytest.raises(ValueError, match=re.escape(argument)):
+    jax.eval_shape(lambda x: module.init(jax.random.key(0), x), jax.ShapeDtypeStruct(shape, jnp.float32))
+
+
+def test_apply_with_the_wrong_channel_count_names_inputs() -> None:
+  module = linen_layer("CPConv")
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(INPUT_SHAPE)))
+  variables = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), variables)
+  with pytest.raises(ValueError, match=r"inputs must have 6 channels.*got shape \(2, 10, 9, 5\)"):
+    module.apply(variables, jnp.zeros((2, 10, 9, 5)))
+  with pytest.raises(ValueError, match=r"inputs must have 6 channels.*got shape \(10, 9, 5\)"):
+    module.apply(variables, jnp.zeros((10, 9, 5)))

@@ -1,0 +1,146 @@
+"""The default initialization gives every layer's reconstructed kernel ``nnx.Conv``'s LeCun variance.
+
+``nnx.Conv`` draws its kernel from LeCun normal: variance ``1 / fan_in`` with
+``fan_in = kh·kw·C_in``. A factorized layer draws its factors so that the
+*reconstructed* kernel has that variance (:mod:`efficonv.formats.init`).
+
+How it is measured: ``L`` independent layers are built in one ``vmap`` over
+PRNG keys (through the layers' own constructors), and for each the empirical
+second moment of its dense kernel (the mean is 0) times ``fan_in`` gives a
+ratio ``r_i`` (1 when the variance is right). Entries *within* one kernel are
+correlated (they share factors) and products of normals are heavy-tailed, so
+the sampling error is estimated from the spread of the per-layer ``r_i``
+(standard error ``SE = std(r_i) / sqrt(L)``), not from the pooled entry count.
+The test asserts ``|mean(r) - 1| <= TOL = 10%`` and, so that this tolerance is
+statistically meaningful, ``SE <= mean(r) · TOL / 4`` (a false failure is a > 4σ event;
+``L`` per configuration was chosen for that, pooling 0.5–9 M entries).
+A variance off by 2× (or ½) gives a ratio of 2 (or 0.5), 10 (or 5) times
+outside the tolerance; :func:`test_check_rejects_a_wrong_variance` shows the
+check failing on such kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from efficonv import nnx as enn
+
+from ._layers import run_compiled
+
+TOL = 0.10  # relative tolerance on the variance
+CIN = COUT = 8
+KERNEL = (3, 3)
+FAN_IN = KERNEL[0] * KERNEL[1] * CIN
+
+# (name, layer factory, number of layers L): heavier-tailed configurations (few terms per entry) get more layers.
+LayerFactory = Callable[[nnx.Rngs], nnx.Module]
+CONFIGS: list[tuple[str, LayerFactory, int]] = [
+  ("CP-rank1", lambda r: enn.CPConv(CIN, COUT, KERNEL, rank=1, rngs=r), 16384),
+  ("CP-rank4", lambda r: enn.CPConv(CIN, COUT, KERNEL, rank=4, rngs=r), 4096),
+  ("CP-rank16", lambda r: enn.CPConv(CIN, COUT, KERNEL, rank=16, rngs=r), 2048),
+  ("Tucker-1x1", lambda r: enn.TuckerConv(CIN, COUT, KERNEL, ranks=(1, 1), rngs=r), 4096),
+  ("Tucker-2x3", lambda r: enn.TuckerConv(CIN, COUT, KERNEL, ranks=(2, 3), rngs=r), 2048),
+  ("Spatial-rank1", lambda r: enn.SpatialConv(CIN, COUT, KERNEL, rank=1, rngs=r), 2048),
+  ("Spatial-rank8", lambda r: enn.SpatialConv(CIN, COUT, KERNEL, rank=8, rngs=r), 1024),
+  ("Separable-m1", lambda r: enn.SeparableConv(CIN, COUT, KERNEL, depth_multiplier=1, rngs=r), 1024),
+  ("Separable-m8", lambda r: enn.SeparableConv(CIN, COUT, KERNEL, depth_multiplier=8, rngs=r), 1024),
+  ("TT-rank1", lambda r: enn.TTConv(CIN, COUT, KERNEL, ranks=1, in_modes=(2, 4), out_modes=(4, 2), rngs=r), 4096),
+  ("TT-3x4", lambda r: enn.TTConv(CIN, COUT, KERNEL, ranks=(3, 4), in_modes=(2, 4), out_modes=(4, 2), rngs=r), 2048),
+  (
+    "TT-3cores",
+    lambda r: enn.TTConv(CIN, COUT, KERNEL, ranks=(2, 3, 2), in_modes=(2, 2, 2), out_modes=(2, 2, 2), rngs=r),
+    4096,
+  ),
+  ("Bottleneck-4x8", lambda r: enn.Bottleneck(CIN, COUT, KERNEL, ranks=(4, 8), activation=None, rngs=r), 1024),
+]
+
+
+@functools.cache
+def config_kernels(index: int) -> np.ndarray:
+  """:func:`sample_kernels` of ``CONFIGS[index]`` (cached: two tests use the first)."""
+  _, make, n_layers = CONFIGS[index]
+  return sample_kernels(make, n_layers)
+
+
+def sample_kernels(make: LayerFactory, n_layers: int, seed: int = 0) -> np.ndarray:
+  """Dense kernels ``(L, kh, kw, C_in, C_out)`` of ``L`` layers built with independent keys."""
+
+  def kernel(key: jax.Array) -> jax.Array:
+    layer = make(nnx.Rngs(key))
+    return layer.kernel[...] if isinstance(layer, nnx.Conv) else layer.to_dense()
+
+  keys = jax.random.split(jax.random.key(seed), n_layers)
+  return np.asarray(run_compiled(jax.vmap(kernel), keys), dtype=np.float64)
+
+
+def variance_ratio(kernels: np.ndarray, fan_in: int) -> tuple[float, float]:
+  """``(mean, standard error)`` over layers of ``fan_in · mean(W²)`` (1 for LeCun normal)."""
+  ratios = fan_in * np.mean(kernels.reshape(kernels.shape[0], -1) ** 2, axis=1)
+  return float(ratios.mean()), float(ratios.std(ddof=1) / np.sqrt(len(ratios)))
+
+
+def assert_lecun_variance(kernels: np.ndarray, fan_in: int, what: str) -> float:
+  """Asserts the kernels have variance ``1 / fan_in`` within :data:`TOL`; returns the measured ratio."""
+  ratio, se = variance_ratio(kernels, fan_in)
+  assert se <= ratio * TOL / 4, f"{what}: too few samples for a {TOL:.0%} tolerance (SE {se:.3f}); raise L"
+  assert abs(ratio - 1) <= TOL, f"{what}: variance is {ratio:.3f} / fan_in (SE {se:.3f}), expected 1 / fan_in"
+  return ratio
+
+
+@pytest.fixture(scope="module")
+def nnx_conv_ratio() -> float:
+  """The same measurement on ``nnx.Conv``'s own kernel (its default LeCun normal)."""
+  kernels = sample_kernels(lambda r: nnx.Conv(CIN, COUT, KERNEL, rngs=r), 512)
+  return assert_lecun_variance(kernels, FAN_IN, "nnx.Conv")
+
+
+@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=[c[0] for c in CONFIGS])
+def test_reconstructed_kernel_has_lecun_variance(index: int, nnx_conv_ratio: float) -> None:
+  name, _, n_layers = CONFIGS[index]
+  kernels = config_kernels(index)
+  assert kernels.shape == (n_layers, *KERNEL, CIN, COUT)
+  assert kernels.size >= 100_000
+  ratio = assert_lecun_variance(kernels, FAN_IN, name)
+  # And the same as the layer it replaces, measured the same way.
+  assert abs(ratio / nnx_conv_ratio - 1) <= TOL, (name, ratio, nnx_conv_ratio)
+  # Zero mean: |mean| within 5 standard errors of the per-layer means.
+  means = kernels.reshape(n_layers, -1).mean(axis=1)
+  assert abs(means.mean()) <= 5 * means.std(ddof=1) / np.sqrt(n_layers) + 1e-12
+
+
+@pytest.mark.parametrize("variance_factor", [2.0, 0.5])
+def test_check_rejects_a_wrong_variance(variance_factor: float) -> None:
+  """The check above is sharp enough to catch a 2× (or ½×) error, even on the heaviest-tailed configuration."""
+  name, kernels = CONFIGS[0][0], config_kernels(0)
+  assert_lecun_variance(kernels, FAN_IN, name)
+  with pytest.raises(AssertionError, match="variance is"):
+    assert_lecun_variance(np.sqrt(variance_factor) * kernels, FAN_IN, f"{name} × {variance_factor}")
+
+
+def test_custom_kernel_init_is_applied_to_every_factor() -> None:
+  """``kernel_init`` replaces the variance-matched draw: each factor is drawn by it."""
+  layer = enn.CPConv(CIN, COUT, KERNEL, rank=4, kernel_init=nnx.initializers.ones_init(), rngs=nnx.Rngs(0))
+  for factor in layer.format._arrays():
+    np.testing.assert_array_equal(np.asarray(factor), 1.0)
+  np.testing.assert_allclose(np.asarray(layer.to_dense()), 4.0)  # sum over rank 4 of 1·1·1·1
+
+
+def test_nonlinear_bottleneck_convs_have_lecun_variance_over_their_own_fan_in() -> None:
+  """With an activation the block is three convs; each factor is LeCun over its own fan-in."""
+
+  def factors(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    layer = enn.Bottleneck(CIN, COUT, KERNEL, ranks=(4, 6), rngs=nnx.Rngs(key))
+    return layer.first[...], layer.core[...], layer.last[...]
+
+  first, core, last = run_compiled(jax.vmap(factors), jax.random.split(jax.random.key(1), 2048))
+  for what, factor, fan_in in (("first", first, CIN), ("core", core, KERNEL[0] * KERNEL[1] * 4), ("last", last, 6)):
+    flat = np.asarray(factor, np.float64).reshape(factor.shape[0], -1)
+    per_layer = fan_in * np.mean(flat**2, axis=1)
+    se = per_layer.std(ddof=1) / np.sqrt(len(per_layer))
+    assert se <= TOL / 4 and abs(per_layer.mean() - 1) <= TOL, (what, per_layer.mean(), se)
