@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from efficonv._typing import Array, PrecisionLike
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
-from efficonv.kernels.depthwise import depthwise_implementation
+from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
 
 Implementation = Literal["auto", "factorized", "reconstructed"]
 IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
@@ -205,7 +205,7 @@ class Format:
     padding: opt.PaddingLike = "SAME",
     dilation: int | Sequence[int] = 1,
     implementation: Implementation = "auto",
-    depthwise_implementation_: str = "auto",
+    depthwise_implementation: str = "auto",
     backend: str | None = None,
   ) -> Plan:
     """Chooses between the factorized sequence and the reconstructed dense conv.
@@ -220,7 +220,7 @@ class Format:
       input_shape: NHWC shape of the input.
       strides, padding, dilation: the conv options.
       implementation: ``"auto"`` decides; ``"factorized"``/``"reconstructed"`` force.
-      depthwise_implementation_: ``"auto"``, ``"shift"`` or ``"xla"``.
+      depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
       backend: JAX platform; the default backend when ``None``.
 
     Returns:
@@ -231,7 +231,7 @@ class Format:
     backend = backend or jax.default_backend()
     g = geometry(input_shape, self.kernel_size, self.in_features, strides, padding, dilation)
     # Validated for every format, so that a typo fails the same way whatever the format.
-    dw_resolved = depthwise_implementation(depthwise_implementation_, backend)
+    dw_resolved = resolve_depthwise(depthwise_implementation, backend)
     dw = dw_resolved if self.has_depthwise else None
     rates = _rates(backend)
     steps = self._steps(g)
@@ -294,7 +294,7 @@ class Format:
       padding=padding,
       dilation=dilation,
       implementation=implementation,
-      depthwise_implementation_=depthwise_implementation,
+      depthwise_implementation=depthwise_implementation,
     )
     if p.implementation == "reconstructed":
       kernel = self.to_dense(precision=precision).astype(self.dtype)

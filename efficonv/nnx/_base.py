@@ -122,7 +122,7 @@ class FactorizedConv(nnx.Module):
       padding=self.padding,
       dilation=self.kernel_dilation,
       implementation=self.implementation,  # type: ignore[arg-type]
-      depthwise_implementation_=self.depthwise_implementation,
+      depthwise_implementation=self.depthwise_implementation,
     )
 
   def cost_params(self) -> int:

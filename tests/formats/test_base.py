@@ -101,7 +101,7 @@ def test_plan_fields(name: str) -> None:
       assert plan.depthwise == "shift"  # auto on CPU
     else:
       assert plan.depthwise is None
-  forced = fmt.plan(shape, implementation="factorized", depthwise_implementation_="xla", backend="cpu")
+  forced = fmt.plan(shape, implementation="factorized", depthwise_implementation="xla", backend="cpu")
   assert forced.depthwise == ("xla" if name in DEPTHWISE_FORMATS else None)
   on_gpu = fmt.plan(shape, implementation="factorized", backend="gpu")
   assert on_gpu.depthwise == ("xla" if name in DEPTHWISE_FORMATS else None)
