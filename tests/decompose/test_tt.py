@@ -37,6 +37,15 @@ def test_three_channel_cores() -> None:
   assert float(info.relative_error) < 1e-4
 
 
+def test_one_channel_core_is_the_best_spatial_channel_split() -> None:
+  # d = 1: a single SVD of the (kh·kw) × (C_in·C_out) matrix, optimal by Eckart–Young.
+  w = build.gaussian(np.random.default_rng(5), SHAPE)
+  fmt, info = tt(w, 4, (6,), (8,))
+  assert fmt.rank == (4,) and [c.shape for c in fmt.cores] == [(4, 6, 8, 1)]
+  expected = build.optimal_truncation_error(w.reshape(9, 48), 4)
+  np.testing.assert_allclose(float(info.relative_error), expected, rtol=1e-4)
+
+
 def test_int_rank_is_clipped_to_the_maximal_ranks() -> None:
   w = build.gaussian(np.random.default_rng(2), SHAPE)
   assert max_tt_ranks((3, 3), IN_MODES, OUT_MODES) == (9, 12)
