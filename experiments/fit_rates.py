@@ -1,0 +1,187 @@
+"""Fits the cost-model rates of ``efficonv.formats._base._RATES`` to measured layer timings.
+
+Run as ``python -m experiments.fit_rates [RESULTS_JSON ...]`` (default: the
+quick ``bench_layers`` results; :mod:`experiments.auto_sweep` output is accepted too,
+and several files are pooled). The model :meth:`efficonv.Format.plan` uses is
+
+.. math:: t \\approx \\sum_{\\text{steps}} \\Big(\\frac{\\text{MACs}_s}{\\text{rate}_{k(s)}} + t_\\text{step}\\Big)
+
+with one rate per step kind (``conv``, ``dot``, ``depthwise_shift``,
+``depthwise_xla``) and a fixed per-step cost. The forward timings of every
+forced variant (``factorized`` with each depthwise path, ``reconstructed``)
+and of the plain ``lax`` dense conv give one equation each; the inverse rates
+and the step cost are fitted by non-negative least squares on *relative*
+errors. The script then reports, for every shape and scheme, which
+implementation ``auto`` picks under the current and the fitted rates, and
+that choice's measured time over the best one's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.optimize import nnls
+
+from efficonv.formats._base import _RATES, geometry
+from experiments.bench_cases import SCHEMES, Shape
+
+KINDS = ("conv", "dot", "depthwise_shift", "depthwise_xla")
+DEFAULT_RESULTS = os.path.join(os.path.dirname(__file__), "results", "bench_layers_quick", "results.json")
+
+
+def _shape(record: Mapping[str, Any]) -> Shape:
+  s = record["shape"]
+  return Shape(s["n"], s["h"], s["w"], s["c"], s["k"])
+
+
+def format_steps(fmt: Any, shape: Shape, implementation: str, depthwise: str | None) -> tuple[dict[str, int], int]:
+  """``({kind: MACs}, number of steps)`` of ``fmt`` run on ``shape`` as ``implementation``.
+
+  The same accounting as :meth:`efficonv.Format.plan`: the format's own steps
+  when factorized; the dense conv plus the reconstruction einsum (``params·kh·kw``
+  MACs, 2 steps) when reconstructed.
+  """
+  if implementation == "reconstructed":
+    kh, kw = fmt.kernel_size
+    return {"conv": shape.dense_macs, "dot": fmt.params() * kh * kw}, 2
+  g = geometry(shape.input_shape, fmt.kernel_size, fmt.in_features, 1, "SAME", 1)
+  macs: dict[str, int] = {}
+  steps = fmt._steps(g)
+  for kind, m in steps:
+    kind = f"depthwise_{depthwise}" if kind == "depthwise" else kind
+    macs[kind] = macs.get(kind, 0) + m
+  return macs, len(steps)
+
+
+def step_macs(record: Mapping[str, Any], formats: Mapping[tuple[str, str], Any]) -> tuple[dict[str, int], int] | None:
+  """``({kind: MACs}, number of steps)`` of the computation a forward record timed, or ``None``.
+
+  Records that carry ``steps``/``n_steps`` (:mod:`experiments.auto_sweep`) give them directly.
+  """
+  if "steps" in record:
+    return dict(record["steps"]), int(record["n_steps"])
+  shape = _shape(record)
+  if record["scheme"] == "dense":
+    return ({"conv": shape.dense_macs}, 1) if record["implementation"] == "lax" else None
+  fmt = formats.get((record["scheme"], record["shape_label"]))
+  if fmt is None or record["implementation"] not in ("factorized", "reconstructed"):
+    return None
+  return format_steps(fmt, shape, record["implementation"], record["depthwise"])
+
+
+def _formats(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], Any]:
+  """The format of every switchable scheme on every shape (rebuilt like the benchmark built it)."""
+  from flax import nnx
+
+  out = {}
+  for label, shape in {r["shape_label"]: _shape(r) for r in records}.items():
+    rngs = nnx.Rngs(0)
+    for scheme in SCHEMES:
+      if scheme.applies(shape):
+        layer = scheme.build(shape, rngs)
+        if scheme.switchable:
+          out[(scheme.name, label)] = layer.format
+  return out
+
+
+def fit(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+  """Fitted rates (MACs/s per kind) and ``step`` (seconds) from forward records."""
+  formats = _formats(records)
+  rows, used = [], set()
+  for r in records:
+    if r["pass"] != "forward":
+      continue
+    sm = step_macs(r, formats)
+    if sm is None:
+      continue
+    macs, n_steps = sm
+    t = r["median_ms"] * 1e-3
+    rows.append([macs.get(k, 0) / t for k in KINDS] + [n_steps / t])
+    used.update(k for k in macs if macs[k])
+  a = np.asarray(rows, np.float64)
+  scale = a.max(axis=0)
+  scale[scale == 0] = 1.0
+  inverse, _ = nnls(a / scale, np.ones(len(rows)))
+  inverse = inverse / scale
+  rates = {k: (1.0 / inverse[i] if inverse[i] > 0 else float("inf")) for i, k in enumerate(KINDS)}
+  rates["step"] = float(inverse[-1])
+  return rates
+
+
+def decisions(records: Sequence[Mapping[str, Any]], rates: Mapping[str, float]) -> list[dict[str, Any]]:
+  """For every forward (shape, scheme) with both forced paths: what ``rates`` would pick, and its measured cost.
+
+  ``auto`` runs the shift-and-add depthwise path on CPU, so the factorized
+  candidate is ``factorized`` with ``depthwise`` ``"shift"`` or ``None``.
+  ``choice_over_best`` divides the chosen path's median by the fastest forced
+  path's (including ``factorized`` with the XLA depthwise).
+  """
+  formats = _formats([r for r in records if "steps" not in r and r["scheme"] != "dense"])
+  groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+  for r in records:
+    if r["pass"] == "forward" and r["implementation"] in ("factorized", "reconstructed"):
+      groups.setdefault((r["shape_label"], r["scheme"]), []).append(r)
+  out = []
+  for (label, scheme), rows in groups.items():
+    fact = next((r for r in rows if r["implementation"] == "factorized" and r["depthwise"] in ("shift", None)), None)
+    recon = next((r for r in rows if r["implementation"] == "reconstructed"), None)
+    if fact is None or recon is None:
+      continue
+    predicted = {}
+    for name, rec in (("factorized", fact), ("reconstructed", recon)):
+      sm = step_macs(rec, formats)
+      if sm is None:
+        break
+      macs, n_steps = sm
+      predicted[name] = sum(m / rates[k] for k, m in macs.items()) + n_steps * rates["step"]
+    if len(predicted) < 2:
+      continue
+    choice = min(predicted, key=predicted.__getitem__)
+    measured = {"factorized": fact["median_ms"], "reconstructed": recon["median_ms"]}
+    out.append(
+      {
+        "shape_label": label,
+        "scheme": scheme,
+        "choice": choice,
+        "choice_over_best": measured[choice] / min(r["median_ms"] for r in rows),
+        "predicted_ms": {k: v * 1e3 for k, v in predicted.items()},
+        "measured_ms": measured,
+      }
+    )
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+  """Prints the fitted rates and the decisions under the current and the fitted rates."""
+  paths = list(sys.argv[1:] if argv is None else argv) or [DEFAULT_RESULTS]
+  records = []
+  for path in paths:
+    with open(path) as f:
+      records.extend(json.load(f)["records"])
+  fitted = fit(records)
+  print("fitted CPU rates: " + ", ".join(f"{k}={v:.3g}" for k, v in fitted.items()))
+  print("current CPU rates: " + ", ".join(f"{k}={v:.3g}" for k, v in _RATES["cpu"].items()))
+  result: dict[str, Any] = {"fitted": fitted, "current": dict(_RATES["cpu"])}
+  for name, rates in (("current", _RATES["cpu"]), ("fitted", fitted)):
+    rows = decisions(records, rates)
+    worst = max(c["choice_over_best"] for c in rows)
+    print(f"\nauto with the {name} rates (forward): worst choice/best {worst:.2f}")
+    for c in rows:
+      flag = "" if c["choice_over_best"] <= 1.10 else "   <-- beyond 10%"
+      pred = ", ".join(f"{k} {v:.3g}" for k, v in c["predicted_ms"].items())
+      meas = ", ".join(f"{k} {v:.3g}" for k, v in c["measured_ms"].items())
+      print(
+        f"  {c['shape_label']:16s} {c['scheme']:13s} -> {c['choice']:13s} choice/best {c['choice_over_best']:.2f}"
+        f"  (predicted ms: {pred}; measured ms: {meas}){flag}"
+      )
+    result[name] = {"rates": dict(rates), "decisions": rows}
+  return result
+
+
+if __name__ == "__main__":
+  main()

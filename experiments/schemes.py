@@ -1,0 +1,169 @@
+"""The convolution schemes compared by the experiments, and the layer each one puts in place of a conv.
+
+Every model in :mod:`experiments.models` keeps its first conv (the stem: few input channels, nothing to gain)
+a dense 3×3 and builds every later ``k×k`` conv with :func:`scheme_conv`. With ``C_in = C_out = C`` and
+``k = 3`` the MACs per output pixel are:
+
+================  ==================================================  ==============================
+scheme            layer                                               MACs / pixel (default ranks)
+================  ==================================================  ==============================
+``dense``         ``nnx.Conv`` k×k                                    ``9C²``
+``dense5``        ``nnx.Conv`` 5×5 (the reference of ``stacked``)     ``25C²``
+``stacked``       ``StackedConv``: two 3×3 with ReLU, 5×5 field       ``18C²`` (vs ``dense5``)
+``spatial``       ``SpatialConv`` k×1 then 1×k, rank ``C/2``          ``3C²``
+``bottleneck``    ``Bottleneck`` 1×1 → k×k → 1×1, ReLU, width ``C/2``  ``3.25C²``
+``separable1/4/8``  ``SeparableConv``, depth multiplier 1/4/8         ``9mC + mC²``
+``cp``            ``CPConv``, rank ``C``                              ``≈2C²``
+``tucker``        ``TuckerConv`` (linear), ranks ``(C/2, C/2)``       ``3.25C²``
+``tt``            ``TTConv``, ranks ``(3, C/4)``, two channel modes   ``≈9C²`` (compresses params)
+``wide``          ``nnx.Conv``; pairs of convs merged, ``√2×`` wider  as ``dense``, half the layers
+================  ==================================================  ==============================
+
+Design of ``stacked``: a ``StackedConv`` replacing a 3×3 could only be two 2×2s, which nobody uses. The
+claim worth testing is VGG's — two 3×3 convs replace one 5×5 with ``18/25`` of the cost and an extra
+nonlinearity — so ``stacked`` is compared with the ``dense5`` network (the same network with 5×5 kernels),
+given as its reference by :data:`REFERENCE`; both are also compared with the 3×3 ``dense`` baseline.
+
+Design of ``wide`` (the claim: fewer but wider layers run faster at equal MACs, because a wide conv uses the
+hardware better than two narrow ones in sequence): each run of ``n`` convs at one resolution becomes
+``ceil(n/2)`` convs ``√2×`` as wide — the MACs of a ``C→C`` pair, ``2·9C²``, equal those of one ``√2C→√2C``
+conv. In a ResNet the two convs of each basic block merge into one. Widths are rounded to multiples of 4.
+
+The linear layers get no bias (a BatchNorm follows each); the nonlinear ones (``stacked``, ``bottleneck``)
+keep their inner biases. Ranks are fractions of the layer's output channels (:class:`ModelConfig`), rounded
+and at least 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+from flax import nnx
+
+from efficonv.nnx import (
+  Bottleneck,
+  CPConv,
+  SeparableConv,
+  SpatialConv,
+  StackedConv,
+  TTConv,
+  TuckerConv,
+)
+from efficonv.nnx.tt import tt_modes
+from experiments.config import ModelConfig
+
+SCHEMES: tuple[str, ...] = (
+  "dense",
+  "dense5",
+  "stacked",
+  "spatial",
+  "bottleneck",
+  "separable1",
+  "separable4",
+  "separable8",
+  "cp",
+  "tucker",
+  "tt",
+  "wide",
+)
+"""Every scheme, in table order."""
+
+REFERENCE: dict[str, str] = {"stacked": "dense5"}
+"""Schemes whose natural reference is not the ``dense`` baseline."""
+
+_SEPARABLE_PREFIX = "separable"
+
+
+def check_scheme(scheme: str) -> str:
+  """Returns ``scheme`` if it is one of :data:`SCHEMES`.
+
+  Raises:
+    ValueError: naming ``scheme`` otherwise.
+  """
+  if scheme not in SCHEMES:
+    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+  return scheme
+
+
+def reference_of(scheme: str, baseline: str = "dense") -> str:
+  """The scheme ``scheme`` is best compared with: :data:`REFERENCE` or ``baseline``."""
+  return REFERENCE.get(check_scheme(scheme), baseline)
+
+
+def fraction_rank(fraction: float, features: int, bound: int | None = None) -> int:
+  """``round(fraction · features)``, at least 1 and at most ``bound``.
+
+  Raises:
+    ValueError: naming ``fraction`` when it is not positive.
+  """
+  if not fraction > 0:
+    raise ValueError(f"fraction must be positive, got {fraction!r}")
+  rank = max(1, round(fraction * features))
+  return rank if bound is None else min(rank, bound)
+
+
+def widen(features: int, factor: float) -> int:
+  """``features · factor`` rounded to a multiple of 4 (at least 4)."""
+  return max(4, 4 * round(features * factor / 4))
+
+
+def scheme_kernel_size(scheme: str, cfg: ModelConfig) -> int:
+  """The receptive field of the scheme's convs: ``large_kernel_size`` for ``dense5``/``stacked``."""
+  return cfg.large_kernel_size if check_scheme(scheme) in ("dense5", "stacked") else cfg.kernel_size
+
+
+def scheme_conv(
+  scheme: str,
+  in_features: int,
+  out_features: int,
+  *,
+  strides: int,
+  cfg: ModelConfig,
+  rngs: nnx.Rngs,
+) -> nnx.Module:
+  """The layer ``scheme`` puts in place of a ``k×k`` conv (padding ``SAME``).
+
+  Args:
+    scheme: one of :data:`SCHEMES`.
+    in_features: input channels.
+    out_features: output channels.
+    strides: stride of the conv.
+    cfg: ranks, kernel sizes and ``implementation``.
+    rngs: parameter initialization.
+
+  Returns:
+    A module mapping ``(N, H, W, in_features)`` to ``(N, H / strides, W / strides, out_features)``.
+
+  Raises:
+    ValueError: naming ``scheme`` when it is unknown.
+  """
+  k = scheme_kernel_size(scheme, cfg)
+  common = {"strides": strides, "padding": "SAME", "rngs": rngs}
+  factorized = {**common, "use_bias": False, "implementation": cfg.implementation}
+  if scheme in ("dense", "dense5", "wide"):
+    return nnx.Conv(in_features, out_features, (k, k), use_bias=False, **common)
+  if scheme == "stacked":
+    return StackedConv(in_features, out_features, k, small_kernel_size=3, activation=nnx.relu, **common)
+  if scheme == "spatial":
+    return SpatialConv(in_features, out_features, k, rank=fraction_rank(cfg.spatial_rank, out_features), **factorized)
+  if scheme == "bottleneck":
+    width = fraction_rank(cfg.bottleneck_width, out_features)
+    return Bottleneck(
+      in_features, out_features, k, width=width, activation=nnx.relu, implementation=cfg.implementation, **common
+    )
+  if scheme.startswith(_SEPARABLE_PREFIX):
+    multiplier = int(scheme[len(_SEPARABLE_PREFIX) :])
+    return SeparableConv(in_features, out_features, k, depth_multiplier=multiplier, **factorized)
+  if scheme == "cp":
+    return CPConv(in_features, out_features, k, rank=fraction_rank(cfg.cp_rank, out_features), **factorized)
+  if scheme == "tucker":
+    r = fraction_rank(cfg.tucker_rank, out_features)
+    return TuckerConv(in_features, out_features, k, ranks=(min(r, in_features), r), **factorized)
+  if scheme == "tt":
+    in_modes, out_modes = tt_modes(in_features, out_features, None, None)
+    r0 = min(cfg.tt_spatial_rank, k * k)
+    # Bound of r_1: the smaller side of the unfolding (k²·c_1·s_1) × (c_2·s_2).
+    bound = min(k * k * in_modes[0] * out_modes[0], math.prod(in_modes[1:]) * math.prod(out_modes[1:]))
+    r1 = fraction_rank(cfg.tt_rank, out_features, bound)
+    return TTConv(in_features, out_features, k, ranks=(r0, r1), in_modes=in_modes, out_modes=out_modes, **factorized)
+  raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")

@@ -1,0 +1,118 @@
+"""Models and schemes of the experiments: every scheme builds, has the right shapes and the documented costs.
+
+Shapes are checked with ``nnx.eval_shape``/``jax.eval_shape`` (tracing only), so all schemes and both
+architectures run in seconds.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from efficonv import cost
+from experiments.config import ModelConfig
+from experiments.models import VGG, ResNet, build_model, stage_layout
+from experiments.schemes import SCHEMES, reference_of, scheme_conv, widen
+
+
+def _abstract_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> nnx.Module:
+  return nnx.eval_shape(lambda: build_model(cfg, image_shape, rngs=nnx.Rngs(0)))
+
+
+def _output_shape(model: nnx.Module, x_shape: tuple[int, ...], **kwargs: bool) -> tuple[int, ...]:
+  graphdef, state = nnx.split(model)
+
+  def forward(state, x):
+    return nnx.merge(graphdef, state, copy=True)(x, **kwargs)
+
+  return jax.eval_shape(forward, state, jax.ShapeDtypeStruct(x_shape, jnp.float32)).shape
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(
+  ("arch", "image_shape", "stages"),
+  [("vgg", (28, 28, 1), (8, 16)), ("resnet", (32, 32, 3), (8, 16, 16))],
+)
+def test_every_scheme_builds_with_logits_shape(scheme, arch, image_shape, stages):
+  cfg = ModelConfig(arch=arch, scheme=scheme, num_classes=7, stem_features=8, stage_features=stages, stage_depth=2)
+  model = _abstract_model(cfg, image_shape)
+  assert isinstance(model, VGG if arch == "vgg" else ResNet)
+  for train in (True, False):
+    assert _output_shape(model, (3, *image_shape), train=train) == (3, 7)
+
+
+def test_first_conv_stays_dense_and_later_convs_follow_the_scheme():
+  model = _abstract_model(ModelConfig(scheme="cp", stem_features=8, stage_features=(8, 16)), (28, 28, 1))
+  assert type(model.stem.conv) is nnx.Conv
+  assert [type(layer.conv).__name__ for layer in model.layers] == ["CPConv"] * 4
+
+
+def test_wide_merges_pairs_and_widens_by_sqrt2():
+  cfg = ModelConfig(scheme="wide", stage_features=(32, 64), stage_depth=3)
+  assert stage_layout(cfg) == [[44, 44], [92, 92]]  # ceil(3/2) convs, 32·√2 = 45.3 → 44, 64·√2 = 90.5 → 92
+  assert stage_layout(ModelConfig(stage_features=(32, 64), stage_depth=3)) == [[32] * 3, [64] * 3]
+  resnet = _abstract_model(
+    ModelConfig(arch="resnet", scheme="wide", stage_features=(8, 16), stage_depth=2), (32, 32, 3)
+  )
+  assert [len(block.convs) for block in resnet.blocks] == [1, 1, 1, 1]
+  assert widen(8, 2**0.5) == 12
+
+
+def _zeros_layer(scheme: str, channels: int) -> nnx.Module:
+  """The layer with zero parameters: costs depend on shapes only, and this skips initializing them."""
+  abstract = nnx.eval_shape(
+    lambda: scheme_conv(scheme, channels, channels, strides=1, cfg=ModelConfig(), rngs=nnx.Rngs(0))
+  )
+  graphdef, state = nnx.split(abstract)
+  return nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), state))
+
+
+def _per_pixel_macs(scheme: str, channels: int) -> float:
+  # Large maps, so the extra rows/columns some factorized steps compute on the padding (≈ 2/128) hardly count.
+  return cost.macs(_zeros_layer(scheme, channels), (1, 128, 128, channels)) / 128**2
+
+
+@pytest.mark.parametrize(
+  ("scheme", "expected"),
+  [
+    # The table in experiments/schemes.py, for C = 16 (ranks: spatial C/2, CP C, Tucker/bottleneck C/2).
+    ("dense", 9 * 16**2),
+    ("dense5", 25 * 16**2),
+    ("spatial", 3 * 8 * 16 + 3 * 8 * 16),
+    ("bottleneck", 16 * 8 + 9 * 8 * 8 + 8 * 16),
+    ("tucker", 16 * 8 + 9 * 8 * 8 + 8 * 16),
+    ("cp", 16 * 16 + 3 * 16 + 3 * 16 + 16 * 16),
+    ("separable1", 9 * 16 + 16 * 16),
+    ("separable4", 9 * 4 * 16 + 4 * 16 * 16),
+    ("separable8", 9 * 8 * 16 + 8 * 16 * 16),
+  ],
+)
+def test_scheme_costs_match_the_documented_table(scheme, expected):
+  assert _per_pixel_macs(scheme, 16) == pytest.approx(expected, rel=0.02)
+
+
+def test_stacked_costs_18_of_the_25_of_a_dense_5x5():
+  # Two 3×3 convs on an input padded for 5×5: the first one's output is 2 pixels larger per side pair.
+  assert cost.macs(_zeros_layer("stacked", 16), (1, 8, 8, 16)) == (10 * 10 + 8 * 8) * 9 * 16 * 16
+  assert reference_of("stacked") == "dense5"
+  assert reference_of("cp") == "dense"
+
+
+@pytest.mark.parametrize("scheme", ["spatial", "cp", "tucker", "tt", "separable4", "bottleneck", "stacked"])
+def test_scheme_conv_strides(scheme):
+  layer = nnx.eval_shape(lambda: scheme_conv(scheme, 8, 16, strides=2, cfg=ModelConfig(), rngs=nnx.Rngs(0)))
+  assert _output_shape(layer, (2, 9, 9, 8)) == (2, 5, 5, 16)
+
+
+def test_bad_arguments_name_themselves():
+  with pytest.raises(ValueError, match="scheme"):
+    build_model(ModelConfig(scheme="fancy"), (28, 28, 1), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="arch"):
+    build_model(ModelConfig(arch="vit"), (28, 28, 1), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="input_shape"):
+    build_model(ModelConfig(), (1, 28, 28, 1), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="input_shape"):
+    build_model(ModelConfig(stage_features=(8, 8, 8)), (4, 4, 1), rngs=nnx.Rngs(0))  # three 2×2 pools
+  with pytest.raises(ValueError, match="stage_depth"):
+    stage_layout(ModelConfig(stage_depth=0))

@@ -1,0 +1,73 @@
+"""Tests of the interleaved timer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import jax.numpy as jnp
+import pytest
+
+from experiments.timing import compile_fn, measure, summarize
+
+
+def test_summarize_gives_quartiles_in_milliseconds() -> None:
+  s = summarize([0.001, 0.002, 0.003, 0.004, 0.005])
+  assert (s.min_ms, s.median_ms, s.repeats) == pytest.approx((1.0, 3.0, 5))
+  assert s.q1_ms == pytest.approx(2.0) and s.q3_ms == pytest.approx(4.0)
+  assert s.iqr_ms == pytest.approx(2.0) and s.relative_iqr == pytest.approx(2.0 / 3.0)
+  with pytest.raises(ValueError, match="seconds"):
+    summarize([])
+
+
+def test_measure_times_every_candidate_and_caps_slow_ones() -> None:
+  calls = {"fast": 0, "slow": 0, "very_slow": 0}
+
+  def sleeper(name: str, seconds: float) -> Callable[[], None]:
+    def fn() -> None:
+      calls[name] += 1
+      time.sleep(seconds)
+
+    return fn
+
+  stats = measure(
+    {
+      "fast": (sleeper("fast", 0.0), ()),
+      "slow": (sleeper("slow", 0.02), ()),
+      "very_slow": (sleeper("very_slow", 0.06), ()),
+    },
+    repeats=8,
+    warmup=2,
+    max_seconds=0.05,
+    min_repeats=3,
+    slow_seconds=0.05,
+  )
+  assert stats["fast"].repeats == 8
+  assert stats["slow"].repeats == 3  # 0.05 s budget / 0.02 s per call, raised to min_repeats
+  assert stats["very_slow"].repeats == 1 and calls["very_slow"] == 2  # one warm-up call, one timed
+  assert stats["slow"].median_ms >= 20.0
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "name"),
+  [
+    ({"repeats": 0}, "repeats"),
+    ({"warmup": -1}, "warmup"),
+    ({"max_seconds": 0.0}, "max_seconds"),
+    ({"min_repeats": 0}, "min_repeats"),
+    ({"slow_seconds": -1.0}, "slow_seconds"),
+  ],
+)
+def test_measure_rejects_bad_options(kwargs: dict, name: str) -> None:
+  with pytest.raises(ValueError, match=name):
+    measure({"f": (lambda: None, ())}, **kwargs)
+
+
+def test_compile_fn_reuses_identical_programs() -> None:
+  cache: dict = {}
+  x = jnp.ones((4,))
+  a = compile_fn(lambda v: v * 2.0, (x,), cache=cache)
+  b = compile_fn(lambda v: v * 2.0, (x,), cache=cache)
+  c = compile_fn(lambda v: v * 3.0, (x,), cache=cache)
+  assert a is b and a is not c and len(cache) == 2
+  assert float(c(x)[0]) == 3.0
