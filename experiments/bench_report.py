@@ -248,7 +248,7 @@ def plot(records: Sequence[dict[str, Any]], path: str) -> str | None:
     for s in schemes:
       ax.scatter([], [], color=colors[s], label=s)
     for impl, m in markers.items():
-      ax.scatter([], [], color="gray", marker=m, label=impl)
+      ax.scatter([], [], color="black", marker=m, label=impl)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(True, which="both", alpha=0.3)
   fig.tight_layout()

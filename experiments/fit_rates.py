@@ -79,7 +79,7 @@ def _formats(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], Any]
   from flax import nnx
 
   out = {}
-  for label, shape in {r["shape_label"]: _shape(r) for r in records}.items():
+  for label, shape in {r["shape_label"]: _shape(r) for r in records if "steps" not in r}.items():
     rngs = nnx.Rngs(0)
     for scheme in SCHEMES:
       if scheme.applies(shape):
@@ -121,7 +121,7 @@ def decisions(records: Sequence[Mapping[str, Any]], rates: Mapping[str, float]) 
   ``choice_over_best`` divides the chosen path's median by the fastest forced
   path's (including ``factorized`` with the XLA depthwise).
   """
-  formats = _formats([r for r in records if "steps" not in r and r["scheme"] != "dense"])
+  formats = _formats(records)
   groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
   for r in records:
     if r["pass"] == "forward" and r["implementation"] in ("factorized", "reconstructed"):

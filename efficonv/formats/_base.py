@@ -75,13 +75,20 @@ def geometry(
 
 
 # Sustained throughput (multiply-accumulates per second) of each kind of step,
-# per backend, and a fixed cost per launched step. CPU numbers were measured on
-# the 2-core development machine (jax 0.10.2, float32, N=8, 32×32×64 to
-# 8×8×256, 3×3): lax conv ~40 GMAC/s, einsum 1×1 ~30, shift-and-add
-# depthwise ~8 (memory bound), XLA grouped depthwise ~0.12; GPU numbers are conservative guesses until the
-# timing suite measures them. Only the ratios matter for `auto`.
+# per backend, and a fixed cost per launched step. Only the ratios matter for
+# `auto`; the values are those of the model, not peak hardware numbers. CPU:
+# least-squares fit (relative errors) of this model to the median forward
+# times of every forced implementation in `python -m experiments.bench_layers --quick`
+# and `python -m experiments.auto_sweep` (refit: `python -m experiments.fit_rates PATH...`),
+# 2-core AMD EPYC shared with other jobs, jax 0.10.2, float32, N=8, 32×32×64 to
+# 8×8×256, 3×3 and 5×5. With them `auto` was within 7% of the faster path on all
+# 48 measured forward cases, ranks past the crossover included; only a case at
+# MAC ratio 1.07 (CP rank 4C) flips with the machine's load. Each launched step
+# costs ~0.1 ms there (thread hand-offs under contention), which dominates small
+# factorized layers. GPU numbers are conservative guesses until the timing suite
+# measures them.
 _RATES: dict[str, dict[str, float]] = {
-  "cpu": {"conv": 40e9, "dot": 30e9, "depthwise_shift": 8e9, "depthwise_xla": 0.12e9, "step": 3e-5},
+  "cpu": {"conv": 5.5e10, "dot": 9e10, "depthwise_shift": 7.5e9, "depthwise_xla": 0.5e9, "step": 1.4e-4},
   "gpu": {"conv": 2e13, "dot": 3e13, "depthwise_shift": 1e12, "depthwise_xla": 1e12, "step": 5e-6},
   "tpu": {"conv": 5e13, "dot": 5e13, "depthwise_shift": 1e12, "depthwise_xla": 1e12, "step": 5e-6},
 }

@@ -1,0 +1,47 @@
+"""Tests of the cost-model fit: it recovers the rates that generated the timings."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.fit_rates import decisions, fit
+
+RATES = {"conv": 5e10, "dot": 8e10, "depthwise_shift": 6e9, "depthwise_xla": 4e8, "step": 1e-4}
+
+
+def _record(scheme: str, implementation: str, steps: dict[str, int], n_steps: int, depthwise: str | None) -> dict:
+  seconds = sum(m / RATES[k] for k, m in steps.items()) + n_steps * RATES["step"]
+  return {
+    "scheme": scheme,
+    "implementation": implementation,
+    "depthwise": depthwise,
+    "shape_label": "8x16x16x128 k3",
+    "pass": "forward",
+    "median_ms": seconds * 1e3,
+    "steps": steps,
+    "n_steps": n_steps,
+  }
+
+
+def _records() -> list[dict]:
+  out = []
+  for i, rank in enumerate((16, 64, 256, 1024)):
+    scheme = f"cp rank {rank}"
+    pointwise = 2 * 2048 * 128 * rank
+    out.append(_record(scheme, "factorized", {"dot": pointwise, "depthwise_shift": 2048 * 6 * rank}, 4, "shift"))
+    out.append(_record(scheme, "factorized", {"dot": pointwise, "depthwise_xla": 2048 * 6 * rank}, 4, "xla"))
+    out.append(_record(scheme, "reconstructed", {"conv": 302e6 * (1 + i / 10), "dot": 9 * rank * 262}, 2, None))
+  return out
+
+
+def test_fit_recovers_the_generating_rates() -> None:
+  fitted = fit(_records())
+  for kind, value in RATES.items():
+    assert fitted[kind] == pytest.approx(value, rel=1e-3), kind
+
+
+def test_decisions_pick_the_faster_path_with_exact_rates() -> None:
+  rows = decisions(_records(), RATES)
+  assert len(rows) == 4
+  assert all(r["choice_over_best"] == pytest.approx(1.0) for r in rows)
+  assert {r["choice"] for r in rows} == {"factorized", "reconstructed"}
