@@ -1,6 +1,7 @@
 """efficonv: every scheme for speeding up convolutions, done right in JAX."""
 
 from efficonv import cost as cost
+from efficonv import decompose as decompose
 from efficonv import kernels as kernels
 from efficonv import rank as rank
 from efficonv.compress import Policy as Policy
