@@ -33,7 +33,8 @@ import jax
 
 from efficonv import cost
 from experiments.benchmark import Subject, benchmark
-from experiments.config import DEFAULT_CONFIG, PRESETS, ExperimentConfig, load, override
+from experiments.cli import add_config_arguments, config_from_args, setup_logging
+from experiments.config import ExperimentConfig, override
 from experiments.machine import machine_info
 from experiments.report import add_ratios, write_report
 from experiments.schemes import check_scheme, reference_of
@@ -136,20 +137,17 @@ def _reference(scheme: str, cfg: ExperimentConfig) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default=DEFAULT_CONFIG, help="config module in experiments/configs")
-  parser.add_argument("--preset", default="quick", choices=PRESETS)
+  add_config_arguments(parser)
   parser.add_argument("--workdir", default=None, help="default: results/<config>_<preset>")
   parser.add_argument("--schemes", default=None, help="comma-separated subset of the config's schemes")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
   return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """The command line."""
   args = parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", force=True)
-  logging.getLogger("experiments").setLevel(logging.INFO)
-  cfg = override(load(args.config, args.preset), args.set)
+  setup_logging()
+  cfg = config_from_args(args)
   if args.schemes is not None:
     cfg = override(cfg, [f"schemes={tuple(s.strip() for s in args.schemes.split(',') if s.strip())!r}"])
   workdir = args.workdir or os.path.join("results", f"{args.config}_{args.preset}")

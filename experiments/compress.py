@@ -42,8 +42,9 @@ from efficonv import rank as rank_lib
 from efficonv.compress import Policy, compress
 from experiments import data
 from experiments.benchmark import Subject, benchmark
+from experiments.cli import add_config_arguments, config_from_args, setup_logging
 from experiments.compare import environment
-from experiments.config import DEFAULT_CONFIG, PRESETS, ExperimentConfig, load, override
+from experiments.config import PRESETS, ExperimentConfig
 from experiments.optim import learning_rate_schedule, make_optimizer
 from experiments.report import write_json
 from experiments.steps import evaluate, make_predict, make_train_step, merge, replicate, shard_batch
@@ -375,20 +376,17 @@ def markdown(payload: dict[str, Any], command: str = "") -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m experiments.compress", description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default=DEFAULT_CONFIG, help="config module in experiments/configs")
-  parser.add_argument("--preset", default="quick", choices=PRESETS)
+  add_config_arguments(parser)
   parser.add_argument("--workdir", default=None, help="default: results/compress_<config>_<preset>")
   parser.add_argument("--variants", default=None, help="comma-separated subset of the preset's variants")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
   return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """The command line."""
   args = parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", force=True)
-  logging.getLogger("experiments").setLevel(logging.INFO)
-  cfg = override(load(args.config, args.preset), args.set)
+  setup_logging()
+  cfg = config_from_args(args)
   settings = settings_for(args.preset)
   if args.variants is not None:
     wanted = [s.strip() for s in args.variants.split(",") if s.strip()]

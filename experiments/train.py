@@ -45,7 +45,8 @@ from flax import nnx
 
 from experiments import data
 from experiments.checkpoint import Checkpointer
-from experiments.config import DEFAULT_CONFIG, PRESETS, DataConfig, ExperimentConfig, load, override
+from experiments.cli import add_config_arguments, config_from_args, setup_logging
+from experiments.config import DataConfig, ExperimentConfig
 from experiments.metrics import MetricsLog, Progress
 from experiments.optim import learning_rate_schedule, make_optimizer
 from experiments.steps import (
@@ -294,11 +295,9 @@ def _check_or_write_config(cfg: ExperimentConfig, path: Path) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default=DEFAULT_CONFIG, help="config module in experiments/configs")
-  parser.add_argument("--preset", default="quick", choices=PRESETS)
+  add_config_arguments(parser)
   parser.add_argument("--scheme", default=None, help="overrides model.scheme")
   parser.add_argument("--workdir", default=None, help="default: results/train/<config>_<preset>_<scheme>")
-  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
   parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
   return parser.parse_args(argv)
 
@@ -306,11 +305,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, *, on_step: Callable[[int], None] | None = None) -> TrainResult:
   """The command line; ``on_step`` as for :func:`train` (for tests)."""
   args = parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", force=True)
-  logging.getLogger("experiments").setLevel(logging.INFO)
+  setup_logging()
   if args.distributed:
     jax.distributed.initialize()
-  cfg = override(load(args.config, args.preset), args.set)
+  cfg = config_from_args(args)
   if args.scheme is not None:
     cfg = cfg.with_scheme(args.scheme)
   workdir = args.workdir or os.path.join("results", "train", f"{args.config}_{args.preset}_{cfg.model.scheme}")
