@@ -273,8 +273,20 @@ def compress(
       else:
         reason = f"not factorizable: {ineligible}" if selected else "not included"
       reports.append(
-        LayerReport(name, shape, "skipped", None, reason, params_before, params_before, macs_before, macs_before,
-                    0.0, 0.0, "dense")
+        LayerReport(
+          name,
+          shape,
+          "skipped",
+          None,
+          reason,
+          params_before,
+          params_before,
+          macs_before,
+          macs_before,
+          0.0,
+          0.0,
+          "dense",
+        )
       )
       continue
     rank, reason = _rank_for(policy, conv, shape)

@@ -307,9 +307,7 @@ class _Space:
       m = int(rank)  # type: ignore[arg-type]
       return Separable(_sds(kh, kw, cin, m), _sds(cin * m, cout))
     full = tuple(rank) + (1,)  # type: ignore[arg-type]
-    cores = tuple(
-      _sds(full[k], self.in_modes[k], self.out_modes[k], full[k + 1]) for k in range(len(self.in_modes))
-    )
+    cores = tuple(_sds(full[k], self.in_modes[k], self.out_modes[k], full[k + 1]) for k in range(len(self.in_modes)))
     return TT(_sds(kh, kw, full[0]), cores)
 
 
@@ -390,8 +388,7 @@ def choose_rank(
   space = _space(scheme, shape, in_modes, out_modes)
   if isinstance(rule, (Energy, VBMF)) and kernel is None:
     raise ValueError(
-      f"kernel_or_shape must be the kernel array (not its shape {shape}) for {rule!r}: "
-      "it needs the singular values"
+      f"kernel_or_shape must be the kernel array (not its shape {shape}) for {rule!r}: it needs the singular values"
     )
   if isinstance(rule, MacReduction) and input_shape is None:
     raise ValueError(f"input_shape must be given (NHWC) for {rule!r}: MACs depend on the input size")
@@ -431,13 +428,9 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int, int]:
   try:
     values = tuple(shape)
   except TypeError as e:
-    raise ValueError(
-      f"kernel_or_shape must be a kernel or a shape (kh, kw, C_in, C_out), got {shape!r}"
-    ) from e
+    raise ValueError(f"kernel_or_shape must be a kernel or a shape (kh, kw, C_in, C_out), got {shape!r}") from e
   if len(values) != 4 or not all(_is_int(v) and v >= 1 for v in values):
-    raise ValueError(
-      f"kernel_or_shape must be a shape of 4 positive ints (kh, kw, C_in, C_out), got {shape!r}"
-    )
+    raise ValueError(f"kernel_or_shape must be a shape of 4 positive ints (kh, kw, C_in, C_out), got {shape!r}")
   return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
@@ -450,9 +443,7 @@ def _kernel_or_shape(value: Any) -> tuple[tuple[int, int, int, int], np.ndarray 
   if isinstance(value, (tuple, list)) and all(_is_int(v) for v in value):
     return _check_shape(value), None
   if isinstance(value, jax.core.Tracer):
-    raise ValueError(
-      "kernel_or_shape must be a concrete kernel (rank selection runs outside jit), got a tracer"
-    )
+    raise ValueError("kernel_or_shape must be a concrete kernel (rank selection runs outside jit), got a tracer")
   if not hasattr(value, "dtype"):
     value = np.asarray(value)
   if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
@@ -497,9 +488,7 @@ def _check_modes(modes: Sequence[int], name: str, total: int) -> tuple[int, ...]
   except TypeError as e:
     raise ValueError(f"{name} must be a sequence of positive ints with product {total}, got {modes!r}") from e
   if not values or not all(_is_int(v) and v >= 1 for v in values) or math.prod(values) != total:
-    raise ValueError(
-      f"{name} must be a non-empty sequence of positive ints with product {total}, got {modes!r}"
-    )
+    raise ValueError(f"{name} must be a non-empty sequence of positive ints with product {total}, got {modes!r}")
   return tuple(int(v) for v in values)
 
 
@@ -637,10 +626,7 @@ def _energy(space: _Space, kernel: np.ndarray, energy: float) -> tuple[RankLike,
   scheme = space.scheme
   if scheme == "spatial":
     k, kept = _energy_rank(_svals(_spatial_unfolding(kernel)), energy)
-    reason = (
-      f"smallest rank keeping ≥ {pct} of the energy of the (kh·C_in)×(kw·C_out) unfolding: "
-      f"{k} keeps {kept:.4%}"
-    )
+    reason = f"smallest rank keeping ≥ {pct} of the energy of the (kh·C_in)×(kw·C_out) unfolding: {k} keeps {kept:.4%}"
     return k, False, reason, {"target_met": True, "energy_kept": kept}
   if scheme == "separable":
     svals = np.linalg.svd(_separable_slices(kernel), compute_uv=False)  # (C_in, q)
@@ -695,18 +681,11 @@ def _vbmf(space: _Space, kernel: np.ndarray) -> tuple[RankLike, bool, str, dict[
   if scheme == "spatial":
     found = [("(kh·C_in)×(kw·C_out) unfolding", evbmf(_spatial_unfolding(kernel)))]
   elif scheme == "separable":
-    found = [
-      ("per-channel (kh·kw)×C_out slices (shared noise, largest rank)", evbmf(_separable_slices(kernel)))
-    ]
+    found = [("per-channel (kh·kw)×C_out slices (shared noise, largest rank)", evbmf(_separable_slices(kernel)))]
   elif scheme == "tucker2":
-    found = [
-      (f"{name}-unfolding", evbmf(_mode_unfolding(kernel, axis)))
-      for name, axis in (("C_in", 2), ("C_out", 3))
-    ]
+    found = [(f"{name}-unfolding", evbmf(_mode_unfolding(kernel, axis))) for name, axis in (("C_in", 2), ("C_out", 3))]
   elif scheme == "cp":
-    found = [
-      (f"{name}-unfolding", evbmf(_mode_unfolding(kernel, axis))) for axis, name in enumerate(_CP_MODES)
-    ]
+    found = [(f"{name}-unfolding", evbmf(_mode_unfolding(kernel, axis))) for axis, name in enumerate(_CP_MODES)]
   else:
     found = [(f"bond {k} unfolding", evbmf(m)) for k, m in enumerate(_tt_unfoldings(space, kernel))]
   raw = tuple(res.rank for _, res in found)

@@ -154,9 +154,7 @@ def evbmf(matrix: np.ndarray, *, sigma2: float | None = None) -> EVBMFResult:
   disc = np.maximum(shrink**2 - 4.0 * L * M * sigma2**2 / safe**4, 0.0)
   estimates = np.where(keep, 0.5 * safe * (shrink + np.sqrt(disc)), 0.0)
   ranks = tuple(int(k) for k in keep.sum(axis=1))
-  return EVBMFResult(
-    max(ranks), ranks, float(sigma2), threshold, h_bar, _unstack(gamma, y), _unstack(estimates, y)
-  )
+  return EVBMFResult(max(ranks), ranks, float(sigma2), threshold, h_bar, _unstack(gamma, y), _unstack(estimates, y))
 
 
 def _unstack(values: np.ndarray, original: np.ndarray) -> np.ndarray:

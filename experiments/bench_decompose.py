@@ -171,9 +171,7 @@ def bench_kernel(name: str, kernel: np.ndarray, *, repeats: int, tensorly_jax_re
     _log(f"[{name}] compiled {label} in {compile_s:.2f}s, error {float(info.relative_error):.5f}")
 
   have_tensorly = importlib.util.find_spec("tensorly") is not None
-  skipped = (
-    None if have_tensorly else "tensorly is not installed (pip install tensorly): TensorLy columns skipped"
-  )
+  skipped = None if have_tensorly else "tensorly is not installed (pip install tensorly): TensorLy columns skipped"
   if skipped:
     print(skipped)
   else:
@@ -209,9 +207,7 @@ def _cp_seed_spread(kernel: np.ndarray, have_tensorly: bool) -> dict[str, list[f
   Which local optimum ALS reaches depends on those columns; the spread shows how much of an error
   difference between the libraries is just the draw.
   """
-  fit = jax.jit(
-    lambda w, key: cp(w, CP_RANK, n_iter=CP_SWEEPS, tol=0.0, init="svd", key=key)[1].relative_error
-  )
+  fit = jax.jit(lambda w, key: cp(w, CP_RANK, n_iter=CP_SWEEPS, tol=0.0, init="svd", key=key)[1].relative_error)
   spread = {"efficonv": [float(fit(jnp.asarray(kernel), jax.random.key(seed))) for seed in SEEDS]}
   if have_tensorly:
     import tensorly as tl
@@ -222,9 +218,7 @@ def _cp_seed_spread(kernel: np.ndarray, have_tensorly: bool) -> dict[str, list[f
       spread["tensorly-numpy-f32"] = [
         _rel_err(
           kernel,
-          tl.cp_to_tensor(
-            parafac(kernel, CP_RANK, n_iter_max=CP_SWEEPS, tol=0, init="svd", random_state=seed)
-          ),
+          tl.cp_to_tensor(parafac(kernel, CP_RANK, n_iter_max=CP_SWEEPS, tol=0, init="svd", random_state=seed)),
         )
         for seed in SEEDS
       ]

@@ -1,6 +1,6 @@
 """Forward and forward+backward timings of every scheme × implementation against the dense conv.
 
-Run as ``python -m experiments.bench_layers [--quick] [--out DIR]``.
+Run as ``python -m experiments.bench_layers [--quick] [--out DIR] [--peers torch,tltorch,keras|none]``.
 
 For each shape (N ∈ {1, 8, 64} × 32×32×64, 16×16×128, 8×8×256 at 3×3 and
 16×16×128 at 5×5, ``c → c``, SAME; ``--quick``: N = 8 only) and each pass, all
@@ -14,7 +14,8 @@ parameter.
 Writes under ``experiments/results/<name>/`` (``--out`` to change):
 ``results.json`` (one record per measurement plus machine information),
 ``results.md`` (tables, including ``auto``'s choice against the measured
-best) and ``speedup_vs_mac_ratio.png``.
+best, and efficonv against the peers of :mod:`experiments.peers`) and
+``speedup_vs_mac_ratio.png``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from efficonv.nnx import set_objective
 from experiments import bench_report, peers
-from experiments.bench_cases import BATCHES_FULL, BATCHES_QUICK, SCHEMES, Shape, Variant, shapes, variants_for
-from experiments.dense_baselines import EIGEN_CONV_OPTIONS, PASSES, dense_methods, pass_args, with_pass
+from experiments.bench_cases import BATCHES_FULL, BATCHES_QUICK, SCHEMES, Scheme, Shape, Variant, shapes, variants_for
+from experiments.dense_baselines import PASSES, dense_methods, pass_args, with_pass
 from experiments.functional import as_pure_function
 from experiments.machine import load_average, machine_info
 from experiments.timing import Stats, compile_fn, measure
@@ -76,8 +78,9 @@ def bench_shape(
   slow_seconds: float,
   skip_xla_depthwise_backward: bool = False,
   seed: int = 0,
+  schemes: Sequence[Scheme] = SCHEMES,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-  """Times every dense method and variant on ``shape``, both passes.
+  """Times every dense method and variant of ``schemes`` on ``shape``, both passes.
 
   Returns:
     ``(records, skipped)``: one record per measurement, and a line per variant not timed.
@@ -88,7 +91,7 @@ def bench_shape(
     jax.random.normal(kk, (shape.k, shape.k, shape.c, shape.c), jnp.float32) / (shape.k * shape.k * shape.c) ** 0.5
   )
   cotangent = jax.random.normal(kc, shape.input_shape, jnp.float32)
-  variants = variants_for(shape, SCHEMES, seed)
+  variants = variants_for(shape, schemes, seed)
   records: list[dict[str, Any]] = []
   skipped: list[str] = []
   for pass_name in PASSES:
@@ -115,6 +118,8 @@ def bench_shape(
       if skip_xla_depthwise_backward and pass_name == "forward_backward" and v.depthwise == "xla":
         skipped.append(f"{shape.label} {pass_name} {v.label}: {XLA_BACKWARD_SKIP_REASON}")
         continue
+      # `auto` optimises what this pass times: the forward pass, or forward+backward.
+      set_objective(v.layer, "training" if pass_name == "forward_backward" else "inference")
       fn, params = as_pure_function(v.layer)
       args = pass_args(x, params, pass_name, cotangent)
       candidates[v.label] = (compile_fn(with_pass(fn, pass_name), args, None, cache), args)
@@ -172,6 +177,107 @@ def _records(
   return out
 
 
+def run(
+  shape_list: Sequence[Shape],
+  *,
+  repeats: int,
+  warmup: int,
+  max_seconds: float,
+  slow_seconds: float,
+  skip_xla_depthwise_backward: bool,
+  command: str,
+  with_peers: bool = True,
+  peer_names: Sequence[str] = peers.PEERS,
+  schemes: Sequence[Scheme] = SCHEMES,
+  deadline: float | None = None,
+  config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+  """Times every shape of ``shape_list`` (see :func:`bench_shape`) and the optional PyTorch peers.
+
+  Args:
+    shape_list: the shapes, in the order timed.
+    repeats: timed calls per function.
+    warmup: untimed calls per function first.
+    max_seconds: timing budget per function (slower ones get fewer repeats).
+    slow_seconds: a function whose first call takes longer is timed once more only.
+    skip_xla_depthwise_backward: leave out XLA's grouped depthwise backward (slow on CPU).
+    command: the command line, recorded.
+    with_peers: also time the peers (:mod:`experiments.peers`).
+    peer_names: which peers of :data:`experiments.peers.PEERS` to time (missing ones are skipped with a note).
+    schemes: the schemes whose variants are timed.
+    deadline: a :func:`time.perf_counter` value after which no further shape starts (the first always runs;
+      the others are listed in ``skipped``).
+    config: extra entries for the result's ``config``.
+
+  Returns:
+    ``{"machine", "config", "records", "skipped", "peers", "peer_ratios"}``, as written by :func:`write`
+    (``peer_ratios``: :func:`experiments.bench_report.peer_ratios`).
+  """
+  machine = {
+    **machine_info(command=command.strip()),
+    "dense_compiler_options": {m.name: dict(m.compiler_options) for m in dense_methods() if m.compiler_options},
+    "load_average_before": load_average(),
+  }
+  records: list[dict[str, Any]] = []
+  skipped: list[str] = []
+  start = time.perf_counter()
+  timed: list[Shape] = []
+  for shape in shape_list:
+    if timed and deadline is not None and time.perf_counter() > deadline:
+      skipped.append(f"{shape.label}: skipped, time budget spent")
+      continue
+    _log(f"{shape.label}")
+    shape_records, shape_skipped = bench_shape(
+      shape,
+      repeats=repeats,
+      warmup=warmup,
+      max_seconds=max_seconds,
+      slow_seconds=slow_seconds,
+      skip_xla_depthwise_backward=skip_xla_depthwise_backward,
+      schemes=schemes,
+    )
+    records.extend(shape_records)
+    skipped.extend(shape_skipped)
+    timed.append(shape)
+  peer_records, peer_notes = (
+    peers.run(timed, repeats=repeats, max_seconds=max_seconds, peers=peer_names, slow_seconds=slow_seconds)
+    if with_peers
+    else ([], ["skipped (--no-peers)"])
+  )
+  machine["load_average_after"] = load_average()
+  machine["wall_seconds"] = time.perf_counter() - start
+  return {
+    "machine": machine,
+    "config": {
+      **(config or {}),
+      "repeats": repeats,
+      "warmup": warmup,
+      "max_seconds_per_function": max_seconds,
+      "slow_seconds": slow_seconds,
+    },
+    "records": records,
+    "skipped": skipped,
+    "peers": {"records": peer_records, "notes": peer_notes},
+    "peer_ratios": bench_report.peer_ratios(records, peer_records),
+  }
+
+
+def write(result: dict[str, Any], out_dir: str) -> list[str]:
+  """Writes ``results.json``, ``results.md`` and ``speedup_vs_mac_ratio.png`` (when plotted) into ``out_dir``.
+
+  Returns:
+    The paths written.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")]
+  with open(paths[0], "w") as f:
+    json.dump(result, f, indent=1, default=str)
+  with open(paths[1], "w") as f:
+    f.write(bench_report.markdown(result))
+  plot_path = bench_report.plot(result["records"], os.path.join(out_dir, "speedup_vs_mac_ratio.png"))
+  return paths + ([plot_path] if plot_path else [])
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark and writes JSON, Markdown and the plot; returns the result dict."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -191,62 +297,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     default=None,
     help="a function whose first call takes longer is timed once more only (default 30, quick 3)",
   )
-  parser.add_argument("--no-peers", action="store_true", help="skip the optional PyTorch timings")
-  args = parser.parse_args(argv)
-  repeats = args.repeats or (15 if args.quick else 30)
-  max_seconds = args.max_seconds or (0.5 if args.quick else 1.0)
-  slow_seconds = args.slow_seconds or (3.0 if args.quick else 30.0)
-  out_dir = args.out or os.path.join(DEFAULT_RESULTS, "bench_layers_quick" if args.quick else "bench_layers")
-  os.makedirs(out_dir, exist_ok=True)
-  command = "python -m experiments.bench_layers " + " ".join(sys.argv[1:] if argv is None else argv)
-  machine = {
-    **machine_info(command=command.strip()),
-    "dense_compiler_options": {"lax_eigen": EIGEN_CONV_OPTIONS},
-    "load_average_before": load_average(),
-  }
-  records: list[dict[str, Any]] = []
-  skipped: list[str] = []
-  start = time.perf_counter()
-  for shape in shapes(BATCHES_QUICK if args.quick else BATCHES_FULL):
-    _log(f"{shape.label}")
-    shape_records, shape_skipped = bench_shape(
-      shape,
-      repeats=repeats,
-      warmup=args.warmup,
-      max_seconds=max_seconds,
-      slow_seconds=slow_seconds,
-      skip_xla_depthwise_backward=args.quick,
-    )
-    records.extend(shape_records)
-    skipped.extend(shape_skipped)
-  peer_records, peer_notes = (
-    ([], ["skipped (--no-peers)"])
-    if args.no_peers
-    else peers.run(shapes(BATCHES_QUICK if args.quick else BATCHES_FULL), repeats=repeats, max_seconds=max_seconds)
+  parser.add_argument("--no-peers", action="store_true", help="skip the optional peer timings (same as --peers none)")
+  parser.add_argument(
+    "--peers",
+    default="all",
+    help=f"comma-separated peers to time, of {','.join(peers.PEERS)} (default all available; 'none' for none)",
   )
-  machine["load_average_after"] = load_average()
-  machine["wall_seconds"] = time.perf_counter() - start
-  result = {
-    "machine": machine,
-    "config": {
-      "quick": args.quick,
-      "repeats": repeats,
-      "warmup": args.warmup,
-      "max_seconds_per_function": max_seconds,
-      "slow_seconds": slow_seconds,
-    },
-    "records": records,
-    "skipped": skipped,
-    "peers": {"records": peer_records, "notes": peer_notes},
-  }
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(result, f, indent=1, default=str)
-  markdown = bench_report.markdown(result)
-  with open(os.path.join(out_dir, "results.md"), "w") as f:
-    f.write(markdown)
-  plot_path = bench_report.plot(records, os.path.join(out_dir, "speedup_vs_mac_ratio.png"))
+  args = parser.parse_args(argv)
+  try:
+    peer_names = peers.parse_peers(args.peers)
+  except ValueError as e:
+    parser.error(str(e))
+  out_dir = args.out or os.path.join(DEFAULT_RESULTS, "bench_layers_quick" if args.quick else "bench_layers")
+  result = run(
+    shapes(BATCHES_QUICK if args.quick else BATCHES_FULL),
+    repeats=args.repeats or (15 if args.quick else 30),
+    warmup=args.warmup,
+    max_seconds=args.max_seconds or (0.5 if args.quick else 1.0),
+    slow_seconds=args.slow_seconds or (3.0 if args.quick else 30.0),
+    skip_xla_depthwise_backward=args.quick,
+    command="python -m experiments.bench_layers " + " ".join(sys.argv[1:] if argv is None else argv),
+    with_peers=not args.no_peers and bool(peer_names),
+    peer_names=peer_names,
+    config={"quick": args.quick, "peers": list(peer_names) if not args.no_peers else []},
+  )
+  paths = write(result, out_dir)
   print(bench_report.summary_text(result))
-  _log(f"wrote {out_dir}/results.json, results.md{', ' + os.path.basename(plot_path) if plot_path else ''}")
+  _log(f"wrote {', '.join(paths)}")
   return result
 
 

@@ -1,4 +1,4 @@
-"""Markdown tables, the auto-versus-best check and the plot of :mod:`experiments.bench_layers`."""
+"""Markdown tables, the auto-versus-best and efficonv-versus-peers checks, and the plot of :mod:`experiments.bench_layers`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,87 @@ def auto_vs_best(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         "best_ms": best["median_ms"],
         "choice_over_best": choice_ms / best["median_ms"],
         "measured_over_best": auto["median_ms"] / best["median_ms"],
+      }
+    )
+  return out
+
+
+PEER_TARGETS_DOC = (
+  "targets: efficonv CP >= 2x tltorch CP factorized; every efficonv scheme >= 1x its PyTorch channels_last sequence"
+)
+
+
+def peer_target(peer: dict[str, Any]) -> float | None:
+  """The speedup efficonv should reach over ``peer`` (``None``: no target, shown for information).
+
+  ``tltorch`` CP ``factorized``: 2; a ``torch_channels_last`` factorized
+  sequence: 1; anything else (dense convs, NCHW, other implementations, Keras): none.
+  """
+  if peer["peer"] == "tltorch" and peer["scheme"] == "cp" and peer["implementation"] == "factorized":
+    return 2.0
+  if peer["peer"] == "torch_channels_last" and peer["scheme"] != "dense":
+    return 1.0
+  return None
+
+
+def _default_records(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+  """``(shape, pass, scheme) ->`` the record a user gets by default.
+
+  That is the ``auto`` layer, or a scheme's only variant (``bottleneck``,
+  ``stacked``), or for ``dense`` the fastest dense implementation.
+  """
+  groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+  for r in records:
+    groups.setdefault((r["shape_label"], r["pass"], r["scheme"]), []).append(r)
+  out = {}
+  for key, rows in groups.items():
+    if key[2] == "dense":
+      out[key] = min(rows, key=lambda r: r["median_ms"])
+      continue
+    auto = [r for r in rows if r["implementation"] == "auto"]
+    if auto:
+      out[key] = auto[0]
+    elif len(rows) == 1:
+      out[key] = rows[0]
+  return out
+
+
+def peer_ratios(records: Sequence[dict[str, Any]], peer_records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """efficonv's default layer against every peer of the same scheme, shape and pass.
+
+  Args:
+    records: :mod:`experiments.bench_layers` records (``scheme``,
+      ``implementation``, ``shape_label``, ``pass``, ``median_ms``).
+    peer_records: :func:`experiments.peers.run` records (``peer``, ``scheme``, ...).
+
+  Returns:
+    One dict per matched peer record: ``shape_label``, ``pass``, ``scheme``,
+    ``efficonv_variant``, ``efficonv_ms``, ``peer``, ``peer_variant``,
+    ``peer_ms``, ``ratio`` (peer median / efficonv median: > 1 when efficonv
+    is faster), ``target`` (:func:`peer_target`) and ``meets_target``
+    (``None`` without a target).
+  """
+  default = _default_records(records)
+  out = []
+  for p in peer_records:
+    e = default.get((p["shape_label"], p["pass"], p["scheme"]))
+    if e is None:
+      continue
+    ratio = p["median_ms"] / e["median_ms"]
+    target = peer_target(p)
+    out.append(
+      {
+        "shape_label": p["shape_label"],
+        "pass": p["pass"],
+        "scheme": p["scheme"],
+        "efficonv_variant": e["variant"],
+        "efficonv_ms": e["median_ms"],
+        "peer": p["peer"],
+        "peer_variant": p["variant"],
+        "peer_ms": p["median_ms"],
+        "ratio": ratio,
+        "target": target,
+        "meets_target": None if target is None else ratio >= target,
       }
     )
   return out
@@ -157,7 +238,7 @@ def markdown(result: dict[str, Any]) -> str:
   if result.get("skipped"):
     lines += ["## Not timed", "", *[f"- {line}" for line in result["skipped"]], ""]
   peers = result.get("peers", {})
-  lines += ["## PyTorch peers", ""]
+  lines += ["## Peers (PyTorch, TensorLy-Torch, Keras)", ""]
   lines += [f"- {n}" for n in peers.get("notes", [])]
   if peers.get("records"):
     table = [
@@ -165,17 +246,48 @@ def markdown(result: dict[str, Any]) -> str:
         p["shape_label"],
         p["pass"],
         p["variant"],
+        p.get("layout", ""),
         f"{p['median_ms']:.3f}",
         f"{p['iqr_ms']:.3f}",
-        f"{p['speedup_vs_torch_dense']:.2f}",
+        "-" if p.get("speedup_vs_torch_dense") is None else f"{p['speedup_vs_torch_dense']:.2f}",
       ]
       for p in peers["records"]
     ]
     lines += [
       "",
-      *_table(table, ["shape", "pass", "variant", "median ms", "IQR ms", "speedup vs torch dense (same layout)"]),
+      *_table(
+        table, ["shape", "pass", "peer", "layout", "median ms", "IQR ms", "speedup vs torch dense (same layout)"]
+      ),
     ]
   lines.append("")
+  ratios = result.get("peer_ratios")
+  if ratios is None:
+    ratios = peer_ratios(records, peers.get("records", []))
+  if ratios:
+    lines += [
+      "## efficonv versus peers",
+      "",
+      "ratio = peer median / efficonv median (> 1: efficonv faster); efficonv is the default layer (`auto`, the "
+      f"only variant, or the fastest dense implementation). {PEER_TARGETS_DOC}.",
+      "",
+    ]
+    table = [
+      [
+        c["shape_label"],
+        c["pass"],
+        c["scheme"],
+        c["efficonv_variant"],
+        f"{c['efficonv_ms']:.3f}",
+        c["peer_variant"],
+        f"{c['peer_ms']:.3f}",
+        f"{c['ratio']:.2f}",
+        "-" if c["target"] is None else f"{c['target']:.0f}x",
+        "-" if c["meets_target"] is None else ("yes" if c["meets_target"] else "**no**"),
+      ]
+      for c in ratios
+    ]
+    lines += _table(table, ["shape", "pass", "scheme", "efficonv", "ms", "peer", "peer ms", "ratio", "target", "met"])
+    lines.append("")
   return "\n".join(lines)
 
 
@@ -204,6 +316,18 @@ def summary_text(result: dict[str, Any]) -> str:
     lines.append(
       f"auto vs best: worst choice/best {worst['choice_over_best']:.2f} ({worst['scheme']} {worst['shape_label']} "
       f"{worst['pass']}: chose {worst['auto_choice']}, best {worst['best']}); {len(misses)} of {len(checks)} beyond 10%"
+    )
+  ratios = result.get("peer_ratios")
+  if ratios is None:
+    ratios = peer_ratios(result["records"], result.get("peers", {}).get("records", []))
+  targeted = [c for c in ratios if c["target"] is not None]
+  if targeted:
+    misses = [c for c in targeted if not c["meets_target"]]
+    worst = min(targeted, key=lambda c: c["ratio"] / c["target"])
+    lines.append(
+      f"peers: {len(targeted) - len(misses)} of {len(targeted)} targets met; worst {worst['scheme']} vs "
+      f"{worst['peer_variant']} {worst['shape_label']} {worst['pass']}: {worst['ratio']:.2f}x "
+      f"(target {worst['target']:.0f}x)"
     )
   return "\n".join(lines)
 

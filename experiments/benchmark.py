@@ -82,6 +82,32 @@ def _seconds_per_call(fn: Callable[[], Any], warmup: int, iterations: int, min_s
   return (time.perf_counter() - start) / calls
 
 
+def round_robin(
+  calls: Mapping[str, Mapping[str, Callable[[], Any]]], cfg: BenchConfig, deadline: float | None = None
+) -> dict[str, dict[str, list[float]]]:
+  """Calls every function once (compiling it), then times them all round-robin, ``cfg.rounds`` rounds.
+
+  Args:
+    calls: name → measurement → a function of no arguments (its result is waited for).
+    cfg: warm-up, iterations, ``min_seconds`` and rounds.
+    deadline: a :func:`time.perf_counter` value after which no further round starts (the first always runs).
+
+  Returns:
+    name → measurement → seconds per call in each round that ran.
+  """
+  for fns in calls.values():  # compile everything before any timing
+    for fn in fns.values():
+      jax.block_until_ready(fn())
+  rounds: dict[str, dict[str, list[float]]] = {name: {k: [] for k in fns} for name, fns in calls.items()}
+  for index in range(cfg.rounds):
+    if index and deadline is not None and time.perf_counter() > deadline:
+      break
+    for name, fns in calls.items():
+      for kind, fn in fns.items():
+        rounds[name][kind].append(_seconds_per_call(fn, cfg.warmup, cfg.iterations, cfg.min_seconds))
+  return rounds
+
+
 def benchmark(
   subjects: Mapping[str, Subject], cfg: BenchConfig, image_shape: Sequence[int], batch_size: int
 ) -> dict[str, Timing]:
@@ -128,16 +154,7 @@ def benchmark(
         s.params, s.rest, s.opt_state, *batch, replicate(s.parallel, key), 0
       ),
     }
-  for fns in calls.values():  # compile everything before any timing
-    for fn in fns.values():
-      jax.block_until_ready(fn())
-  rounds: dict[str, dict[str, list[float]]] = {
-    name: {k: [] for k in ("inference", "latency", "train")} for name in calls
-  }
-  for _ in range(cfg.rounds):
-    for name, fns in calls.items():
-      for kind, fn in fns.items():
-        rounds[name][kind].append(_seconds_per_call(fn, cfg.warmup, cfg.iterations, cfg.min_seconds))
+  rounds = round_robin(calls, cfg)
   out = {}
   for name, r in rounds.items():
     inference = batch_size / min(r["inference"])

@@ -36,7 +36,7 @@ class ModelConfig:
       starting with stride 2, global average pooling, linear); see :mod:`experiments.models`.
     scheme: which layer replaces every conv after the stem (:data:`experiments.schemes.SCHEMES`).
     num_classes: classifier outputs.
-    stem_features: channels of the stem conv (the first conv, always a dense 3×3).
+    stem_features: channels of the stem conv (the first conv, a dense 3×3 unless ``factorize_stem``).
     stage_features: channels of each stage.
     stage_depth: convs per VGG stage, basic blocks per ResNet stage.
     kernel_size: kernel of the scheme convs (the ``dense5``/``stacked`` schemes use ``large_kernel_size``).
@@ -51,6 +51,8 @@ class ModelConfig:
     implementation: ``implementation=`` of the factorized layers: ``"factorized"`` measures the schemes
       themselves; ``"auto"`` lets each layer run its reconstructed dense kernel where the cost model says
       that is faster.
+    factorize_stem: build the stem with the scheme's layer too (only schemes of
+      :data:`experiments.schemes.STEM_FACTORIZABLE`; the ``spatial_stem`` scheme is ``spatial`` with this on).
   """
 
   arch: str = "vgg"
@@ -69,6 +71,7 @@ class ModelConfig:
   tt_rank: float = 0.25
   wide_factor: float = math.sqrt(2.0)
   implementation: str = "factorized"
+  factorize_stem: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,11 +78,17 @@ def shift_conv(x: Array, kernel: Array) -> Array:
   return kernels.conv_valid(_same_pad(x, kh, kw), kernel, (1, 1), (1, 1), "shift")
 
 
-def dense_methods() -> tuple[DenseMethod, ...]:
-  """Every dense implementation that is tried, in a fixed order."""
+def dense_methods(backend: str | None = None) -> tuple[DenseMethod, ...]:
+  """Every dense implementation that is tried, in a fixed order.
+
+  Args:
+    backend: the JAX backend the methods will run on (default: :func:`jax.default_backend`); ``lax_eigen``,
+      an XLA *CPU* option, is left out on any other backend.
+  """
+  backend = jax.default_backend() if backend is None else backend
   return (
     DenseMethod("lax", kernels.conv, {}),
-    DenseMethod("lax_eigen", kernels.conv, EIGEN_CONV_OPTIONS),
+    *((DenseMethod("lax_eigen", kernels.conv, EIGEN_CONV_OPTIONS),) if backend == "cpu" else ()),
     DenseMethod("im2col", im2col_conv, {}),
     DenseMethod("shift", shift_conv, {}),
   )

@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from efficonv.formats._base import _RATES, geometry
+from efficonv.formats._base import _RATES, _TRAINING_FACTOR, geometry
 from experiments.bench_cases import SCHEMES, Shape
 
 KINDS = ("conv", "dot", "depthwise_shift", "depthwise_xla")
+# Training factors: forward+backward over forward time, per kind (see efficonv.formats._base._TRAINING_FACTOR).
+FACTOR_KINDS = ("conv", "dot", "depthwise_shift", "depthwise_shift_multiplier", "depthwise_xla", "step")
 DEFAULT_RESULTS = os.path.join(os.path.dirname(__file__), "results", "bench_layers_quick", "results.json")
 
 
@@ -53,7 +55,7 @@ def format_steps(fmt: Any, shape: Shape, implementation: str, depthwise: str | N
   macs: dict[str, int] = {}
   steps = fmt._steps(g)
   for kind, m in steps:
-    kind = f"depthwise_{depthwise}" if kind == "depthwise" else kind
+    kind = f"depthwise_{depthwise}" if kind.startswith("depthwise") else kind
     macs[kind] = macs.get(kind, 0) + m
   return macs, len(steps)
 
@@ -156,6 +158,104 @@ def decisions(records: Sequence[Mapping[str, Any]], rates: Mapping[str, float]) 
   return out
 
 
+def forward_times(
+  record: Mapping[str, Any], formats: Mapping[tuple[str, str], Any], rates: Mapping[str, float]
+) -> dict[str, float] | None:
+  """Model forward seconds of the computation ``record`` timed, split by training-factor kind, or ``None``.
+
+  Like :meth:`efficonv.Format.plan`: a depthwise step with a depth multiplier > 1 is its own kind
+  (``depthwise_shift_multiplier``) because its backward differs; the per-step costs are kind ``step``;
+  a reconstructed run is the dense conv (``conv``) plus the reconstruction einsum and its two steps
+  (``dot``).
+  """
+  shape = _shape(record)
+  if record["scheme"] == "dense":
+    if record["implementation"] != "lax":
+      return None
+    return {"conv": shape.dense_macs / rates["conv"], "step": rates["step"]}
+  fmt = formats.get((record["scheme"], record["shape_label"]))
+  if fmt is None or record["implementation"] not in ("factorized", "reconstructed"):
+    return None
+  if record["implementation"] == "reconstructed":
+    kh, kw = fmt.kernel_size
+    return {
+      "conv": shape.dense_macs / rates["conv"],
+      "dot": fmt.params() * kh * kw / rates["dot"] + 2 * rates["step"],
+    }
+  g = geometry(shape.input_shape, fmt.kernel_size, fmt.in_features, 1, "SAME", 1)
+  out: dict[str, float] = {}
+  for kind, m in fmt._steps(g):
+    rate_kind = f"depthwise_{record['depthwise']}" if kind.startswith("depthwise") else kind
+    factor_kind = rate_kind + (
+      "_multiplier" if kind == "depthwise_multiplier" and rate_kind == "depthwise_shift" else ""
+    )
+    out[factor_kind] = out.get(factor_kind, 0.0) + m / rates[rate_kind]
+    out["step"] = out.get("step", 0.0) + rates["step"]
+  return out
+
+
+def fit_training_factors(records: Sequence[Mapping[str, Any]], rates: Mapping[str, float]) -> dict[str, float]:
+  """Training factors per kind from the forward+backward records, by non-negative least squares.
+
+  Each record gives one equation ``t_fb ≈ Σ_kind factor_kind · t_forward,kind`` with the forward times of
+  the cost model (``rates``), weighted by ``1 / t_fb`` (relative errors). Kinds no record exercises keep
+  their current value.
+  """
+  formats = _formats(records)
+  rows, targets = [], []
+  for r in records:
+    if r["pass"] != "forward_backward":
+      continue
+    times = forward_times(r, formats, rates)
+    if times is None:
+      continue
+    t = r["median_ms"] * 1e-3
+    rows.append([times.get(k, 0.0) / t for k in FACTOR_KINDS])
+    targets.append(1.0)
+  a = np.asarray(rows, np.float64)
+  factors, _ = nnls(a, np.asarray(targets))
+  current = _TRAINING_FACTOR["cpu"]
+  return {k: (float(factors[i]) if a[:, i].any() else current[k]) for i, k in enumerate(FACTOR_KINDS)}
+
+
+def training_decisions(
+  records: Sequence[Mapping[str, Any]], rates: Mapping[str, float], factors: Mapping[str, float]
+) -> list[dict[str, Any]]:
+  """Like :func:`decisions`, for the forward+backward pass and ``objective="training"``."""
+  formats = _formats(records)
+  groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+  for r in records:
+    if r["pass"] == "forward_backward" and r["implementation"] in ("factorized", "reconstructed"):
+      groups.setdefault((r["shape_label"], r["scheme"]), []).append(r)
+  out = []
+  for (label, scheme), rows in groups.items():
+    fact = next((r for r in rows if r["implementation"] == "factorized" and r["depthwise"] in ("shift", None)), None)
+    recon = next((r for r in rows if r["implementation"] == "reconstructed"), None)
+    if fact is None or recon is None:
+      continue
+    predicted = {}
+    for name, rec in (("factorized", fact), ("reconstructed", recon)):
+      times = forward_times(rec, formats, rates)
+      if times is None:
+        break
+      predicted[name] = sum(factors[k] * v for k, v in times.items())
+    if len(predicted) < 2:
+      continue
+    choice = min(predicted, key=predicted.__getitem__)
+    measured = {"factorized": fact["median_ms"], "reconstructed": recon["median_ms"]}
+    out.append(
+      {
+        "shape_label": label,
+        "scheme": scheme,
+        "choice": choice,
+        "choice_over_best": measured[choice] / min(r["median_ms"] for r in rows),
+        "predicted_ms": {k: v * 1e3 for k, v in predicted.items()},
+        "measured_ms": measured,
+      }
+    )
+  return out
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Prints the fitted rates and the decisions under the current and the fitted rates."""
   paths = list(sys.argv[1:] if argv is None else argv) or [DEFAULT_RESULTS]
@@ -180,6 +280,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"  (predicted ms: {pred}; measured ms: {meas}){flag}"
       )
     result[name] = {"rates": dict(rates), "decisions": rows}
+  if any(r["pass"] == "forward_backward" for r in records):
+    factors = fit_training_factors(records, _RATES["cpu"])
+    print("\nfitted CPU training factors: " + ", ".join(f"{k}={v:.3g}" for k, v in factors.items()))
+    print("current CPU training factors: " + ", ".join(f"{k}={v:.3g}" for k, v in _TRAINING_FACTOR["cpu"].items()))
+    result["training"] = {"fitted": factors, "current": dict(_TRAINING_FACTOR["cpu"])}
+    for name, f in (("current", _TRAINING_FACTOR["cpu"]), ("fitted", factors)):
+      rows = training_decisions(records, _RATES["cpu"], f)
+      worst = max(c["choice_over_best"] for c in rows)
+      print(f"\nauto with the {name} training factors (forward+backward): worst choice/best {worst:.2f}")
+      for c in rows:
+        flag = "" if c["choice_over_best"] <= 1.10 else "   <-- beyond 10%"
+        meas = ", ".join(f"{k} {v:.3g}" for k, v in c["measured_ms"].items())
+        print(
+          f"  {c['shape_label']:16s} {c['scheme']:13s} -> {c['choice']:13s} choice/best {c['choice_over_best']:.2f}  (measured ms: {meas}){flag}"
+        )
+      result["training"][name + "_decisions"] = rows
   return result
 
 

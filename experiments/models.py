@@ -1,4 +1,4 @@
-"""Small VGG-style and ResNet CNNs (Flax NNX) whose convs after the first follow a scheme.
+"""Small VGG-style and ResNet CNNs (Flax NNX) whose convs after the first (or all, see below) follow a scheme.
 
 Both take NHWC images — 28×28×1 (Fashion-MNIST, MNIST) and 32×32×3 (CIFAR-10) alike. Every conv is followed
 by BatchNorm; call with ``train=True`` to normalize with batch statistics and update the running ones,
@@ -16,7 +16,9 @@ Layouts (``w_i`` = ``stage_features[i]``, ``d`` = ``stage_depth``):
   changes — this projection stays dense: a 1×1 conv has nothing to factorize), then ReLU. The first block of
   every stage after the first has stride 2.
 
-See :mod:`experiments.schemes` for what each scheme puts in place of the convs and how ``wide`` merges them.
+The stem is a dense 3×3 except with ``spatial_stem`` or ``ModelConfig.factorize_stem``
+(:func:`experiments.schemes.stem_conv`). See :mod:`experiments.schemes` for what each scheme puts in place of
+the convs and how ``wide`` merges them.
 
 Example:
   >>> import jax.numpy as jnp
@@ -38,7 +40,7 @@ from flax import nnx
 
 from efficonv._typing import Array
 from experiments.config import ModelConfig
-from experiments.schemes import check_scheme, scheme_conv, widen
+from experiments.schemes import check_scheme, scheme_conv, stem_conv, widen
 
 ARCHS = ("vgg", "resnet")
 
@@ -84,9 +86,7 @@ class VGG(nnx.Module):
   """
 
   def __init__(self, cfg: ModelConfig, in_features: int, image_hw: tuple[int, int], *, rngs: nnx.Rngs):
-    self.stem = ConvBN(
-      nnx.Conv(in_features, cfg.stem_features, (3, 3), use_bias=False, rngs=rngs), cfg.stem_features, rngs=rngs
-    )
+    self.stem = ConvBN(stem_conv(cfg, in_features, rngs=rngs), cfg.stem_features, rngs=rngs)
     layers, pool_after, width = [], [], cfg.stem_features
     for stage in stage_layout(cfg):
       for features in stage:
@@ -160,9 +160,7 @@ class ResNet(nnx.Module):
   """
 
   def __init__(self, cfg: ModelConfig, in_features: int, *, rngs: nnx.Rngs):
-    self.stem = ConvBN(
-      nnx.Conv(in_features, cfg.stem_features, (3, 3), use_bias=False, rngs=rngs), cfg.stem_features, rngs=rngs
-    )
+    self.stem = ConvBN(stem_conv(cfg, in_features, rngs=rngs), cfg.stem_features, rngs=rngs)
     num_convs = 1 if cfg.scheme == "wide" else 2
     blocks, width = [], cfg.stem_features
     for s, stage in enumerate(stage_layout(cfg)):
@@ -193,7 +191,8 @@ def build_model(cfg: ModelConfig, input_shape: Sequence[int], *, rngs: nnx.Rngs)
     The model, mapping ``(N, H, W, C)`` to ``(N, num_classes)`` logits.
 
   Raises:
-    ValueError: naming ``cfg.arch``, ``cfg.scheme`` or ``input_shape`` when unsupported.
+    ValueError: naming ``cfg.arch``, ``cfg.scheme``, ``cfg.factorize_stem`` or ``input_shape`` when
+      unsupported.
   """
   check_scheme(cfg.scheme)
   if len(input_shape) != 3 or any(int(v) < 1 for v in input_shape):

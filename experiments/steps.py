@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from efficonv._typing import Array
+from efficonv.nnx import set_objective
 from experiments import data
 from experiments.config import ModelConfig
 from experiments.models import build_model
@@ -181,6 +182,8 @@ def make_train_step(
 
     def loss_fn(params: State, rest: State) -> tuple[Array, tuple[Array, State]]:
       model = merge(graphdef, params, rest)
+      # "auto" layers pick the path with the fastest forward+backward here (inference keeps its own).
+      set_objective(model, "training")
       logits = model(x, train=True)
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))

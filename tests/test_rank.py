@@ -37,9 +37,7 @@ def _init(scheme: str, rank: Any, shape: tuple[int, int, int, int] = SHAPE) -> e
     "separable": efficonv.Separable,
   }
   if scheme == "tt":
-    return jax.eval_shape(
-      lambda: efficonv.TT.init(key, (kh, kw), rank, TT_MODES["in_modes"], TT_MODES["out_modes"])
-    )
+    return jax.eval_shape(lambda: efficonv.TT.init(key, (kh, kw), rank, TT_MODES["in_modes"], TT_MODES["out_modes"]))
   return jax.eval_shape(lambda: cls[scheme].init(key, cin, cout, (kh, kw), rank))
 
 
@@ -126,13 +124,9 @@ def test_param_fraction_unreachable_returns_smallest_rank() -> None:
 
 @pytest.mark.parametrize("scheme", ["cp", "tucker2", "spatial", "separable", "tt"])
 @pytest.mark.parametrize(("reduction", "strides", "padding"), [(2.0, 1, "SAME"), (3.0, 2, "VALID")])
-def test_mac_reduction_achieved_and_next_rank_misses(
-  scheme: str, reduction: float, strides: int, padding: str
-) -> None:
+def test_mac_reduction_achieved_and_next_rank_misses(scheme: str, reduction: float, strides: int, padding: str) -> None:
   conv = {"strides": strides, "padding": padding}
-  choice = rk.choose_rank(
-    scheme, SHAPE, rk.MacReduction(reduction), input_shape=X_SHAPE, **conv, **_modes(scheme)
-  )
+  choice = rk.choose_rank(scheme, SHAPE, rk.MacReduction(reduction), input_shape=X_SHAPE, **conv, **_modes(scheme))
   fmt = _init(scheme, choice.rank)
   dense, macs = fmt.dense_macs(X_SHAPE, **conv), fmt.macs(X_SHAPE, **conv)
   assert choice.details["target_met"] and choice.details["macs"] == macs
@@ -172,9 +166,7 @@ def test_energy_spatial_exact_on_known_singular_values(k: int) -> None:
   choice = rk.choose_rank("spatial", kernel, rk.Energy(energy))
   assert choice.rank == k
   assert choice.details["energy_kept"] == pytest.approx(CUMULATIVE[k - 1])
-  assert (
-    rk.choose_rank("spatial", kernel, rk.Energy(float(CUMULATIVE[k - 1]))).rank == k
-  )  # exactly on the step
+  assert rk.choose_rank("spatial", kernel, rk.Energy(float(CUMULATIVE[k - 1]))).rank == k  # exactly on the step
   if k == 2:  # the energy kept is exactly what the spatial decomposition keeps (one compile is enough)
     _, info = decompose.spatial(kernel, k)
     assert float(info.relative_error) ** 2 == pytest.approx(1 - CUMULATIVE[k - 1], abs=1e-5)
@@ -232,9 +224,7 @@ def test_energy_cp_is_the_largest_mode_rank() -> None:
 # --- VBMF -----------------------------------------------------------------------------------------
 
 
-def _tucker_kernel(
-  ranks: tuple[int, int], shape: tuple[int, int, int, int], noise: float, seed: int
-) -> np.ndarray:
+def _tucker_kernel(ranks: tuple[int, int], shape: tuple[int, int, int, int], noise: float, seed: int) -> np.ndarray:
   kh, kw, cin, cout = shape
   rng = np.random.default_rng(seed)
   first = np.linalg.qr(rng.normal(size=(cin, ranks[0])))[0]

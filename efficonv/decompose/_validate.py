@@ -33,9 +33,7 @@ def check_kernel(kernel: ArrayLike) -> Array:
   if not hasattr(kernel, "shape") or not hasattr(kernel, "dtype"):
     kernel = np.asarray(kernel)
   if kernel.ndim != 4:
-    raise ValueError(
-      f"kernel must be a 4-D HWIO array (kh, kw, C_in, C_out), got shape {tuple(kernel.shape)}"
-    )
+    raise ValueError(f"kernel must be a 4-D HWIO array (kh, kw, C_in, C_out), got shape {tuple(kernel.shape)}")
   if any(int(d) < 1 for d in kernel.shape):
     raise ValueError(f"kernel must have no empty axis, got shape {tuple(kernel.shape)}")
   if not (jnp.issubdtype(kernel.dtype, jnp.floating) or jnp.issubdtype(kernel.dtype, jnp.integer)):

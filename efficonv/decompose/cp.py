@@ -154,9 +154,7 @@ def cp(
     start, init_kind = None, init
   else:
     raise ValueError(f"init must be one of {INITS} or a CP format, got {init!r}")
-  return _fit(
-    w, key, start, n_iter, tol, l2, rank=rank, init=init_kind, method=method, check_convergence=tol > 0
-  )
+  return _fit(w, key, start, n_iter, tol, l2, rank=rank, init=init_kind, method=method, check_convergence=tol > 0)
 
 
 # Only what changes the program is static, so new values of n_iter, tol or l2 reuse the compiled fit.
@@ -174,9 +172,7 @@ def _fit(
   method: str,
   check_convergence: bool,
 ) -> tuple[CP, FitInfo]:
-  factors = (
-    _initial_factors(w, rank, init, key) if start is None else tuple(unit_columns(f)[0] for f in start)
-  )
+  factors = _initial_factors(w, rank, init, key) if start is None else tuple(unit_columns(f)[0] for f in start)
   w_norm = jnp.linalg.norm(w.ravel())
   if method == "als":
     factors, weights, sweeps = als(

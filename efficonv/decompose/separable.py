@@ -44,9 +44,7 @@ def separable(kernel: ArrayLike, depth_multiplier: int = 1) -> tuple[Separable, 
   """
   w = check_kernel(kernel)
   kh, kw, _, cout = w.shape
-  m = check_int(
-    depth_multiplier, "depth_multiplier", minimum=1, maximum=min(kh * kw, cout), why="min(kh*kw, C_out)"
-  )
+  m = check_int(depth_multiplier, "depth_multiplier", minimum=1, maximum=min(kh * kw, cout), why="min(kh*kw, C_out)")
   return _fit(w, m=m)
 
 
@@ -60,7 +58,5 @@ def _fit(w: Array, *, m: int) -> tuple[Separable, FitInfo]:
   pointwise = (root[:, :, None] * vt).reshape(cin * m, cout)
   dense = separable_to_dense(depthwise, pointwise, precision=HIGHEST)
   w_norm = jnp.linalg.norm(w.ravel())
-  info = FitInfo(
-    dense_relative_error(w, dense), jnp.ones((), jnp.int32), safe_ratio(jnp.max(s[:, 0]), w_norm)
-  )
+  info = FitInfo(dense_relative_error(w, dense), jnp.ones((), jnp.int32), safe_ratio(jnp.max(s[:, 0]), w_norm))
   return Separable(depthwise, pointwise), info

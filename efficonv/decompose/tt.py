@@ -18,9 +18,7 @@ from efficonv.formats import TT
 from efficonv.kernels.reconstruct import tt_to_dense
 
 
-def max_tt_ranks(
-  kernel_size: tuple[int, int], in_modes: Sequence[int], out_modes: Sequence[int]
-) -> tuple[int, ...]:
+def max_tt_ranks(kernel_size: tuple[int, int], in_modes: Sequence[int], out_modes: Sequence[int]) -> tuple[int, ...]:
   """Largest TT ranks ``(r_0, …, r_{d-1})`` TT-SVD can use for this kernel and channel factorization.
 
   Bond ``k`` separates ``(kh·kw, c_1 s_1, …, c_k s_k)`` from ``(c_{k+1} s_{k+1}, …, c_d s_d)``, so its rank
@@ -111,9 +109,7 @@ def _fit(
 
   dense = tt_to_dense(spatial, cores, precision=HIGHEST)
   w_norm = jnp.linalg.norm(w.ravel())
-  info = FitInfo(
-    dense_relative_error(w, dense), jnp.ones((), jnp.int32), safe_ratio(_largest_term(fmt), w_norm)
-  )
+  info = FitInfo(dense_relative_error(w, dense), jnp.ones((), jnp.int32), safe_ratio(_largest_term(fmt), w_norm))
   return fmt, info
 
 
@@ -133,9 +129,7 @@ def _check_modes(modes: Sequence[int], name: str, total: int, what: str) -> tupl
   try:
     values = tuple(modes)
   except TypeError as e:
-    raise ValueError(
-      f"{name} must be a sequence of positive ints with product {what} = {total}, got {modes!r}"
-    ) from e
+    raise ValueError(f"{name} must be a sequence of positive ints with product {what} = {total}, got {modes!r}") from e
   if (
     not values
     or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values)

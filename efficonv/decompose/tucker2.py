@@ -63,9 +63,7 @@ def tucker2(
 
 # n_iter and tol are traced, so new values reuse the compiled fit.
 @functools.partial(jax.jit, static_argnames="ranks")
-def _fit(
-  w: Array, n_iter: int | Array, tol: float | Array, *, ranks: tuple[int, int]
-) -> tuple[Tucker2, FitInfo]:
+def _fit(w: Array, n_iter: int | Array, tol: float | Array, *, ranks: tuple[int, int]) -> tuple[Tucker2, FitInfo]:
   cin, cout = w.shape[2:]
   r_in, r_out = ranks
   w_norm = jnp.linalg.norm(w.ravel())

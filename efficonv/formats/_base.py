@@ -21,8 +21,10 @@ from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
 from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
 
-Implementation = Literal["auto", "factorized", "reconstructed"]
-IMPLEMENTATIONS = ("auto", "factorized", "reconstructed")
+Implementation = Literal["auto", "autotune", "factorized", "reconstructed"]
+IMPLEMENTATIONS = ("auto", "autotune", "factorized", "reconstructed")
+Objective = Literal["inference", "training"]
+OBJECTIVES = ("inference", "training")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +96,36 @@ _RATES: dict[str, dict[str, float]] = {
 }
 
 
+# Forward+backward time over forward time of each kind of step (the gradients of the input and of the
+# weights), for ``objective="training"``. CPU: non-negative least-squares fit, with the forward rates above
+# held fixed, to the forward+backward medians of every forced implementation in
+# `python -m experiments.bench_layers --quick` (experiments/results/bench_layers_quick/; refit:
+# `python -m experiments.fit_rates`). With them `auto` picks the faster path in all 24 forward+backward
+# cases. The values are a joint fit, not per-kind physics: ``dot`` comes out low because the forward model
+# already over-charges the small matmuls of these layers, and ``step`` carries the per-operation overhead of
+# the backward pass. The shift-and-add depthwise backward is the expensive one (kernel gradient reduced tile
+# by tile; with a depth multiplier, sums over (N, H, W, C, m) arrays); the XLA grouped depthwise backward
+# is not fitted (it takes seconds on CPU and is never the candidate there).
+_TRAINING_FACTOR: dict[str, dict[str, float]] = {
+  "cpu": {
+    "conv": 2.12,
+    "dot": 0.19,
+    "depthwise_shift": 7.37,
+    "depthwise_shift_multiplier": 9.53,
+    "depthwise_xla": 3.0,
+    "step": 3.51,
+  },
+  # Until the GPU suite measures them: a backward pass costs about twice the forward for every kind.
+  "gpu": dict.fromkeys(("conv", "dot", "depthwise_shift", "depthwise_shift_multiplier", "depthwise_xla", "step"), 3.0),
+}
+
+
 def _rates(backend: str) -> dict[str, float]:
   return _RATES.get(backend, _RATES["gpu"])
+
+
+def _training_factor(backend: str) -> dict[str, float]:
+  return _TRAINING_FACTOR.get(backend, _TRAINING_FACTOR["gpu"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,49 +243,83 @@ class Format:
     dilation: int | Sequence[int] = 1,
     implementation: Implementation = "auto",
     depthwise_implementation: str = "auto",
+    objective: Objective = "inference",
     backend: str | None = None,
+    dtype: Any = None,
+    precision: PrecisionLike = None,
   ) -> Plan:
     """Chooses between the factorized sequence and the reconstructed dense conv.
 
-    The rule is a cost model: each step's MACs divided by the measured
+    ``"auto"`` uses a cost model: each step's MACs divided by the measured
     throughput of that kind of step on ``backend`` (dense conv, matmul,
-    shift-and-add or grouped depthwise), plus a fixed cost per step. For CP
-    at small rank that picks the factorized path; near full rank the dense
-    conv wins and is picked.
+    shift-and-add or grouped depthwise), plus a fixed cost per step; for
+    ``objective="training"`` each step's time is scaled by its measured
+    forward+backward over forward ratio. For CP at small rank that picks the
+    factorized path; near full rank the dense conv wins and is picked.
+    ``"autotune"`` measures instead (see :mod:`efficonv.autotune`).
 
     Args:
       input_shape: NHWC shape of the input.
       strides, padding, dilation: the conv options.
-      implementation: ``"auto"`` decides; ``"factorized"``/``"reconstructed"`` force.
+      implementation: ``"auto"`` (cost model) or ``"autotune"`` (measured) decide;
+        ``"factorized"``/``"reconstructed"`` force.
       depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
+      objective: ``"inference"`` (forward pass) or ``"training"`` (forward and backward).
       backend: JAX platform; the default backend when ``None``.
+      dtype: input dtype, for ``"autotune"``; the format's dtype when ``None``.
+      precision: for ``"autotune"``, the precision the conv will run with.
 
     Returns:
       A :class:`Plan`.
     """
     if implementation not in IMPLEMENTATIONS:
       raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if objective not in OBJECTIVES:
+      raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     backend = backend or jax.default_backend()
     g = geometry(input_shape, self.kernel_size, self.in_features, strides, padding, dilation)
     # Validated for every format, so that a typo fails the same way whatever the format.
     dw_resolved = resolve_depthwise(depthwise_implementation, backend)
+    if implementation == "autotune":
+      from efficonv.autotune import autotune  # lazy: autotune imports this module
+
+      return autotune(
+        self,
+        input_shape,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        dtype=dtype,
+        precision=precision,
+        depthwise_implementation=depthwise_implementation,
+        objective=objective,
+        backend=backend,
+      )
     dw = dw_resolved if self.has_depthwise else None
     rates = _rates(backend)
+    train = _training_factor(backend) if objective == "training" else None
     steps = self._steps(g)
     dense = _dense_macs(g, self.kernel_size, self.in_features, self.out_features)
     t_fact = 0.0
     for kind, m in steps:
-      if kind == "depthwise":
+      factor_kind = kind
+      if kind in ("depthwise", "depthwise_multiplier"):
+        factor_kind = f"depthwise_{dw}_multiplier" if kind == "depthwise_multiplier" else f"depthwise_{dw}"
         kind = f"depthwise_{dw}"
-      t_fact += m / rates[kind] + rates["step"]
+      t_step = m / rates[kind] + rates["step"]
+      if train is not None:
+        t_step *= train.get(factor_kind, train[kind])
+      t_fact += t_step
     kh, kw = self.kernel_size
     rebuild = self.params() * kh * kw  # an upper bound on the reconstruction einsum
     t_dense = dense / rates["conv"] + rebuild / rates["dot"] + 2 * rates["step"]
+    if train is not None:
+      t_dense = dense / rates["conv"] * train["conv"] + (rebuild / rates["dot"] + 2 * rates["step"]) * train["dot"]
     fact_macs = sum(m for _, m in steps)
     if implementation == "auto":
       chosen = "factorized" if t_fact <= t_dense else "reconstructed"
       reason = (
-        f"auto on {backend}: estimated factorized {t_fact * 1e3:.3g} ms vs reconstructed "
+        f"auto on {backend} ({objective}): estimated factorized {t_fact * 1e3:.3g} ms vs reconstructed "
         f"{t_dense * 1e3:.3g} ms (MAC ratio {dense / max(fact_macs, 1):.3g})"
       )
     else:
@@ -272,6 +336,7 @@ class Format:
     dilation: int | Sequence[int] = 1,
     implementation: Implementation = "auto",
     depthwise_implementation: str = "auto",
+    objective: Objective = "inference",
     precision: PrecisionLike = None,
   ) -> Array:
     """Applies the factorized kernel to ``x``.
@@ -286,9 +351,12 @@ class Format:
       padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int, or ``((lo, hi), (lo, hi))``.
       dilation: kernel dilation.
       implementation: ``"factorized"`` (the cheap sequence), ``"reconstructed"``
-        (build the dense kernel, one dense conv) or ``"auto"`` (see :meth:`plan`).
+        (build the dense kernel, one dense conv), ``"auto"`` (cost model) or
+        ``"autotune"`` (measured once per shape; see :meth:`plan`).
       depthwise_implementation: for formats with a depthwise step:
         ``"auto"``, ``"shift"`` (shift-and-add) or ``"xla"`` (grouped conv).
+      objective: what ``"auto"``/``"autotune"`` optimise: ``"inference"`` (forward) or
+        ``"training"`` (forward and backward).
       precision: passed to XLA.
 
     Returns:
@@ -302,6 +370,9 @@ class Format:
       dilation=dilation,
       implementation=implementation,
       depthwise_implementation=depthwise_implementation,
+      objective=objective,
+      dtype=x.dtype,
+      precision=precision,
     )
     if p.implementation == "reconstructed":
       kernel = self.to_dense(precision=precision).astype(self.dtype)

@@ -83,8 +83,12 @@ class CP(Format):
         of a ``(kh, kw, C_in, C_out)`` tensor.
     """
     kh, kw = kernel_size
-    check_rank("rank", rank, max_cp_rank((kh, kw, in_features, out_features)),
-               "the maximal CP rank of the kernel: product of all its sizes but the largest")
+    check_rank(
+      "rank",
+      rank,
+      max_cp_rank((kh, kw, in_features, out_features)),
+      "the maximal CP rank of the kernel: product of all its sizes but the largest",
+    )
     shapes = [(in_features, rank), (kh, rank), (kw, rank), (rank, out_features)]
     return cls(*init_factors(key, shapes, rank, kh * kw * in_features, dtype, initializer))
 

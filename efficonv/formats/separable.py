@@ -44,8 +44,7 @@ class Separable(Format):
       return
     if p[0] != d[2] * d[3]:
       raise ValueError(
-        f"pointwise must have C_in·m = {d[2]}·{d[3]} = {d[2] * d[3]} rows for depthwise of shape {d}, "
-        f"got shape {p}"
+        f"pointwise must have C_in·m = {d[2]}·{d[3]} = {d[2] * d[3]} rows for depthwise of shape {d}, got shape {p}"
       )
 
   @classmethod
@@ -67,8 +66,12 @@ class Separable(Format):
         (a larger multiplier adds parameters but no expressiveness).
     """
     kh, kw = kernel_size
-    check_rank("depth_multiplier", depth_multiplier, max(1, min(kh * kw, out_features)),
-               "the rank of one input channel's (kh·kw)×C_out slice")
+    check_rank(
+      "depth_multiplier",
+      depth_multiplier,
+      max(1, min(kh * kw, out_features)),
+      "the rank of one input channel's (kh·kw)×C_out slice",
+    )
     shapes = [(kh, kw, in_features, depth_multiplier), (in_features * depth_multiplier, out_features)]
     return cls(*init_factors(key, shapes, depth_multiplier, kh * kw * in_features, dtype, initializer))
 
@@ -113,6 +116,6 @@ class Separable(Format):
     kh, kw = self.kernel_size
     cm, n = self.in_features * self.depth_multiplier, g.batch
     return [
-      ("depthwise", n * ho * wo * kh * kw * cm),
+      ("depthwise" if self.depth_multiplier == 1 else "depthwise_multiplier", n * ho * wo * kh * kw * cm),
       ("dot", n * ho * wo * cm * self.out_features),
     ]

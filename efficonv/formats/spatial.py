@@ -64,8 +64,7 @@ class Spatial(Format):
       ValueError: naming ``rank`` when outside ``[1, min(kh·C_in, kw·C_out)]``.
     """
     kh, kw = kernel_size
-    check_rank("rank", rank, min(kh * in_features, kw * out_features),
-               "the rank of the (kh·C_in)×(kw·C_out) unfolding")
+    check_rank("rank", rank, min(kh * in_features, kw * out_features), "the rank of the (kh·C_in)×(kw·C_out) unfolding")
     shapes = [(kh, in_features, rank), (kw, rank, out_features)]
     return cls(*init_factors(key, shapes, rank, kh * kw * in_features, dtype, initializer))
 

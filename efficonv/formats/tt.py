@@ -94,9 +94,7 @@ class TT(Format):
     ranks = tt_ranks(kernel_size, rank, in_modes, out_modes)
     kh, kw = kernel_size
     full = ranks + (1,)
-    shapes = [(kh, kw, ranks[0])] + [
-      (full[k], in_modes[k], out_modes[k], full[k + 1]) for k in range(len(in_modes))
-    ]
+    shapes = [(kh, kw, ranks[0])] + [(full[k], in_modes[k], out_modes[k], full[k + 1]) for k in range(len(in_modes))]
     factors = init_factors(key, shapes, math.prod(ranks), kh * kw * math.prod(in_modes), dtype, initializer)
     return cls(factors[0], tuple(factors[1:]))
 
@@ -144,7 +142,8 @@ class TT(Format):
     ho, wo = g.out_hw
     kh, kw = self.kernel_size
     pix = g.batch * ho * wo
-    steps = [("depthwise", pix * kh * kw * self.in_features * self.rank[0])]
+    kind = "depthwise" if self.rank[0] == 1 else "depthwise_multiplier"
+    steps = [(kind, pix * kh * kw * self.in_features * self.rank[0])]
     cin, cout = self.in_modes, self.out_modes
     for k, core in enumerate(self.cores):
       r_prev, c, s, r_next = (int(v) for v in core.shape[-4:])

@@ -116,8 +116,7 @@ def resolve_padding(
       pads = (((eff[0] - 1) // 2, eff[0] // 2), ((eff[1] - 1) // 2, eff[1] // 2))
     else:
       raise ValueError(
-        "padding must be 'SAME', 'VALID', 'CIRCULAR', 'REFLECT', an int or "
-        f"((lo, hi), (lo, hi)); got {padding!r}"
+        f"padding must be 'SAME', 'VALID', 'CIRCULAR', 'REFLECT', an int or ((lo, hi), (lo, hi)); got {padding!r}"
       )
   else:
     pads = _explicit_pads(padding)
@@ -128,9 +127,7 @@ def resolve_padding(
         f"fewer than the dilated kernel extent {e}"
       )
     if mode == "reflect" and max(lo, hi) >= n:
-      raise ValueError(
-        f"padding 'REFLECT' needs input axis {axis + 1} larger than its pad {max(lo, hi)}, got {n}"
-      )
+      raise ValueError(f"padding 'REFLECT' needs input axis {axis + 1} larger than its pad {max(lo, hi)}, got {n}")
   return pads, mode
 
 
@@ -193,6 +190,4 @@ def check_input(x: Array, name: str = "x", channels: int | None = None) -> None:
       f"got shape {getattr(x, 'shape', type(x))}"
     )
   if channels is not None and x.shape[-1] != channels:
-    raise ValueError(
-      f"{name} must have {channels} channels in its last axis (NHWC), got shape {x.shape}"
-    )
+    raise ValueError(f"{name} must have {channels} channels in its last axis (NHWC), got shape {x.shape}")

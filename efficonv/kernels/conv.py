@@ -61,9 +61,7 @@ def conv(
   if getattr(kernel, "ndim", None) != 4:
     raise ValueError(f"kernel must be HWIO of rank 4, got shape {getattr(kernel, 'shape', None)}")
   if feature_group_count < 1 or x.shape[-1] % feature_group_count:
-    raise ValueError(
-      f"feature_group_count must divide the {x.shape[-1]} input channels, got {feature_group_count}"
-    )
+    raise ValueError(f"feature_group_count must divide the {x.shape[-1]} input channels, got {feature_group_count}")
   if kernel.shape[2] * feature_group_count != x.shape[-1]:
     raise ValueError(
       f"kernel must have {x.shape[-1] // feature_group_count} input channels (axis 2) for "
@@ -72,8 +70,7 @@ def conv(
     )
   if kernel.shape[3] % feature_group_count:
     raise ValueError(
-      f"kernel output channels {kernel.shape[3]} must be divisible by "
-      f"feature_group_count={feature_group_count}"
+      f"kernel output channels {kernel.shape[3]} must be divisible by feature_group_count={feature_group_count}"
     )
   s = opt.pair(strides, "strides")
   d = opt.pair(dilation, "dilation")
@@ -115,9 +112,7 @@ def pointwise(x: Array, weight: Array, *, precision: PrecisionLike = None) -> Ar
       raise ValueError(f"weight must be (C_in, C_out) or (1, 1, C_in, C_out), got {weight.shape}")
     weight = weight[0, 0]
   if weight.ndim != 2 or x.shape[-1] != weight.shape[0]:
-    raise ValueError(
-      f"weight must have shape ({x.shape[-1]}, C_out) for x of shape {x.shape}, got {weight.shape}"
-    )
+    raise ValueError(f"weight must have shape ({x.shape[-1]}, C_out) for x of shape {x.shape}, got {weight.shape}")
   return jnp.einsum("nhwc,co->nhwo", x, weight, precision=precision)
 
 

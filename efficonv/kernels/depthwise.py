@@ -13,10 +13,12 @@ either path can be forced.
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from efficonv._typing import Array, PrecisionLike
 from efficonv.kernels import _options as opt
@@ -41,9 +43,7 @@ def depthwise_implementation(implementation: str = "auto", backend: str | None =
     ``"shift"`` or ``"xla"``.
   """
   if implementation not in _DEPTHWISE_IMPLS:
-    raise ValueError(
-      f"depthwise implementation must be one of {_DEPTHWISE_IMPLS}, got {implementation!r}"
-    )
+    raise ValueError(f"depthwise implementation must be one of {_DEPTHWISE_IMPLS}, got {implementation!r}")
   if implementation != "auto":
     return implementation
   backend = backend or jax.default_backend()
@@ -91,6 +91,12 @@ def depthwise_valid(
       feature_group_count=c,
       precision=precision,
     )
+  return _shift(xp, kernel, strides, dilation)
+
+
+def _shift_valid(xp: Array, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
+  """The shift-and-add sum: ``kh·kw`` strided slices of ``xp`` times per-channel weights."""
+  kh, kw, c, m = kernel.shape
   n, hp, wp, _ = xp.shape
   ho = opt.output_size(hp, kh, strides[0], dilation[0], 0, 0)
   wo = opt.output_size(wp, kw, strides[1], dilation[1], 0, 0)
@@ -116,6 +122,81 @@ def depthwise_valid(
         acc = term if acc is None else acc + term
   assert acc is not None
   return acc.reshape(n, ho, wo, c * m).astype(out_dtype)
+
+
+# Bytes of padded input per tile of the kernel tangent (see _shift_kernel_tangent).
+_TILE_BYTES = 1 << 20
+
+
+def _images_per_tile(n: int, image_bytes: int) -> int:
+  """The largest divisor of ``n`` whose tile of images fits in ``_TILE_BYTES`` (at least 1)."""
+  best = 1
+  for d in range(1, n + 1):
+    if n % d == 0 and d * image_bytes <= _TILE_BYTES:
+      best = d
+  return best
+
+
+def _shift_kernel_tangent(xp: Array, kernel_dot: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
+  """:func:`_shift_valid` of ``xp`` and ``kernel_dot``, computed one cache-sized tile of images at a time.
+
+  The result is the same; what changes is its transpose, the kernel gradient. Transposed as one
+  whole-batch expression, XLA:CPU turns it into ``kh·kw`` separate reductions over the batch, each
+  streaming the input and the cotangent from memory (30 ms for 8×32×32×256, 3×3, on 2 cores). As a
+  scan over tiles that fit in cache, all taps reduce one tile while it is resident (5 ms).
+  """
+  n = xp.shape[0]
+  per_tile = _images_per_tile(n, xp[0].size * xp.dtype.itemsize)
+  if per_tile == n:
+    return _shift_valid(xp, kernel_dot, strides, dilation)
+  tiles = xp.reshape(n // per_tile, per_tile, *xp.shape[1:])
+  # Rematerialized, the transpose slices the windows from the resident tile; otherwise linearization
+  # would save all kh·kw windows of the batch as residuals and stream them back from memory.
+  tile_fn = jax.checkpoint(lambda tile: _shift_valid(tile, kernel_dot, strides, dilation))
+  out = jax.lax.map(tile_fn, tiles)
+  return out.reshape(n, *out.shape[2:])
+
+
+def _shift_input_tangent(xp_dot: Array, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
+  """:func:`_shift_valid` of ``xp_dot`` and ``kernel``, one depth-multiplier index at a time.
+
+  Same result; its transpose (the input gradient) then sums ``m`` cheap single-multiplier transposes
+  instead of broadcasting every tap's weights to ``(N, H, W, C, m)``, which XLA:CPU materializes
+  (8×32×32×64, m=4: separable conv forward+backward 64 → 25 ms).
+  """
+  m = kernel.shape[-1]
+  if m == 1:
+    return _shift_valid(xp_dot, kernel, strides, dilation)
+  parts = [_shift_valid(xp_dot, kernel[..., j : j + 1], strides, dilation) for j in range(m)]
+  out = jnp.stack(parts, axis=-1)  # (N, H', W', C, m): channel c·m + j, the lax order
+  return out.reshape(*out.shape[:3], -1)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _shift(xp: Array, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
+  return _shift_valid(xp, kernel, strides, dilation)
+
+
+def _shift_jvp(
+  strides: tuple[int, int], dilation: tuple[int, int], primals: tuple[Array, Array], tangents: tuple[Any, Any]
+) -> tuple[Array, Array]:
+  # The output is bilinear in (xp, kernel). Only the kernel term is rewritten (tiled); JAX still
+  # derives every transpose, so forward mode, reverse mode and higher orders all keep working.
+  xp, kernel = primals
+  xp_dot, kernel_dot = tangents
+  y = _shift_valid(xp, kernel, strides, dilation)
+  y_dot = None
+  if not isinstance(xp_dot, SymbolicZero):
+    y_dot = _shift_input_tangent(xp_dot, kernel, strides, dilation)
+  if not isinstance(kernel_dot, SymbolicZero):
+    term = _shift_kernel_tangent(xp, kernel_dot, strides, dilation)
+    y_dot = term if y_dot is None else y_dot + term
+  if y_dot is None:
+    y_dot = jnp.zeros_like(y)
+  return y, y_dot
+
+
+_shift.defjvp(_shift_jvp, symbolic_zeros=True)
 
 
 def depthwise(

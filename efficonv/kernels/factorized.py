@@ -269,4 +269,3 @@ def tt_conv(
     out = nhw + "".join(c_idx[k + 1 :]) + "".join(s_idx[: k + 1]) + r_idx[k + 1]
     t = jnp.einsum(f"{lhs},{rhs}->{out}", t, core, precision=precision)
   return t.reshape(n, ho, wo, -1)
-

@@ -87,8 +87,9 @@ class CPConv(_FactorizedConv):
   format_type: ClassVar[type[Format]] = CP
 
   def init_format(self, key: jax.Array, in_features: int, kernel_size: tuple[int, int]) -> Format:
-    return CP.init(key, in_features, self.features, kernel_size, self.rank, dtype=self.param_dtype,
-                   initializer=self.kernel_init)
+    return CP.init(
+      key, in_features, self.features, kernel_size, self.rank, dtype=self.param_dtype, initializer=self.kernel_init
+    )
 
 
 class TuckerConv(_FactorizedConv):
@@ -98,8 +99,15 @@ class TuckerConv(_FactorizedConv):
   format_type: ClassVar[type[Format]] = Tucker2
 
   def init_format(self, key: jax.Array, in_features: int, kernel_size: tuple[int, int]) -> Format:
-    return Tucker2.init(key, in_features, self.features, kernel_size, tucker_ranks(self.ranks),
-                        dtype=self.param_dtype, initializer=self.kernel_init)
+    return Tucker2.init(
+      key,
+      in_features,
+      self.features,
+      kernel_size,
+      tucker_ranks(self.ranks),
+      dtype=self.param_dtype,
+      initializer=self.kernel_init,
+    )
 
 
 class SpatialConv(_FactorizedConv):
@@ -109,8 +117,9 @@ class SpatialConv(_FactorizedConv):
   format_type: ClassVar[type[Format]] = Spatial
 
   def init_format(self, key: jax.Array, in_features: int, kernel_size: tuple[int, int]) -> Format:
-    return Spatial.init(key, in_features, self.features, kernel_size, self.rank, dtype=self.param_dtype,
-                        initializer=self.kernel_init)
+    return Spatial.init(
+      key, in_features, self.features, kernel_size, self.rank, dtype=self.param_dtype, initializer=self.kernel_init
+    )
 
 
 class SeparableConv(_FactorizedConv):
@@ -120,8 +129,15 @@ class SeparableConv(_FactorizedConv):
   format_type: ClassVar[type[Format]] = Separable
 
   def init_format(self, key: jax.Array, in_features: int, kernel_size: tuple[int, int]) -> Format:
-    return Separable.init(key, in_features, self.features, kernel_size, self.depth_multiplier,
-                          dtype=self.param_dtype, initializer=self.kernel_init)
+    return Separable.init(
+      key,
+      in_features,
+      self.features,
+      kernel_size,
+      self.depth_multiplier,
+      dtype=self.param_dtype,
+      initializer=self.kernel_init,
+    )
 
 
 class TTConv(_FactorizedConv):
@@ -134,5 +150,6 @@ class TTConv(_FactorizedConv):
 
   def init_format(self, key: jax.Array, in_features: int, kernel_size: tuple[int, int]) -> Format:
     in_modes, out_modes = tt_modes(in_features, self.features, self.in_modes, self.out_modes)
-    return TT.init(key, kernel_size, self.ranks, in_modes, out_modes, dtype=self.param_dtype,
-                   initializer=self.kernel_init)
+    return TT.init(
+      key, kernel_size, self.ranks, in_modes, out_modes, dtype=self.param_dtype, initializer=self.kernel_init
+    )

@@ -1,6 +1,7 @@
 """Flax NNX layers: drop-in replacements for :class:`flax.nnx.Conv` (the primary API)."""
 
 from efficonv.nnx._base import FactorizedConv as FactorizedConv
+from efficonv.nnx._base import set_objective as set_objective
 from efficonv.nnx.bottleneck import Bottleneck as Bottleneck
 from efficonv.nnx.cp import CPConv as CPConv
 from efficonv.nnx.separable import SeparableConv as SeparableConv

@@ -114,7 +114,9 @@ class Bottleneck(TuckerConv):
     fmt: Tucker2 = self.format  # type: ignore[assignment]
     biases = [b[...] if b is not None else None for b in (self.first_bias, self.core_bias, self.bias)]
     inputs, fmt, biases = promote_tree((inputs, fmt, biases), self.dtype)
-    pads, mode = opt.resolve_padding(self.padding, inputs.shape[1:3], self.kernel_size, self.strides, self.kernel_dilation)
+    pads, mode = opt.resolve_padding(
+      self.padding, inputs.shape[1:3], self.kernel_size, self.strides, self.kernel_dilation
+    )
     h = pointwise(inputs, fmt.first, precision=self.precision)
     h = act(_add_bias(h, biases[0]))
     # Padding after the activation: the k×k conv sees zeros, as a standalone conv would.
@@ -142,5 +144,3 @@ class Bottleneck(TuckerConv):
 
 def _add_bias(h: Array, bias: Array | None) -> Array:
   return h if bias is None else h + bias.reshape(1, 1, 1, -1)
-
-

@@ -77,7 +77,14 @@ class SeparableConv(FactorizedConv):
     rngs: nnx.Rngs,
   ):
     ks, s, d = check_options(
-      in_features, out_features, kernel_size, strides, padding, kernel_dilation, implementation, depthwise_implementation
+      in_features,
+      out_features,
+      kernel_size,
+      strides,
+      padding,
+      kernel_dilation,
+      implementation,
+      depthwise_implementation,
     )
     fmt = Separable.init(
       rngs.params(), in_features, out_features, ks, depth_multiplier, dtype=param_dtype, initializer=kernel_init

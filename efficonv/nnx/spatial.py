@@ -76,7 +76,14 @@ class SpatialConv(FactorizedConv):
     rngs: nnx.Rngs,
   ):
     ks, s, d = check_options(
-      in_features, out_features, kernel_size, strides, padding, kernel_dilation, implementation, depthwise_implementation
+      in_features,
+      out_features,
+      kernel_size,
+      strides,
+      padding,
+      kernel_dilation,
+      implementation,
+      depthwise_implementation,
     )
     fmt = Spatial.init(rngs.params(), in_features, out_features, ks, rank, dtype=param_dtype, initializer=kernel_init)
     self._setup(

@@ -90,8 +90,7 @@ class StackedConv(nnx.Module):
       counts.append((k - 1) // (s - 1))
     if counts[0] != counts[1] or counts[0] < 1:
       raise ValueError(
-        f"kernel_size {ks} and small_kernel_size {small} need the same number of small convs on both axes, "
-        f"got {counts}"
+        f"kernel_size {ks} and small_kernel_size {small} need the same number of small convs on both axes, got {counts}"
       )
     self.num_layers = counts[0]
     self.in_features, self.out_features = in_features, out_features
@@ -105,7 +104,10 @@ class StackedConv(nnx.Module):
     self.use_bias, self.dtype, self.param_dtype, self.precision = use_bias, dtype, param_dtype, precision
     widths = [in_features] + [self.features] * (self.num_layers - 1) + [out_features]
     self.kernels = nnx.List(
-      [nnx.Param(kernel_init(rngs.params(), (*small, widths[i], widths[i + 1]), param_dtype)) for i in range(self.num_layers)]
+      [
+        nnx.Param(kernel_init(rngs.params(), (*small, widths[i], widths[i + 1]), param_dtype))
+        for i in range(self.num_layers)
+      ]
     )
     biased = range(self.num_layers) if activation is not None else [self.num_layers - 1]
     self.biases = nnx.List(

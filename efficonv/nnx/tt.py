@@ -82,7 +82,14 @@ class TTConv(FactorizedConv):
     rngs: nnx.Rngs,
   ):
     ks, s, d = check_options(
-      in_features, out_features, kernel_size, strides, padding, kernel_dilation, implementation, depthwise_implementation
+      in_features,
+      out_features,
+      kernel_size,
+      strides,
+      padding,
+      kernel_dilation,
+      implementation,
+      depthwise_implementation,
     )
     in_modes, out_modes = tt_modes(in_features, out_features, in_modes, out_modes)
     fmt = TT.init(rngs.params(), ks, ranks, in_modes, out_modes, dtype=param_dtype, initializer=kernel_init)

@@ -76,7 +76,14 @@ class TuckerConv(FactorizedConv):
     rngs: nnx.Rngs,
   ):
     ks, s, d = check_options(
-      in_features, out_features, kernel_size, strides, padding, kernel_dilation, implementation, depthwise_implementation
+      in_features,
+      out_features,
+      kernel_size,
+      strides,
+      padding,
+      kernel_dilation,
+      implementation,
+      depthwise_implementation,
     )
     fmt = Tucker2.init(
       rngs.params(), in_features, out_features, ks, tucker_ranks(ranks), dtype=param_dtype, initializer=kernel_init

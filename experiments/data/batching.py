@@ -92,21 +92,17 @@ def batches(
   labels = np.asarray(labels)
   if images.ndim == 0 or labels.ndim == 0 or images.shape[0] != labels.shape[0]:
     raise ValueError(
-      "labels must have as many entries as images along axis 0, got images "
-      f"{images.shape} and labels {labels.shape}"
+      f"labels must have as many entries as images along axis 0, got images {images.shape} and labels {labels.shape}"
     )
   total = images.shape[0]
   count = num_batches(total, batch_size, drop_remainder=drop_remainder)
   if drop_remainder and count == 0:
     raise ValueError(
-      f"batch_size must be at most the number of examples ({total}) with drop_remainder=True, "
-      f"got {batch_size}"
+      f"batch_size must be at most the number of examples ({total}) with drop_remainder=True, got {batch_size}"
     )
   start_batch = _non_negative_int("start_batch", start_batch)
   if start_batch > count:
-    raise ValueError(
-      f"start_batch must be in [0, {count}] (the number of batches per epoch), got {start_batch}"
-    )
+    raise ValueError(f"start_batch must be in [0, {count}] (the number of batches per epoch), got {start_batch}")
   order = epoch_permutation(total, seed=seed, epoch=epoch) if shuffle else None
   for index in range(start_batch, count):
     block = slice(index * batch_size, min((index + 1) * batch_size, total))

@@ -93,9 +93,7 @@ def read_idx(path: str | os.PathLike[str], *, magic: int) -> np.ndarray:
           )
         filled += got
       if stream.read(1):
-        raise corrupt_file_error(
-          path, f"has data beyond the {num_bytes} bytes its header (shape {sizes}) promises"
-        )
+        raise corrupt_file_error(path, f"has data beyond the {num_bytes} bytes its header (shape {sizes}) promises")
   except (gzip.BadGzipFile, EOFError, zlib.error) as error:
     raise corrupt_file_error(path, f"not a valid gzip file ({error})") from error
   return data.reshape(sizes)

@@ -96,9 +96,7 @@ def _has_files(directory: Path, files: tuple[str, ...]) -> bool:
   return all((directory / filename).is_file() for filename in files)
 
 
-def _find(
-  spec: DatasetSpec, split: str, roots: list[Path], checksums: Mapping[str, str] | None
-) -> Path | None:
+def _find(spec: DatasetSpec, split: str, roots: list[Path], checksums: Mapping[str, str] | None) -> Path | None:
   """The first directory holding the split's files, unpacking a found CIFAR-10 archive on the way."""
   files = spec.files[split]
   for directory in dataset_dirs(spec, roots):
@@ -165,9 +163,7 @@ def _read(spec: DatasetSpec, split: str, directory: Path) -> tuple[np.ndarray, n
 
 def _checked_labels(spec: DatasetSpec, path: Path, labels: np.ndarray) -> np.ndarray:
   if labels.size and int(labels.max()) >= spec.num_classes:
-    raise corrupt_file_error(
-      path, f"has label {int(labels.max())}, but {spec.title} has {spec.num_classes} classes"
-    )
+    raise corrupt_file_error(path, f"has label {int(labels.max())}, but {spec.title} has {spec.num_classes} classes")
   return labels
 
 

@@ -17,9 +17,7 @@ def cp_kernel(rng: np.random.Generator, shape: tuple[int, int, int, int], rank: 
   return np.einsum("xr,yr,cr,sr->xycs", *factors).astype(np.float32)
 
 
-def tucker2_kernel(
-  rng: np.random.Generator, shape: tuple[int, int, int, int], ranks: tuple[int, int]
-) -> np.ndarray:
+def tucker2_kernel(rng: np.random.Generator, shape: tuple[int, int, int, int], ranks: tuple[int, int]) -> np.ndarray:
   kh, kw, cin, cout = shape
   first = rng.standard_normal((cin, ranks[0]))
   core = rng.standard_normal((kh, kw, ranks[0], ranks[1]))

@@ -41,9 +41,7 @@ def test_levenberg_marquardt_crosses_an_als_swamp_under_jit_and_vmap() -> None:
   factors = [0.9 * rng.standard_normal((s, 1)) + np.sqrt(0.19) * rng.standard_normal((s, 4)) for s in SHAPE]
   w = np.einsum("xr,yr,cr,sr->xycs", *factors).astype(np.float32)
   _, als = cp(w, 4, n_iter=60, tol=0.0, init="random", key=jax.random.key(1))
-  lm_fit = functools.partial(
-    cp, rank=4, n_iter=60, tol=0.0, init="random", key=jax.random.key(1), method="lm"
-  )
+  lm_fit = functools.partial(cp, rank=4, n_iter=60, tol=0.0, init="random", key=jax.random.key(1), method="lm")
   stack = np.stack([w, -3 * w])
   fmts, lm = jax.jit(jax.vmap(lm_fit))(stack)
   assert fmts.first.shape == (2, 8, 4) and lm.n_iter.shape == (2,)
@@ -172,9 +170,7 @@ def test_rejects_bad_input(kernel: np.ndarray, kwargs: dict, names: str) -> None
 
 
 def test_no_worse_than_tensorly_parafac() -> None:
-  tl = pytest.importorskip(
-    "tensorly", reason="TensorLy is an optional peer (test extra), used only to cross-check"
-  )
+  tl = pytest.importorskip("tensorly", reason="TensorLy is an optional peer (test extra), used only to cross-check")
   from tensorly.decomposition import parafac
 
   rng = np.random.default_rng(6)
@@ -182,9 +178,7 @@ def test_no_worse_than_tensorly_parafac() -> None:
   start = [build.gaussian(rng, (s, 4)) for s in SHAPE]
   # Same kernel, rank, starting factors and number of sweeps (tol=0: no early stop on either side).
   _, ours = cp(w, 4, n_iter=30, tol=0.0, init=CP(start[2], start[0], start[1], start[3].T))
-  theirs = parafac(
-    tl.tensor(w), 4, n_iter_max=30, tol=0, init=tl.cp_tensor.CPTensor((np.ones(4, np.float32), start))
-  )
+  theirs = parafac(tl.tensor(w), 4, n_iter_max=30, tol=0, init=tl.cp_tensor.CPTensor((np.ones(4, np.float32), start)))
   assert float(ours.relative_error) <= build.relative_error(w, tl.cp_to_tensor(theirs)) * (1 + 1e-3) + 1e-6
   # Same init *type*: at rank <= every mode size, both SVD inits are the leading singular vectors.
   _, ours = cp(w, 3, n_iter=30, tol=0.0, init="svd")

@@ -19,9 +19,7 @@ def test_relative_error_of_format_and_array() -> None:
   assert float(relative_error(dense, fmt)) < 1e-6
   noisy = dense + 0.1 * build.gaussian(rng, dense.shape)
   np.testing.assert_allclose(float(relative_error(noisy, fmt)), build.relative_error(noisy, dense), rtol=1e-4)
-  np.testing.assert_allclose(
-    float(relative_error(noisy, dense)), build.relative_error(noisy, dense), rtol=1e-4
-  )
+  np.testing.assert_allclose(float(relative_error(noisy, dense)), build.relative_error(noisy, dense), rtol=1e-4)
   assert float(relative_error(np.zeros_like(dense), np.zeros_like(dense))) == 0.0
 
 

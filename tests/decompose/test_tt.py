@@ -86,17 +86,13 @@ def test_jit_and_vmap() -> None:
     (np.ones(SHAPE), (1, 5), IN_MODES, OUT_MODES, "ranks"),  # r_1 <= r_0·c_1·s_1 = 4
   ],
 )
-def test_rejects_bad_input(
-  kernel: np.ndarray, ranks: object, in_modes: tuple, out_modes: tuple, name: str
-) -> None:
+def test_rejects_bad_input(kernel: np.ndarray, ranks: object, in_modes: tuple, out_modes: tuple, name: str) -> None:
   with pytest.raises(ValueError, match=name):
     tt(kernel, ranks, in_modes, out_modes)  # type: ignore[arg-type]
 
 
 def test_matches_tensorly_tensor_train() -> None:
-  tl = pytest.importorskip(
-    "tensorly", reason="TensorLy is an optional peer (test extra), used only to cross-check"
-  )
+  tl = pytest.importorskip("tensorly", reason="TensorLy is an optional peer (test extra), used only to cross-check")
   from tensorly.decomposition import tensor_train
 
   w = build.gaussian(np.random.default_rng(4), SHAPE)

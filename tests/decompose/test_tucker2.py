@@ -30,9 +30,7 @@ def test_recovers_exact_tucker_ranks() -> None:
 
 
 def test_hooi_refines_the_hosvd() -> None:
-  w = build.tucker2_kernel(np.random.default_rng(1), SHAPE, (4, 4)) + build.gaussian(
-    np.random.default_rng(2), SHAPE
-  )
+  w = build.tucker2_kernel(np.random.default_rng(1), SHAPE, (4, 4)) + build.gaussian(np.random.default_rng(2), SHAPE)
   _, hosvd = tucker2(w, (3, 3), n_iter=0)
   _, hooi = tucker2(w, (3, 3), n_iter=20, tol=0.0)
   assert int(hosvd.n_iter) == 0 and int(hooi.n_iter) == 20
@@ -72,9 +70,7 @@ def test_rejects_bad_input(kernel: np.ndarray, kwargs: dict, name: str) -> None:
 
 
 def test_no_worse_than_tensorly_partial_tucker() -> None:
-  tl = pytest.importorskip(
-    "tensorly", reason="TensorLy is an optional peer (test extra), used only to cross-check"
-  )
+  tl = pytest.importorskip("tensorly", reason="TensorLy is an optional peer (test extra), used only to cross-check")
   from tensorly.decomposition import partial_tucker
 
   rng = np.random.default_rng(4)

@@ -46,9 +46,7 @@ def isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
   ):
     monkeypatch.delenv(variable, raising=False)
   monkeypatch.setenv("no_proxy", "*")
-  monkeypatch.setitem(
-    specs.SPECS, "fashion_mnist", dataclasses.replace(_ORIGINAL_FASHION_SPEC, system_dirs=())
-  )
+  monkeypatch.setitem(specs.SPECS, "fashion_mnist", dataclasses.replace(_ORIGINAL_FASHION_SPEC, system_dirs=()))
 
 
 # --- fixture writers (the real formats, built by hand) ------------------------------------------------------
@@ -169,9 +167,7 @@ def test_cifar_archive_in_data_dir_is_verified_and_unpacked(tmp_path: Path) -> N
   with pytest.raises(data.DatasetError, match=re.escape("cifar-10-binary.tar.gz: SHA-256 is")):
     data.load("cifar10", "test", data_dir=tmp_path, download=False)
   assert not (tmp_path / "cifar-10-batches-bin").exists()
-  loaded = data.load(
-    "cifar10", "test", data_dir=tmp_path, download=False, checksums={"cifar-10-binary.tar.gz": digest}
-  )
+  loaded = data.load("cifar10", "test", data_dir=tmp_path, download=False, checksums={"cifar-10-binary.tar.gz": digest})
   np.testing.assert_array_equal(loaded.images, contents["test_batch.bin"][0])
   assert sorted(os.listdir(tmp_path / "cifar-10-batches-bin")) == sorted(CIFAR_FILES)
 
@@ -201,9 +197,7 @@ def test_search_order_explicit_then_env_then_cache(tmp_path: Path, monkeypatch: 
   assert source_label() == 2
 
 
-def test_system_fashion_mnist_directory_comes_after_the_roots(
-  tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_system_fashion_mnist_directory_comes_after_the_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
   system = tmp_path / "usr-share"
   write_idx_split(system, "test", *random_split(4, 3))
   monkeypatch.setitem(
@@ -211,10 +205,7 @@ def test_system_fashion_mnist_directory_comes_after_the_roots(
   )
   assert data.load("fashion_mnist", "test", download=False).source == system
   write_idx_split(tmp_path / "cache" / "efficonv" / "fashion-mnist", "test", *random_split(5, 3))
-  assert (
-    data.load("fashion_mnist", "test", download=False).source
-    == tmp_path / "cache" / "efficonv" / "fashion-mnist"
-  )
+  assert data.load("fashion_mnist", "test", download=False).source == tmp_path / "cache" / "efficonv" / "fashion-mnist"
 
 
 # --- errors -------------------------------------------------------------------------------------------------
@@ -289,16 +280,12 @@ def test_cifar_batch_of_wrong_size(tmp_path: Path) -> None:
   folder = tmp_path / "cifar-10-batches-bin"
   folder.mkdir()
   (folder / "test_batch.bin").write_bytes(cifar_records(*random_cifar(0, 2))[:-1])
-  with pytest.raises(
-    data.DatasetError, match=r"test_batch.bin: has 6145 bytes, not a positive multiple of the 3073"
-  ):
+  with pytest.raises(data.DatasetError, match=r"test_batch.bin: has 6145 bytes, not a positive multiple of the 3073"):
     data.load("cifar10", "test", data_dir=tmp_path, download=False)
 
 
 def test_bad_arguments() -> None:
-  with pytest.raises(
-    ValueError, match=r"name must be one of \['cifar10', 'fashion_mnist', 'mnist'\], got 'svhn'"
-  ):
+  with pytest.raises(ValueError, match=r"name must be one of \['cifar10', 'fashion_mnist', 'mnist'\], got 'svhn'"):
     data.load("svhn")
   with pytest.raises(ValueError, match=r"split must be one of \['train', 'test'\], got 'validation'"):
     data.load("mnist", "validation")
@@ -387,9 +374,7 @@ def test_corrupt_download_leaves_no_file(tmp_path: Path, mirror: Mirror) -> None
 
 def test_default_digests_reject_a_non_canonical_download(tmp_path: Path, mirror: Mirror) -> None:
   served = write_idx_split(mirror.root / "mnist", "test", *random_split(11, 2))
-  with pytest.raises(
-    data.DatasetError, match=f"expected SHA-256 {specs.SPECS['mnist'].sha256[served[0].name]}"
-  ):
+  with pytest.raises(data.DatasetError, match=f"expected SHA-256 {specs.SPECS['mnist'].sha256[served[0].name]}"):
     data.load("mnist", "test", data_dir=tmp_path / "mine", base_url=mirror.url)
   assert list((tmp_path / "mine" / "mnist").iterdir()) == []
 
@@ -465,11 +450,5 @@ def test_fashion_mnist_digests_match_the_debian_files(filename: str, mtime: int)
   # Debian strips the gzip header's file name and mtime; restoring them must give the canonical download.
   debian = (SYSTEM_FASHION_MNIST / filename).read_bytes()
   assert debian[:4] == b"\x1f\x8b\x08\x00"  # gzip, deflate, no optional fields
-  header = (
-    b"\x1f\x8b\x08\x08"
-    + struct.pack("<I", mtime)
-    + b"\x00\x03"
-    + filename.removesuffix(".gz").encode()
-    + b"\0"
-  )
+  header = b"\x1f\x8b\x08\x08" + struct.pack("<I", mtime) + b"\x00\x03" + filename.removesuffix(".gz").encode() + b"\0"
   assert hashlib.sha256(header + debian[10:]).hexdigest() == specs.SPECS["fashion_mnist"].sha256[filename]

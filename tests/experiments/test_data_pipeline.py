@@ -58,8 +58,7 @@ def test_start_batch_resumes_mid_epoch() -> None:
   images, labels = _ids(30)
   full = [batch for _, batch in data.batches(images, labels, 4, seed=7, epoch=5, drop_remainder=False)]
   resumed = [
-    batch
-    for _, batch in data.batches(images, labels, 4, seed=7, epoch=5, drop_remainder=False, start_batch=3)
+    batch for _, batch in data.batches(images, labels, 4, seed=7, epoch=5, drop_remainder=False, start_batch=3)
   ]
   assert len(resumed) == len(full) - 3
   for expected, got in zip(full[3:], resumed):
@@ -69,9 +68,7 @@ def test_start_batch_resumes_mid_epoch() -> None:
 
 def test_no_shuffle_keeps_stored_order() -> None:
   images, labels = _ids(10)
-  got = np.concatenate(
-    [batch for _, batch in data.batches(images, labels, 3, shuffle=False, drop_remainder=False)]
-  )
+  got = np.concatenate([batch for _, batch in data.batches(images, labels, 3, shuffle=False, drop_remainder=False)])
   np.testing.assert_array_equal(got, labels)
 
 
@@ -145,9 +142,7 @@ def test_crop_and_flip_is_a_shifted_mirrored_window(cifar_like: np.ndarray) -> N
   image = cifar_like[0]
   for offset in ((0, 0), (8, 8), (1, 6), (4, 4)):
     for flip in (False, True):
-      got = np.asarray(
-        data.crop_and_flip(jnp.asarray(image), jnp.asarray(offset), jnp.asarray(flip), padding=4)
-      )
+      got = np.asarray(data.crop_and_flip(jnp.asarray(image), jnp.asarray(offset), jnp.asarray(flip), padding=4))
       expected = _window(image, np.asarray(offset), 4)
       np.testing.assert_array_equal(got, expected[:, ::-1] if flip else expected)
   # Offset (4, 4) without flip is the image itself; (0, 0) shifts it by 4 pixels, bringing in zero borders.
@@ -172,9 +167,7 @@ def test_random_crop_flip_applies_the_sampled_draws(cifar_like: np.ndarray) -> N
 def test_random_crop_flip_is_deterministic_per_key(cifar_like: np.ndarray) -> None:
   images = jnp.asarray(cifar_like, jnp.float32)
   first = data.random_crop_flip(jax.random.key(1), images)
-  np.testing.assert_array_equal(
-    np.asarray(first), np.asarray(data.random_crop_flip(jax.random.key(1), images))
-  )
+  np.testing.assert_array_equal(np.asarray(first), np.asarray(data.random_crop_flip(jax.random.key(1), images)))
   assert not np.array_equal(np.asarray(first), np.asarray(data.random_crop_flip(jax.random.key(2), images)))
   assert first.dtype == jnp.float32
 

@@ -4,6 +4,8 @@ Shapes are checked with ``nnx.eval_shape``/``jax.eval_shape`` (tracing only), so
 architectures run in seconds.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,9 +13,10 @@ import pytest
 from flax import nnx
 
 from efficonv import cost
+from efficonv.nnx import CPConv, SpatialConv, TuckerConv
 from experiments.config import ModelConfig
 from experiments.models import VGG, ResNet, build_model, stage_layout
-from experiments.schemes import SCHEMES, reference_of, scheme_conv, widen
+from experiments.schemes import SCHEMES, STEM_FACTORIZABLE, base_scheme, reference_of, scheme_conv, stem_conv, widen
 
 
 def _abstract_model(cfg: ModelConfig, image_shape: tuple[int, int, int]) -> nnx.Module:
@@ -46,6 +49,65 @@ def test_first_conv_stays_dense_and_later_convs_follow_the_scheme():
   model = _abstract_model(ModelConfig(scheme="cp", stem_features=8, stage_features=(8, 16)), (28, 28, 1))
   assert type(model.stem.conv) is nnx.Conv
   assert [type(layer.conv).__name__ for layer in model.layers] == ["CPConv"] * 4
+
+
+def test_spatial_stem_factorizes_the_stem_too_and_differs_from_spatial_only_there():
+  cfg = ModelConfig(scheme="spatial", stem_features=8, stage_features=(8, 16))
+  plain = _abstract_model(cfg, (28, 28, 1))
+  stem = _abstract_model(ModelConfig(scheme="spatial_stem", stem_features=8, stage_features=(8, 16)), (28, 28, 1))
+  assert type(plain.stem.conv) is nnx.Conv
+  assert type(stem.stem.conv) is SpatialConv
+  assert stem.stem.conv.kernel_size == (3, 3)
+  assert [type(layer.conv) for layer in stem.layers] == [SpatialConv] * 4
+  # Only the stem differs: dense 3·3·1·8 = 72 parameters vs spatial rank min(8/2, 3·1) = 3: 3·1·3 + 3·3·8 = 81.
+  assert stem.stem.conv.vertical.shape == (3, 1, 3)
+  assert cost.params(stem) - cost.params(plain) == 81 - 72
+  assert cost.params(stem.layers) == cost.params(plain.layers)
+  assert cost.macs(stem, (1, 28, 28, 1)) > cost.macs(plain, (1, 28, 28, 1))
+  assert reference_of("spatial_stem") == "spatial" and base_scheme("spatial_stem") == "spatial"
+  # The flag does the same for any scheme that allows it; the stem stays 3×3 when the later convs are not.
+  same = _abstract_model(dataclasses.replace(cfg, factorize_stem=True), (28, 28, 1))
+  assert cost.params(same) == cost.params(stem)
+  big = _abstract_model(dataclasses.replace(cfg, factorize_stem=True, kernel_size=5), (28, 28, 1))
+  assert big.stem.conv.kernel_size == (3, 3) and big.layers[0].conv.kernel_size == (5, 5)
+
+
+@pytest.mark.parametrize(("scheme", "layer"), [("spatial", SpatialConv), ("cp", CPConv), ("tucker", TuckerConv)])
+@pytest.mark.parametrize(
+  ("arch", "image_shape", "stages"),
+  [("vgg", (28, 28, 1), (8, 16)), ("resnet", (32, 32, 3), (8, 16))],
+)
+def test_factorize_stem_builds_the_stem_with_the_scheme_layer(scheme, layer, arch, image_shape, stages):
+  cfg = ModelConfig(arch=arch, scheme=scheme, stem_features=8, stage_features=stages, factorize_stem=True)
+  model = _abstract_model(cfg, image_shape)
+  assert type(model.stem.conv) is layer
+  assert (model.stem.conv.in_features, model.stem.conv.out_features) == (image_shape[2], 8)
+  assert cost.params(model) != cost.params(_abstract_model(dataclasses.replace(cfg, factorize_stem=False), image_shape))
+  for train in (True, False):
+    assert _output_shape(model, (2, *image_shape), train=train) == (2, 10)
+
+
+def test_factorized_stem_runs_on_real_arrays():
+  model = build_model(
+    ModelConfig(scheme="spatial_stem", stem_features=4, stage_features=(4, 8)), (28, 28, 1), rngs=nnx.Rngs(0)
+  )
+  x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+  stem_out = model.stem.conv(x)
+  assert stem_out.shape == (2, 28, 28, 4)
+  # The spatial stem computes a 3×3 conv with its reconstructed kernel.
+  dense = jax.lax.conv_general_dilated(
+    x, model.stem.conv.to_dense(), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  np.testing.assert_allclose(stem_out, dense, rtol=1e-4, atol=1e-5)
+  assert model(x).shape == (2, 10)
+
+
+@pytest.mark.parametrize("scheme", [s for s in SCHEMES if base_scheme(s) not in STEM_FACTORIZABLE])
+def test_factorize_stem_refuses_schemes_that_cannot_replace_the_stem(scheme):
+  with pytest.raises(ValueError, match="factorize_stem"):
+    build_model(ModelConfig(scheme=scheme, factorize_stem=True), (28, 28, 1), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="factorize_stem"):
+    stem_conv(ModelConfig(scheme=scheme, factorize_stem=True), 1, rngs=nnx.Rngs(0))
 
 
 def test_wide_merges_pairs_and_widens_by_sqrt2():

@@ -135,7 +135,7 @@ _BAD_CONV_CALLS = [
   ((2, 2, 9, 6), {"padding": "VALID"}, r"^padding 'VALID' leaves input axis 1 with 2 pixels, fewer than .* 3"),
   ((2, 7, 9, 6), {"padding": "VALID", "dilation": 4}, r"^padding 'VALID' leaves input axis 1 with 7 pixels"),
   ((2, 1, 9, 6), {"padding": "REFLECT"}, r"^padding 'REFLECT' needs input axis 1 larger than its pad 1, got 1"),
-  ((2, 7, 9, 6), {"implementation": "fast"}, r"^implementation must be one of \('auto', 'factorized'"),
+  ((2, 7, 9, 6), {"implementation": "fast"}, r"^implementation must be one of \('auto', 'autotune', 'factorized'"),
   ((2, 7, 9, 6), {"depthwise_implementation": "fast"}, r"^depthwise implementation must be one of"),
 ]
 

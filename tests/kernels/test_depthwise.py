@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -130,3 +132,65 @@ def test_forced_helpers_pass_options_through() -> None:
   expected = _reference(x, kernel, (2, 2), "VALID", (1, 1))
   for fn in (depthwise_shift, depthwise_xla):
     _assert_close(fn(x, kernel, strides=2, padding="VALID", precision=HIGHEST), expected)
+
+
+# --- derivatives of the shift path (custom JVP, kernel tangent tiled over images) ---------------------------
+
+_depthwise_module = importlib.import_module("efficonv.kernels.depthwise")
+
+
+@pytest.fixture
+def tiny_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+  """Tiles of one or two images, so the tiled kernel tangent really runs as a loop on small tests."""
+  monkeypatch.setattr(_depthwise_module, "_TILE_BYTES", 2 * 6 * 6 * 3 * 4)
+
+
+@pytest.mark.parametrize(
+  ("n", "image_bytes", "tile_bytes", "expected"),
+  [(8, 100, 250, 2), (6, 100, 350, 3), (7, 100, 350, 1), (4, 500, 100, 1), (4, 10, 1000, 4)],
+)
+def test_images_per_tile_is_the_largest_divisor_that_fits(
+  monkeypatch: pytest.MonkeyPatch, n: int, image_bytes: int, tile_bytes: int, expected: int
+) -> None:
+  monkeypatch.setattr(_depthwise_module, "_TILE_BYTES", tile_bytes)
+  assert _depthwise_module._images_per_tile(n, image_bytes) == expected
+
+
+@pytest.mark.usefixtures("tiny_tiles")
+@pytest.mark.parametrize(("m", "strides", "dilation"), [(1, (1, 1), (1, 1)), (2, (2, 1), (1, 2)), (3, (1, 1), (2, 2))])
+def test_shift_gradients_match_xla(m: int, strides: tuple, dilation: tuple) -> None:
+  x, kernel = _normal(0, (6, 4, 4, 3)), _normal(1, (3, 3, 3, m))
+  cotangent = _normal(2, depthwise_xla(x, kernel, strides=strides, dilation=dilation).shape)
+
+  def loss(impl: str):
+    return lambda x, k: jnp.vdot(depthwise(x, k, strides=strides, dilation=dilation, implementation=impl), cotangent)
+
+  for argnums in ((0, 1), (0,), (1,)):
+    got = jax.jit(jax.grad(loss("shift"), argnums=argnums))(x, kernel)
+    want = jax.grad(loss("xla"), argnums=argnums)(x, kernel)
+    chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.usefixtures("tiny_tiles")
+@pytest.mark.usefixtures("tiny_tiles")
+def test_shift_forward_mode_and_second_order() -> None:
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 4, 4, 3)), jnp.float64)
+    kernel = jnp.asarray(np.random.default_rng(4).standard_normal((3, 3, 3, 2)), jnp.float64)
+    jax.test_util.check_grads(
+      lambda x, k: depthwise_shift(x, k, strides=(2, 1)), (x, kernel), order=2, modes=("fwd", "rev")
+    )
+    ones = (jnp.ones_like(kernel),)
+    jvp_shift = jax.jvp(lambda k: depthwise_shift(x, k), (kernel,), ones)[1]
+    jvp_xla = jax.jvp(lambda k: depthwise_xla(x, k, precision=HIGHEST), (kernel,), ones)[1]
+    np.testing.assert_allclose(jvp_shift, jvp_xla, rtol=1e-10, atol=1e-10)
+
+
+def test_shift_gradient_keeps_bfloat16() -> None:
+  x, kernel = _normal(5, (2, 5, 5, 4), jnp.bfloat16), _normal(6, (3, 3, 4, 1), jnp.bfloat16)
+  gx, gk = jax.grad(lambda x, k: depthwise_shift(x, k).astype(jnp.float32).sum(), argnums=(0, 1))(x, kernel)
+  assert gx.dtype == jnp.bfloat16 and gk.dtype == jnp.bfloat16
+  want = jax.grad(lambda k: depthwise_xla(x.astype(jnp.float32), k, precision=HIGHEST).sum())(
+    kernel.astype(jnp.float32)
+  )
+  np.testing.assert_allclose(np.asarray(gk, np.float32), want, rtol=2e-2, atol=2e-1)

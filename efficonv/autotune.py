@@ -1,0 +1,299 @@
+"""``implementation="autotune"``: measure every path once per shape, keep the fastest.
+
+The cost model behind ``implementation="auto"`` (:meth:`efficonv.formats.CP.plan`)
+is fitted to one machine. ``"autotune"`` replaces it by a measurement on the
+machine at hand: the first time a format meets an input shape, every candidate —
+the factorized sequence on each depthwise path, and the reconstructed dense
+conv — is compiled and timed on random data of the same shapes and dtypes, and
+the fastest is remembered. Later calls with the same key reuse the choice
+without measuring.
+
+It works under :func:`jax.jit`: the measurement runs while the caller is traced
+(shapes are static there), on concrete arrays of its own, and only the choice
+enters the traced program. Times do not depend on the factor values, so traced
+factors are fine.
+
+The cache lives in memory (:func:`cache`, :func:`clear_cache`) and, when the
+environment variable ``EFFICONV_AUTOTUNE_CACHE`` names a JSON file, on disk
+too: it is read at the first lookup and rewritten atomically after each new
+measurement, so a second process on the same machine does not measure again.
+Keys include the backend and device kind; a file copied to another machine
+does not mislead it, its entries just never match.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from efficonv.formats import CP
+  >>> fmt = CP.init(jax.random.key(0), 16, 16, (3, 3), rank=4)
+  >>> plan = fmt.plan((2, 8, 8, 16), implementation="autotune")
+  >>> plan.implementation in ("factorized", "reconstructed")
+  True
+  >>> fmt.conv(jnp.ones((2, 8, 8, 16)), implementation="autotune").shape
+  (2, 8, 8, 16)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from efficonv._typing import PrecisionLike
+from efficonv.kernels import _options as opt
+
+if TYPE_CHECKING:
+  from efficonv.formats._base import Format, Plan
+
+CACHE_ENV = "EFFICONV_AUTOTUNE_CACHE"
+OBJECTIVES = ("inference", "training")
+
+_lock = threading.Lock()
+_cache: dict[str, dict[str, Any]] = {}
+_loaded_from: str | None = None
+
+
+def cache() -> dict[str, dict[str, Any]]:
+  """A copy of the in-memory cache: ``{key: {"choice": [impl, depthwise], "times_ms": {...}}}``."""
+  with _lock:
+    return {k: dict(v) for k, v in _cache.items()}
+
+
+def clear_cache() -> None:
+  """Forgets every choice in memory (the file named by ``EFFICONV_AUTOTUNE_CACHE`` is left alone)."""
+  global _loaded_from
+  with _lock:
+    _cache.clear()
+    _loaded_from = None
+
+
+def _load_file() -> None:
+  global _loaded_from
+  path = os.environ.get(CACHE_ENV)
+  if not path or path == _loaded_from:
+    return
+  _loaded_from = path
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        entries = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+      raise ValueError(f"{CACHE_ENV}={path!r} is not a readable JSON autotune cache ({e}); delete or fix it") from e
+    if not isinstance(entries, dict):
+      raise ValueError(f"{CACHE_ENV}={path!r} must hold a JSON object, got {type(entries).__name__}")
+    _cache.update(entries)
+
+
+def _save_file() -> None:
+  path = os.environ.get(CACHE_ENV)
+  if not path:
+    return
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".autotune-", suffix=".json")
+  with os.fdopen(fd, "w") as f:
+    json.dump(_cache, f, indent=1, sort_keys=True)
+  os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _key(
+  fmt: Format,
+  input_shape: tuple[int, ...],
+  dtype: Any,
+  strides: Any,
+  padding: Any,
+  dilation: Any,
+  depthwise: str,
+  objective: str,
+  precision: Any,
+  backend: str,
+) -> str:
+  factors = [(tuple(a.shape), jnp.dtype(a.dtype).name) for a in fmt._arrays()]
+  device = jax.devices(backend)[0].device_kind
+  return repr(
+    (
+      type(fmt).__name__,
+      factors,
+      input_shape,
+      jnp.dtype(dtype).name,
+      opt.pair(strides, "strides"),
+      padding if isinstance(padding, str) else repr(padding),
+      opt.pair(dilation, "dilation"),
+      depthwise,
+      objective,
+      repr(precision),
+      backend,
+      device,
+    )
+  )
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int, min_seconds: float) -> float:
+  jax.block_until_ready(fn())  # warm-up: first-call allocations
+  times: list[float] = []
+  deadline = time.perf_counter() + min_seconds
+  while len(times) < repeats or time.perf_counter() < deadline:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+    if times[-1] > 1.0:  # one slow candidate must not stall the caller for long
+      break
+  return statistics.median(times)
+
+
+def _candidates(fmt: Format, depthwise: str, backend: str) -> list[tuple[str, str | None]]:
+  if not fmt.has_depthwise:
+    paths: list[str | None] = [None]
+  elif depthwise == "auto":
+    paths = ["shift", "xla"]
+  else:
+    paths = [depthwise]
+  return [("factorized", p) for p in paths] + [("reconstructed", None)]
+
+
+def autotune(
+  fmt: Format,
+  input_shape: Sequence[int],
+  *,
+  strides: int | Sequence[int] = 1,
+  padding: opt.PaddingLike = "SAME",
+  dilation: int | Sequence[int] = 1,
+  dtype: Any = None,
+  precision: PrecisionLike = None,
+  depthwise_implementation: str = "auto",
+  objective: str = "inference",
+  backend: str | None = None,
+  repeats: int = 5,
+  min_seconds: float = 0.02,
+) -> Plan:
+  """Measures every implementation of ``fmt.conv`` on ``input_shape`` and returns the fastest as a plan.
+
+  Args:
+    fmt: the factorized kernel (its factors may be tracers; only shapes and dtypes are used).
+    input_shape: NHWC input shape.
+    strides, padding, dilation, precision: the conv options.
+    dtype: input dtype; the format's dtype when ``None``.
+    depthwise_implementation: ``"auto"`` tries both depthwise paths; ``"shift"``/``"xla"`` only that one.
+    objective: ``"inference"`` times the forward pass; ``"training"`` the forward pass and the gradients
+      of the input and every factor (``jax.vjp`` and its pullback).
+    backend: JAX platform to measure on; the default backend when ``None``.
+    repeats: at least this many timed calls per candidate (median).
+    min_seconds: and at least this long per candidate.
+
+  Returns:
+    A :class:`efficonv.formats.Plan` whose ``reason`` lists every measured time and whose
+    ``estimated_*_s`` fields hold the measured medians.
+
+  Raises:
+    ValueError: naming ``objective``, ``repeats`` or ``min_seconds`` when out of range, or an input the
+      format cannot take.
+  """
+  from efficonv.formats._base import Plan, geometry  # lazy: formats import this module
+  from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
+
+  if objective not in OBJECTIVES:
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+  if not isinstance(repeats, int) or repeats < 1:
+    raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+  if not min_seconds >= 0:
+    raise ValueError(f"min_seconds must be >= 0, got {min_seconds!r}")
+  resolve_depthwise(depthwise_implementation)  # validates the name
+  backend = backend or jax.default_backend()
+  shape = tuple(int(v) for v in input_shape)
+  g = geometry(shape, fmt.kernel_size, fmt.in_features, strides, padding, dilation)
+  dtype = jnp.dtype(dtype or fmt.dtype)
+  key = _key(fmt, shape, dtype, strides, padding, dilation, depthwise_implementation, objective, precision, backend)
+  with _lock:
+    _load_file()
+    entry = _cache.get(key)
+  if entry is None:
+    entry = _measure(
+      fmt,
+      shape,
+      dtype,
+      strides,
+      padding,
+      dilation,
+      precision,
+      depthwise_implementation,
+      objective,
+      backend,
+      repeats,
+      min_seconds,
+    )
+    with _lock:
+      _cache[key] = entry
+      _save_file()
+  impl, dw = entry["choice"]
+  times = entry["times_ms"]
+  factorized_ms = min(v for k, v in times.items() if k.startswith("factorized"))
+  reason = f"autotuned on {backend} ({objective}): " + ", ".join(f"{k} {v:.3g} ms" for k, v in times.items())
+  steps = fmt._steps(g)
+  kh, kw = fmt.kernel_size
+  dense = g.batch * g.out_hw[0] * g.out_hw[1] * kh * kw * fmt.in_features * fmt.out_features
+  return Plan(impl, dw, reason, sum(m for _, m in steps), dense, factorized_ms / 1e3, times["reconstructed"] / 1e3)
+
+
+def _measure(
+  fmt: Format,
+  shape: tuple[int, ...],
+  dtype: Any,
+  strides: Any,
+  padding: Any,
+  dilation: Any,
+  precision: Any,
+  depthwise: str,
+  objective: str,
+  backend: str,
+  repeats: int,
+  min_seconds: float,
+) -> dict[str, Any]:
+  device = jax.devices(backend)[0]
+  rng = np.random.default_rng(0)
+
+  def random_like(a: Any) -> jax.Array:
+    # Concrete device arrays even while an outer jit traces (device_put would be staged there).
+    with jax.ensure_compile_time_eval():
+      return jax.device_put(rng.standard_normal(a.shape).astype(jnp.dtype(a.dtype)), device)
+
+  concrete = jax.tree.map(random_like, fmt)
+  x = random_like(jax.ShapeDtypeStruct(shape, dtype))
+  times: dict[str, float] = {}
+  for impl, dw in _candidates(fmt, depthwise, backend):
+
+    def forward(f: Any, x: jax.Array, impl: str = impl, dw: str | None = dw) -> jax.Array:
+      return f.conv(
+        x,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        implementation=impl,
+        depthwise_implementation=dw or "auto",
+        precision=precision,
+      )
+
+    if objective == "training":
+      out = jax.eval_shape(forward, concrete, x)
+      cotangent = random_like(out)
+
+      def step(f: Any, x: jax.Array, forward: Any = forward, cotangent: jax.Array = cotangent) -> Any:
+        y, pullback = jax.vjp(forward, f, x)
+        return y, pullback(cotangent)
+
+      fn = step
+    else:
+      fn = forward
+    # Compiled ahead of time and called directly, so this also runs while an outer jit is tracing.
+    compiled = jax.jit(fn).lower(concrete, x).compile()
+    name = impl if dw is None else f"{impl}/{dw}"
+    times[name] = _median_seconds(lambda c=compiled: c(concrete, x), repeats, min_seconds) * 1e3
+  best = min(times, key=times.__getitem__)
+  impl, _, dw = best.partition("/")
+  return {"choice": [impl, dw or None], "times_ms": times}
