@@ -18,10 +18,10 @@ baseline and every scheme of ``--schemes`` (default: all of :data:`experiments.s
   optimizer, schedule and augmentation: forward, backward, update), for every ``B`` of
   ``--train-batch-sizes`` (default: the batch sizes above 1).
 
-On a CPU the dense network is timed twice: compiled with XLA's default options (``dense``) and with
-:data:`experiments.dense_baselines.EIGEN_CONV_OPTIONS` (``dense/eigen``: XLA's own convolution instead of
-YNNPACK). Per measurement the faster of them is the baseline of every speedup (``fastest dense ms / ms``);
-the MAC ratio is ``dense MACs / scheme MACs`` (forward MACs per image, :func:`efficonv.cost.macs`; the
+On a CPU every network is also compiled without YNNPACK library fusion (``<scheme>/no_ynn``,
+:data:`experiments.dense_baselines.NO_YNN_FUSION_OPTIONS`), and the dense network a third time with
+:data:`experiments.dense_baselines.EIGEN_CONV_OPTIONS` (``dense/eigen``). Per measurement the fastest dense
+build is the baseline of every speedup (``fastest dense ms / ms``); the MAC ratio is ``dense MACs / scheme MACs`` (forward MACs per image, :func:`efficonv.cost.macs`; the
 training step does about three times the forward's MACs in every network alike). Everything runs on one
 device and is timed round-robin, the fastest of ``bench.rounds`` rounds counting
 (:func:`experiments.benchmark.round_robin`, with the preset's ``bench`` warm-up, iterations and
@@ -60,7 +60,7 @@ from experiments import data
 from experiments.benchmark import Subject, round_robin
 from experiments.cli import add_config_arguments, config_from_args, setup_logging
 from experiments.config import DEFAULT_CONFIG, DataConfig, ExperimentConfig
-from experiments.dense_baselines import EIGEN_CONV_OPTIONS
+from experiments.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS
 from experiments.machine import load_average, machine_info
 from experiments.models import ARCHS
 from experiments.optim import learning_rate_schedule, make_optimizer
@@ -89,9 +89,19 @@ def library_versions() -> dict[str, str]:
 
 
 def dense_variants(backend: str | None = None) -> dict[str, dict[str, str]]:
-  """The dense builds timed: name → XLA compiler options (``dense/eigen`` on the CPU backend only)."""
-  backend = jax.default_backend() if backend is None else backend
-  return {"dense": {}, **({"dense/eigen": dict(EIGEN_CONV_OPTIONS)} if backend == "cpu" else {})}
+  """The dense builds timed: name → XLA compiler options (``dense/eigen`` and ``dense/no_ynn`` on CPU only)."""
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return {"dense": {}}
+  return {"dense": {}, "dense/eigen": dict(EIGEN_CONV_OPTIONS), "dense/no_ynn": dict(NO_YNN_FUSION_OPTIONS)}
+
+
+def scheme_variants(scheme: str, backend: str | None = None) -> dict[str, dict[str, str]]:
+  """The builds of a scheme's network timed: XLA's default, and on CPU also ``<scheme>/no_ynn``."""
+  if scheme == "dense":
+    return dense_variants(backend)
+  backend = backend or jax.default_backend()
+  return {scheme: {}, **({f"{scheme}/no_ynn": dict(NO_YNN_FUSION_OPTIONS)} if backend == "cpu" else {})}
 
 
 def image_spec(cfg: DataConfig) -> tuple[tuple[int, int, int], str]:
@@ -313,7 +323,7 @@ def run(
       continue
     t0 = time.perf_counter()
     net = build_network(cfg, scheme)
-    for name, options in (dense_variants() if scheme == "dense" else {scheme: {}}).items():
+    for name, options in scheme_variants(scheme).items():
       calls[name] = measurement_calls(net.subject, options, inputs)
       networks[name] = (net, options)
     logger.info("%s: %d params, %d MACs/image, built in %.1f s", scheme, net.params, net.macs, time.perf_counter() - t0)

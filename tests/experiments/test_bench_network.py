@@ -10,9 +10,9 @@ from flax import nnx
 
 from efficonv import cost
 from experiments import bench_network
-from experiments.bench_network import Network, dense_variants, make_records, parse_schemes
+from experiments.bench_network import Network, dense_variants, make_records, parse_schemes, scheme_variants
 from experiments.config import load
-from experiments.dense_baselines import EIGEN_CONV_OPTIONS, dense_methods
+from experiments.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS, dense_methods
 from experiments.models import build_model
 
 
@@ -31,7 +31,11 @@ def test_results_structure_and_files(tiny_run: tuple[dict, pathlib.Path]) -> Non
   assert payload["command"].startswith("python -m experiments.bench_network --preset tiny --schemes cp")
   assert payload["machine"]["command"] == payload["command"]
   assert payload["machine"]["device_kind"] and payload["machine"]["jax"]
-  assert payload["machine"]["compiler_options"] == {"dense/eigen": EIGEN_CONV_OPTIONS}
+  assert payload["machine"]["compiler_options"] == {
+    "dense/eigen": EIGEN_CONV_OPTIONS,
+    "dense/no_ynn": NO_YNN_FUSION_OPTIONS,
+    "cp/no_ynn": NO_YNN_FUSION_OPTIONS,
+  }
   assert set(payload["versions"]) == set(bench_network.VERSIONED_LIBRARIES)
   config = payload["config"]
   assert (config["preset"], config["arch"], config["schemes"]) == ("tiny", "vgg", ["dense", "cp"])
@@ -39,17 +43,20 @@ def test_results_structure_and_files(tiny_run: tuple[dict, pathlib.Path]) -> Non
   assert payload["skipped"] == []
   labels = ["inference_b1", "inference_b4", "train_b4"]
   assert list(payload["dense_fastest"]) == labels
-  assert set(payload["dense_fastest"].values()) <= {"dense", "dense/eigen"}
+  assert set(payload["dense_fastest"].values()) <= {"dense", "dense/eigen", "dense/no_ynn"}
   records = payload["records"]
   assert [(r["label"], r["variant"]) for r in records] == [
-    (label, v) for label in labels for v in ("dense", "dense/eigen", "cp")
+    (label, v) for label in labels for v in ("dense", "dense/eigen", "dense/no_ynn", "cp", "cp/no_ynn")
   ]
   for r in records:
     assert r["measurement"] == r["label"].split("_")[0]
     assert r["batch_size"] == int(r["label"].rsplit("_b", 1)[1])
     assert len(r["rounds_ms"]) == 1 and r["ms"] == min(r["rounds_ms"]) > 0
     assert r["images_per_s"] == pytest.approx(1e3 * r["batch_size"] / r["ms"])
-    assert r["compiler_options"] == (EIGEN_CONV_OPTIONS if r["variant"] == "dense/eigen" else {})
+    want = {"dense/eigen": EIGEN_CONV_OPTIONS}.get(
+      r["variant"], NO_YNN_FUSION_OPTIONS if "no_ynn" in r["variant"] else {}
+    )
+    assert r["compiler_options"] == want
 
 
 def test_costs_are_those_of_the_models(tiny_run: tuple[dict, pathlib.Path]) -> None:
@@ -69,14 +76,14 @@ def test_speedups_are_against_the_fastest_dense(tiny_run: tuple[dict, pathlib.Pa
   payload, _ = tiny_run
   for label, fastest in payload["dense_fastest"].items():
     rows = {r["variant"]: r for r in payload["records"] if r["label"] == label}
-    dense_ms = min(rows["dense"]["ms"], rows["dense/eigen"]["ms"])
+    dense_ms = min(rows[v]["ms"] for v in ("dense", "dense/eigen", "dense/no_ynn"))
     assert rows[fastest]["ms"] == dense_ms
     for r in rows.values():
       assert (r["dense_variant"], r["dense_ms"]) == (fastest, dense_ms)
       assert r["speedup"] == pytest.approx(dense_ms / r["ms"])
       assert r["speedup_over_mac_ratio"] == pytest.approx(r["speedup"] / r["mac_ratio"])
     assert rows[fastest]["speedup"] == pytest.approx(1.0)
-    assert max(rows["dense"]["speedup"], rows["dense/eigen"]["speedup"]) == pytest.approx(1.0)
+    assert max(rows[v]["speedup"] for v in ("dense", "dense/eigen", "dense/no_ynn")) == pytest.approx(1.0)
 
 
 def test_make_records_picks_the_fastest_dense_and_the_reference() -> None:
@@ -118,7 +125,13 @@ def test_bad_arguments_are_refused_by_name() -> None:
 
 
 def test_dense_variants_per_backend() -> None:
-  assert dense_variants("cpu") == {"dense": {}, "dense/eigen": EIGEN_CONV_OPTIONS}
+  assert dense_variants("cpu") == {
+    "dense": {},
+    "dense/eigen": EIGEN_CONV_OPTIONS,
+    "dense/no_ynn": NO_YNN_FUSION_OPTIONS,
+  }
+  assert scheme_variants("cp", "cpu") == {"cp": {}, "cp/no_ynn": NO_YNN_FUSION_OPTIONS}
+  assert scheme_variants("cp", "gpu") == {"cp": {}}
   assert dense_variants("gpu") == {"dense": {}}
   assert [m.name for m in dense_methods("cpu")] == ["lax", "lax_eigen", "im2col", "shift"]
   assert [m.name for m in dense_methods("gpu")] == ["lax", "im2col", "shift"]
