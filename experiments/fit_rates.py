@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,9 +124,25 @@ def decisions(records: Sequence[Mapping[str, Any]], rates: Mapping[str, float]) 
   path's (including ``factorized`` with the XLA depthwise).
   """
   formats = _formats(records)
+
+  def predict(record: Mapping[str, Any]) -> float | None:
+    sm = step_macs(record, formats)
+    if sm is None:
+      return None
+    macs, n_steps = sm
+    return sum(m / rates[k] for k, m in macs.items()) + n_steps * rates["step"]
+
+  return _choices(records, "forward", predict)
+
+
+def _choices(
+  records: Sequence[Mapping[str, Any]], pass_name: str, predict: Callable[[Mapping[str, Any]], float | None]
+) -> list[dict[str, Any]]:
+  """For every ``(shape, scheme)`` of ``pass_name`` with both forced paths: the path ``predict`` (model
+  seconds of a record, or ``None``) rates faster, and that path's measured median over the best one's."""
   groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
   for r in records:
-    if r["pass"] == "forward" and r["implementation"] in ("factorized", "reconstructed"):
+    if r["pass"] == pass_name and r["implementation"] in ("factorized", "reconstructed"):
       groups.setdefault((r["shape_label"], r["scheme"]), []).append(r)
   out = []
   for (label, scheme), rows in groups.items():
@@ -134,14 +150,8 @@ def decisions(records: Sequence[Mapping[str, Any]], rates: Mapping[str, float]) 
     recon = next((r for r in rows if r["implementation"] == "reconstructed"), None)
     if fact is None or recon is None:
       continue
-    predicted = {}
-    for name, rec in (("factorized", fact), ("reconstructed", recon)):
-      sm = step_macs(rec, formats)
-      if sm is None:
-        break
-      macs, n_steps = sm
-      predicted[name] = sum(m / rates[k] for k, m in macs.items()) + n_steps * rates["step"]
-    if len(predicted) < 2:
+    predicted = {name: predict(rec) for name, rec in (("factorized", fact), ("reconstructed", recon))}
+    if any(v is None for v in predicted.values()):
       continue
     choice = min(predicted, key=predicted.__getitem__)
     measured = {"factorized": fact["median_ms"], "reconstructed": recon["median_ms"]}
@@ -223,37 +233,25 @@ def training_decisions(
 ) -> list[dict[str, Any]]:
   """Like :func:`decisions`, for the forward+backward pass and ``objective="training"``."""
   formats = _formats(records)
-  groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
-  for r in records:
-    if r["pass"] == "forward_backward" and r["implementation"] in ("factorized", "reconstructed"):
-      groups.setdefault((r["shape_label"], r["scheme"]), []).append(r)
-  out = []
-  for (label, scheme), rows in groups.items():
-    fact = next((r for r in rows if r["implementation"] == "factorized" and r["depthwise"] in ("shift", None)), None)
-    recon = next((r for r in rows if r["implementation"] == "reconstructed"), None)
-    if fact is None or recon is None:
-      continue
-    predicted = {}
-    for name, rec in (("factorized", fact), ("reconstructed", recon)):
-      times = forward_times(rec, formats, rates)
-      if times is None:
-        break
-      predicted[name] = sum(factors[k] * v for k, v in times.items())
-    if len(predicted) < 2:
-      continue
-    choice = min(predicted, key=predicted.__getitem__)
-    measured = {"factorized": fact["median_ms"], "reconstructed": recon["median_ms"]}
-    out.append(
-      {
-        "shape_label": label,
-        "scheme": scheme,
-        "choice": choice,
-        "choice_over_best": measured[choice] / min(r["median_ms"] for r in rows),
-        "predicted_ms": {k: v * 1e3 for k, v in predicted.items()},
-        "measured_ms": measured,
-      }
+
+  def predict(record: Mapping[str, Any]) -> float | None:
+    times = forward_times(record, formats, rates)
+    return None if times is None else sum(factors[k] * v for k, v in times.items())
+
+  return _choices(records, "forward_backward", predict)
+
+
+def _print_choices(title: str, rows: Sequence[Mapping[str, Any]]) -> None:
+  worst = max(c["choice_over_best"] for c in rows)
+  print(f"\n{title}: worst choice/best {worst:.2f}")
+  for c in rows:
+    flag = "" if c["choice_over_best"] <= 1.10 else "   <-- beyond 10%"
+    pred = ", ".join(f"{k} {v:.3g}" for k, v in c["predicted_ms"].items())
+    meas = ", ".join(f"{k} {v:.3g}" for k, v in c["measured_ms"].items())
+    print(
+      f"  {c['shape_label']:16s} {c['scheme']:13s} -> {c['choice']:13s} choice/best {c['choice_over_best']:.2f}"
+      f"  (predicted ms: {pred}; measured ms: {meas}){flag}"
     )
-  return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -269,16 +267,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   result: dict[str, Any] = {"fitted": fitted, "current": dict(_RATES["cpu"])}
   for name, rates in (("current", _RATES["cpu"]), ("fitted", fitted)):
     rows = decisions(records, rates)
-    worst = max(c["choice_over_best"] for c in rows)
-    print(f"\nauto with the {name} rates (forward): worst choice/best {worst:.2f}")
-    for c in rows:
-      flag = "" if c["choice_over_best"] <= 1.10 else "   <-- beyond 10%"
-      pred = ", ".join(f"{k} {v:.3g}" for k, v in c["predicted_ms"].items())
-      meas = ", ".join(f"{k} {v:.3g}" for k, v in c["measured_ms"].items())
-      print(
-        f"  {c['shape_label']:16s} {c['scheme']:13s} -> {c['choice']:13s} choice/best {c['choice_over_best']:.2f}"
-        f"  (predicted ms: {pred}; measured ms: {meas}){flag}"
-      )
+    _print_choices(f"auto with the {name} rates (forward)", rows)
     result[name] = {"rates": dict(rates), "decisions": rows}
   if any(r["pass"] == "forward_backward" for r in records):
     factors = fit_training_factors(records, _RATES["cpu"])
@@ -287,14 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["training"] = {"fitted": factors, "current": dict(_TRAINING_FACTOR["cpu"])}
     for name, f in (("current", _TRAINING_FACTOR["cpu"]), ("fitted", factors)):
       rows = training_decisions(records, _RATES["cpu"], f)
-      worst = max(c["choice_over_best"] for c in rows)
-      print(f"\nauto with the {name} training factors (forward+backward): worst choice/best {worst:.2f}")
-      for c in rows:
-        flag = "" if c["choice_over_best"] <= 1.10 else "   <-- beyond 10%"
-        meas = ", ".join(f"{k} {v:.3g}" for k, v in c["measured_ms"].items())
-        print(
-          f"  {c['shape_label']:16s} {c['scheme']:13s} -> {c['choice']:13s} choice/best {c['choice_over_best']:.2f}  (measured ms: {meas}){flag}"
-        )
+      _print_choices(f"auto with the {name} training factors (forward+backward)", rows)
       result["training"][name + "_decisions"] = rows
   return result
 
