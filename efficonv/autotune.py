@@ -148,7 +148,7 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, min_seconds: float) -> 
   return statistics.median(times)
 
 
-def _candidates(fmt: Format, depthwise: str, backend: str) -> list[tuple[str, str | None]]:
+def _candidates(fmt: Format, depthwise: str) -> list[tuple[str, str | None]]:
   if not fmt.has_depthwise:
     paths: list[str | None] = [None]
   elif depthwise == "auto":
@@ -195,7 +195,7 @@ def autotune(
     ValueError: naming ``objective``, ``repeats`` or ``min_seconds`` when out of range, or an input the
       format cannot take.
   """
-  from efficonv.formats._base import Plan, geometry  # lazy: formats import this module
+  from efficonv.formats._base import Plan, _dense_macs, geometry  # lazy: formats import this module
   from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
 
   if objective not in OBJECTIVES:
@@ -236,8 +236,7 @@ def autotune(
   factorized_ms = min(v for k, v in times.items() if k.startswith("factorized"))
   reason = f"autotuned on {backend} ({objective}): " + ", ".join(f"{k} {v:.3g} ms" for k, v in times.items())
   steps = fmt._steps(g)
-  kh, kw = fmt.kernel_size
-  dense = g.batch * g.out_hw[0] * g.out_hw[1] * kh * kw * fmt.in_features * fmt.out_features
+  dense = _dense_macs(g, fmt.kernel_size, fmt.in_features, fmt.out_features)
   return Plan(impl, dw, reason, sum(m for _, m in steps), dense, factorized_ms / 1e3, times["reconstructed"] / 1e3)
 
 
@@ -266,7 +265,7 @@ def _measure(
   concrete = jax.tree.map(random_like, fmt)
   x = random_like(jax.ShapeDtypeStruct(shape, dtype))
   times: dict[str, float] = {}
-  for impl, dw in _candidates(fmt, depthwise, backend):
+  for impl, dw in _candidates(fmt, depthwise):
 
     def forward(f: Any, x: jax.Array, impl: str = impl, dw: str | None = dw) -> jax.Array:
       return f.conv(

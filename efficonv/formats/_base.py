@@ -312,9 +312,11 @@ class Format:
       t_fact += t_step
     kh, kw = self.kernel_size
     rebuild = self.params() * kh * kw  # an upper bound on the reconstruction einsum
-    t_dense = dense / rates["conv"] + rebuild / rates["dot"] + 2 * rates["step"]
+    conv_s = dense / rates["conv"]
+    rebuild_s = rebuild / rates["dot"] + 2 * rates["step"]
     if train is not None:
-      t_dense = dense / rates["conv"] * train["conv"] + (rebuild / rates["dot"] + 2 * rates["step"]) * train["dot"]
+      conv_s, rebuild_s = conv_s * train["conv"], rebuild_s * train["dot"]
+    t_dense = conv_s + rebuild_s
     fact_macs = sum(m for _, m in steps)
     if implementation == "auto":
       chosen = "factorized" if t_fact <= t_dense else "reconstructed"
