@@ -78,11 +78,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from efficonv._typing import Dtype
-from efficonv.formats._base import Format
-from efficonv.formats._base import geometry as conv_geometry
+from efficonv.formats import Format
 from efficonv.kernels import _options as opt
 from efficonv.kernels._mac_scope import MAC_SCOPE
+from efficonv.kernels.shapes import conv_geometry, dense_macs
+from efficonv.typing import Dtype
 
 __all__ = ["macs", "macs_of_fn", "macs_of_jaxpr", "params"]
 
@@ -192,7 +192,7 @@ def macs(
     shape = _check_input_shape(input_shape, rank=4, channels=cin)
     options = _with_defaults(conv_options)
     g = conv_geometry(shape, (kh, kw), cin, options["strides"], options["padding"], options["dilation"])
-    return g.batch * g.out_hw[0] * g.out_hw[1] * kh * kw * cin * cout
+    return dense_macs(g, (kh, kw), cin, cout)
   raise ValueError(f"obj must be {_SUPPORTED}; got {type(obj).__name__}")
 
 

@@ -17,46 +17,20 @@ target cannot be met: it returns the closest valid rank and says so (``details["
 ``False``), so a compression report can show it. Ranks outside the valid range are clipped, and the
 reason says so (``details["clipped"]``).
 
-Rank kinds and valid ranges (``W`` of shape ``(kh, kw, C_in, C_out)``):
+Every fact about a scheme comes from its format class, found through :mod:`efficonv.schemes`: the rank's
+kind and valid range (:meth:`efficonv.Format.max_rank`, :meth:`~efficonv.Format.clip_rank`), the
+one-parameter family of ranks the budget rules search (:meth:`~efficonv.Format.rank_family`: ``t`` for CP,
+spatial and separable; ranks proportional to the channel counts for Tucker-2; ``t`` at every TT bond,
+clipped), and the unfoldings whose singular values the :class:`Energy` and :class:`VBMF` rules read
+(:meth:`~efficonv.Format.unfoldings`, combined into one rank by
+:meth:`~efficonv.Format.rank_from_unfoldings`). This module only holds the rules.
 
-============  ========================  ==============================================================
-scheme        rank                      valid range
-============  ========================  ==============================================================
-``cp``        ``R``                     ``1 … kh·kw·C_in·C_out / max(kh, kw, C_in, C_out)``
-``tucker2``   ``(R1, R2)``              ``R1 ≤ C_in``, ``R2 ≤ C_out``
-``spatial``   ``K``                     ``1 … min(kh·C_in, kw·C_out)``
-``separable`` depth multiplier ``m``    ``1 … max(1, min(kh·kw, C_out))``
-``tt``        ``(r_0, …, r_{d-1})``     ``r_k ≤ min(r_{k-1}·c_k s_k, ∏_{j≥k} c_j s_j)`` with
-                                        ``r_{-1}·c_0 s_0 = kh·kw`` (what TT-SVD can produce)
-============  ========================  ==============================================================
-
-Budget rules (:class:`ParamFraction`, :class:`MacReduction`) search a one-parameter family of ranks
-``t = 1, 2, …`` along which parameters and MACs grow: ``t`` itself for CP, spatial and separable;
-``R_in = ⌈t·C_in / C⌉, R_out = ⌈t·C_out / C⌉`` with ``C = max(C_in, C_out)`` for Tucker-2 (both ranks scale
-with their channel counts); ``r_k = t`` for every TT bond, clipped to the bond's range. The largest ``t``
-meeting the budget wins, so ``t + 1`` does not meet it.
-
-The unfoldings for :class:`Energy` and :class:`VBMF` (each a matrix whose singular values decide):
-
-* ``spatial``: ``M_{(x,c),(y,s)} = W_{x,y,c,s}``, ``(kh·C_in) × (kw·C_out)``. Its truncated SVD *is* the
-  spatial decomposition, so the energy kept is exactly ``1 − relative_error²`` of
-  :func:`efficonv.decompose.spatial`.
-* ``separable``: each input channel's ``(kh·kw) × C_out`` slice ``W_{:,:,c,:}``; ``m`` is the smallest depth
-  multiplier keeping ``≥ energy`` of ``Σ_c ||W_{:,:,c,:}||²`` (again exactly what
-  :func:`efficonv.decompose.separable` keeps). EVBMF runs on the stack of slices with one shared noise
-  variance and ``m`` is the largest per-channel rank (no channel loses a component EVBMF deems signal).
-* ``tucker2``: ``R1`` from the ``C_in``-unfolding ``C_in × (kh·kw·C_out)``, ``R2`` from the
-  ``C_out``-unfolding ``C_out × (kh·kw·C_in)`` (Kim et al. 2016). Truncated HOSVD then loses at most
-  ``(1 − e_1) + (1 − e_2)`` of the energy.
-* ``tt``: bond ``k``'s unfolding ``(kh·kw·∏_{j<k} c_j s_j) × (∏_{j≥k} c_j s_j)`` of the kernel reordered as
-  ``(kh·kw, c_1 s_1, …, c_d s_d)`` (as in :func:`efficonv.decompose.tt`). TT-SVD's error obeys
-  ``||W − Ŵ||² ≤ Σ_k`` (energy discarded at bond ``k``) (Oseledets 2011, Thm. 2.2), so the fit keeps at least
-  ``1 − d(1 − energy)``.
-* ``cp`` (a heuristic): a rank-``R`` CP tensor has every mode unfolding of rank ``≤ R``, so a CP fit keeping
-  ``≥ e`` of the energy needs ``R ≥`` the energy rank of each of the four mode unfoldings
-  (``kh``, ``kw``, ``C_in``, ``C_out``). The rule returns that lower bound, ``max_n R_n`` (and for VBMF, the
-  largest EVBMF rank of the four). CP-ALS at this rank usually keeps *less* than ``e``: treat it as a
-  starting point, check ``FitInfo.relative_error``.
+Budget rules (:class:`ParamFraction`, :class:`MacReduction`) take the largest ``t`` meeting the budget, so
+``t + 1`` does not meet it. :class:`Energy` takes, per unfolding, the smallest rank keeping ``≥ energy`` of
+its squared singular values (for a stack of matrices, component ``i`` weighs ``Σ_b σ_{b,i}²``);
+:class:`VBMF` takes EVBMF's rank of each unfolding. For CP the combination is a heuristic lower bound (a
+rank-``R`` CP tensor has every mode unfolding of rank ``≤ R``): CP-ALS at that rank usually keeps *less*
+than the energy asked; check ``FitInfo.relative_error``.
 
 References:
   Kim et al., `Compression of Deep Convolutional Neural Networks for Fast and Low Power Mobile
@@ -77,14 +51,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficonv.formats import CP, TT, Format, Separable, Spatial, Tucker2
-from efficonv.formats.init import balanced_modes, max_cp_rank
+from efficonv import schemes
+from efficonv.formats import Format, RankLike
+from efficonv.formats.ranks import check_kernel_shape
 from efficonv.kernels._options import PaddingLike
 from efficonv.vbmf import evbmf
-
-SCHEMES = ("cp", "tucker2", "tt", "spatial", "separable")
-
-RankLike = Union[int, tuple[int, ...]]
 
 # Relative slack when comparing kept energy with the target, so that a target hit exactly (up to the
 # rounding of the cumulative sum) counts as met.
@@ -210,125 +181,49 @@ class RankChoice:
   details: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
 
-# --- the rank space of each scheme ----------------------------------------------------------------
-
-
-def _sds(*shape: int) -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct(shape, jnp.float32)
+# --- the rank space of one scheme for one kernel shape ------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class _Space:
-  """Valid ranks of one scheme for one kernel shape, and the factor shapes they imply."""
+  """A scheme's format class with a kernel shape and the scheme's options (all facts come from the format)."""
 
-  scheme: str
+  format: type[Format]
   shape: tuple[int, int, int, int]
-  in_modes: tuple[int, ...] = ()
-  out_modes: tuple[int, ...] = ()
+  options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   @property
-  def sizes(self) -> tuple[int, ...]:
-    """TT: ``c_k·s_k`` per core."""
-    return tuple(c * s for c, s in zip(self.in_modes, self.out_modes))
+  def scheme(self) -> str:
+    return self.format.scheme
 
   def max_rank(self) -> RankLike:
-    kh, kw, cin, cout = self.shape
-    if self.scheme == "cp":
-      return max_cp_rank(self.shape)
-    if self.scheme == "tucker2":
-      return (cin, cout)
-    if self.scheme == "spatial":
-      return min(kh * cin, kw * cout)
-    if self.scheme == "separable":
-      return max(1, min(kh * kw, cout))
-    return self._tt_chain((max(self.shape[0] * self.shape[1], math.prod(self.sizes)),) * len(self.sizes))
-
-  def _tt_chain(self, ranks: Sequence[int]) -> tuple[int, ...]:
-    """Clips TT ranks left to right: ``r_k ≤ min(r_{k-1}·c_k s_k, ∏_{j≥k} c_j s_j)`` (TT-SVD's bound)."""
-    left, out = self.shape[0] * self.shape[1], []
-    for k, r in enumerate(ranks):
-      out.append(min(int(r), left, math.prod(self.sizes[k:])))
-      left = out[-1] * self.sizes[k]
-    return tuple(out)
+    return self.format.max_rank(self.shape, **self.options)
 
   def clip(self, rank: RankLike) -> tuple[RankLike, bool]:
-    """Clips a requested rank (int or tuple, each entry ``≥ 1``) into range; returns ``(rank, clipped)``.
-
-    Raises:
-      ValueError: naming ``rank`` when it has the wrong kind for the scheme.
-    """
-    d = len(self.sizes)
-    if self.scheme in ("cp", "spatial", "separable"):
-      if not _is_int(rank):
-        raise ValueError(f"rank must be an int for scheme {self.scheme!r}, got {rank!r}")
-      clipped_rank: RankLike = min(int(rank), self.max_rank())  # type: ignore[type-var]
-    elif self.scheme == "tucker2":
-      pair = (int(rank), int(rank)) if _is_int(rank) else tuple(rank)  # type: ignore[arg-type]
-      if len(pair) != 2:
-        raise ValueError(f"rank must be an int or a pair (R1, R2) for scheme 'tucker2', got {rank!r}")
-      clipped_rank = (min(pair[0], self.shape[2]), min(pair[1], self.shape[3]))
-      rank = pair
-    else:
-      ranks = (int(rank),) * d if _is_int(rank) else tuple(rank)  # type: ignore[arg-type]
-      if len(ranks) != d:
-        raise ValueError(f"rank must be an int or {d} ints (r_0..r_{d - 1}) for scheme 'tt', got {rank!r}")
-      clipped_rank = self._tt_chain(ranks)
-      rank = ranks
-    return clipped_rank, clipped_rank != rank
+    return self.format.clip_rank(rank, self.shape, **self.options)
 
   def family_size(self) -> int:
-    """Number of members ``t = 1 … T`` of the budget family."""
-    top = self.max_rank()
-    return max(top) if isinstance(top, tuple) else top
+    return self.format.family_size(self.shape, **self.options)
 
   def family(self, t: int) -> RankLike:
-    """Member ``t`` of the budget family (see the module docstring)."""
-    if self.scheme == "tucker2":
-      cin, cout = self.shape[2:]
-      big = max(cin, cout)
-      return (-(-t * cin // big), -(-t * cout // big))
-    if self.scheme == "tt":
-      return self._tt_chain((t,) * len(self.sizes))
-    return t
+    return self.format.rank_family(t, self.shape, **self.options)
 
   def abstract(self, rank: RankLike) -> Format:
-    """The format with this rank, with shape-only leaves (for ``params()`` and ``macs()``)."""
-    kh, kw, cin, cout = self.shape
-    if self.scheme == "cp":
-      r = int(rank)  # type: ignore[arg-type]
-      return CP(_sds(cin, r), _sds(kh, r), _sds(kw, r), _sds(r, cout))
-    if self.scheme == "tucker2":
-      r1, r2 = rank  # type: ignore[misc]
-      return Tucker2(_sds(cin, r1), _sds(kh, kw, r1, r2), _sds(r2, cout))
-    if self.scheme == "spatial":
-      k = int(rank)  # type: ignore[arg-type]
-      return Spatial(_sds(kh, cin, k), _sds(kw, k, cout))
-    if self.scheme == "separable":
-      m = int(rank)  # type: ignore[arg-type]
-      return Separable(_sds(kh, kw, cin, m), _sds(cin * m, cout))
-    full = tuple(rank) + (1,)  # type: ignore[arg-type]
-    cores = tuple(_sds(full[k], self.in_modes[k], self.out_modes[k], full[k + 1]) for k in range(len(self.in_modes)))
-    return TT(_sds(kh, kw, full[0]), cores)
+    return self.format.abstract(self.shape, rank, **self.options)
 
 
-def max_rank(
-  scheme: str,
-  shape: Sequence[int],
-  *,
-  in_modes: Sequence[int] | None = None,
-  out_modes: Sequence[int] | None = None,
-) -> RankLike:
-  """The largest valid rank of ``scheme`` for a kernel of ``shape`` (see the table in the module docstring).
+def max_rank(scheme: str, shape: Sequence[int], **options: Any) -> RankLike:
+  """The largest valid rank of ``scheme`` for a kernel of ``shape`` (the format's :meth:`~efficonv.Format.max_rank`).
 
   Args:
-    scheme: one of ``"cp"``, ``"tucker2"``, ``"tt"``, ``"spatial"``, ``"separable"``.
+    scheme: a name from :func:`efficonv.schemes.names`.
     shape: ``(kh, kw, C_in, C_out)``.
-    in_modes, out_modes: TT channel factorizations (default: two balanced factors each).
+    **options: the scheme's options (TT: ``in_modes``, ``out_modes``; default two balanced factors each).
 
   Returns:
     An int, or a tuple for Tucker-2 and TT.
   """
-  return _space(scheme, _check_shape(shape), in_modes, out_modes).max_rank()
+  return _space(scheme, _check_shape(shape), options).max_rank()
 
 
 # --- entry point ----------------------------------------------------------------------------------
@@ -343,8 +238,7 @@ def choose_rank(
   strides: int | Sequence[int] = 1,
   padding: PaddingLike = "SAME",
   dilation: int | Sequence[int] = 1,
-  in_modes: Sequence[int] | None = None,
-  out_modes: Sequence[int] | None = None,
+  **options: Any,
 ) -> RankChoice:
   """Chooses the rank of a factorized conv by ``rule`` (see the module docstring for each rule's definition).
 
@@ -364,8 +258,8 @@ def choose_rank(
       :class:`VBMF`; a bare int or tuple means :class:`Fixed`.
     input_shape: NHWC input shape; required by :class:`MacReduction`, otherwise only used to report MACs.
     strides, padding, dilation: the conv's options (they change the MACs).
-    in_modes, out_modes: TT channel factorizations (``∏ in_modes = C_in``, ``∏ out_modes = C_out``); default
-      two balanced factors each, as :class:`efficonv.nnx.TTConv`. Only for ``scheme="tt"``.
+    **options: the scheme's options (:meth:`efficonv.Format.scheme_options`): TT's ``in_modes``/``out_modes``
+      (``∏ in_modes = C_in``, ``∏ out_modes = C_out``; default two balanced factors each).
 
   Returns:
     A :class:`RankChoice` whose ``rank`` is valid for the scheme's format and decomposition.
@@ -375,8 +269,7 @@ def choose_rank(
       values), ``kernel`` (NaN/Inf), ``rule``, ``rank`` (wrong kind), ``input_shape`` (missing for
       :class:`MacReduction`, or not NHWC with ``C_in`` channels), ``in_modes``/``out_modes``.
   """
-  if scheme not in SCHEMES:
-    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+  schemes.get(scheme)  # validates the name first
   if isinstance(rule, (list, tuple)) or _is_int(rule):
     rule = Fixed(tuple(rule) if isinstance(rule, list) else rule)  # type: ignore[arg-type]
   if not isinstance(rule, RULES):
@@ -385,7 +278,7 @@ def choose_rank(
       f"or an int/tuple, got {rule!r}"
     )
   shape, kernel = _kernel_or_shape(kernel_or_shape)
-  space = _space(scheme, shape, in_modes, out_modes)
+  space = _space(scheme, shape, options)
   if isinstance(rule, (Energy, VBMF)) and kernel is None:
     raise ValueError(
       f"kernel_or_shape must be the kernel array (not its shape {shape}) for {rule!r}: it needs the singular values"
@@ -409,15 +302,9 @@ def choose_rank(
     rank, clipped, reason, extra = _vbmf(space, kernel)
 
   details = {"max_rank": space.max_rank(), "clipped": bool(clipped), **extra, **costs.evaluate(rank)}
-  if scheme == "tt":
-    details.update(in_modes=space.in_modes, out_modes=space.out_modes)
+  details.update(space.options)
   if clipped:
-    bound = (
-      "TT-SVD's bound r_k ≤ min(r_{k-1}·c_k·s_k, ∏_{j≥k} c_j·s_j), with r_{-1}·c_0·s_0 = kh·kw"
-      if scheme == "tt"
-      else f"the maximal valid rank is {_fmt(space.max_rank())}"
-    )
-    reason += f"; clipped to {_fmt(rank)} ({bound})"
+    reason += f"; clipped to {_fmt(rank)} (the maximal valid rank is {_fmt(space.max_rank())})"
   return RankChoice(rank, reason + ".", repr(rule), details)
 
 
@@ -425,13 +312,7 @@ def choose_rank(
 
 
 def _check_shape(shape: Sequence[int]) -> tuple[int, int, int, int]:
-  try:
-    values = tuple(shape)
-  except TypeError as e:
-    raise ValueError(f"kernel_or_shape must be a kernel or a shape (kh, kw, C_in, C_out), got {shape!r}") from e
-  if len(values) != 4 or not all(_is_int(v) and v >= 1 for v in values):
-    raise ValueError(f"kernel_or_shape must be a shape of 4 positive ints (kh, kw, C_in, C_out), got {shape!r}")
-  return tuple(int(v) for v in values)  # type: ignore[return-value]
+  return check_kernel_shape(shape, "kernel_or_shape")
 
 
 def _kernel_or_shape(value: Any) -> tuple[tuple[int, int, int, int], np.ndarray | None]:
@@ -459,37 +340,9 @@ def _kernel_or_shape(value: Any) -> tuple[tuple[int, int, int, int], np.ndarray 
   return tuple(int(v) for v in kernel.shape), kernel  # type: ignore[return-value]
 
 
-def _space(
-  scheme: str,
-  shape: tuple[int, int, int, int],
-  in_modes: Sequence[int] | None,
-  out_modes: Sequence[int] | None,
-) -> _Space:
-  if scheme not in SCHEMES:
-    raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-  if scheme != "tt":
-    if in_modes is not None or out_modes is not None:
-      raise ValueError(f"in_modes/out_modes only apply to scheme 'tt', got scheme {scheme!r}")
-    return _Space(scheme, shape)
-  cin, cout = shape[2], shape[3]
-  ins = _check_modes(in_modes, "in_modes", cin) if in_modes is not None else None
-  outs = _check_modes(out_modes, "out_modes", cout) if out_modes is not None else None
-  # Same defaults as efficonv.nnx.TTConv: two balanced factors, or as many as the other side has.
-  ins = ins if ins is not None else balanced_modes(cin, len(outs) if outs is not None else 2)
-  outs = outs if outs is not None else balanced_modes(cout, len(ins))
-  if len(ins) != len(outs):
-    raise ValueError(f"out_modes must have as many factors as in_modes {ins}, got {outs}")
-  return _Space(scheme, shape, ins, outs)
-
-
-def _check_modes(modes: Sequence[int], name: str, total: int) -> tuple[int, ...]:
-  try:
-    values = tuple(modes)
-  except TypeError as e:
-    raise ValueError(f"{name} must be a sequence of positive ints with product {total}, got {modes!r}") from e
-  if not values or not all(_is_int(v) and v >= 1 for v in values) or math.prod(values) != total:
-    raise ValueError(f"{name} must be a non-empty sequence of positive ints with product {total}, got {modes!r}")
-  return tuple(int(v) for v in values)
+def _space(scheme: str, shape: tuple[int, int, int, int], options: dict[str, Any]) -> _Space:
+  fmt = schemes.get(scheme).format
+  return _Space(fmt, shape, fmt.scheme_options(shape, **options))
 
 
 # --- costs ----------------------------------------------------------------------------------------
@@ -572,142 +425,87 @@ def _budget(
 
 
 def _energy_rank(singular_values: np.ndarray, energy: float) -> tuple[int, float]:
-  """Smallest ``k`` with ``Σ_{i≤k} σ_i² ≥ energy · Σ σ_i²``, and the fraction kept (1 for a zero matrix)."""
-  squares = np.sort(np.asarray(singular_values, np.float64).ravel())[::-1] ** 2
-  total = squares.sum()
+  """Smallest ``k`` with ``Σ_{i≤k} e_i ≥ energy · Σ e_i`` and the fraction kept (1 for a zero matrix).
+
+  ``e_i = Σ_b σ_{b,i}²`` over a stack of matrices (one matrix: ``σ_i²``).
+  """
+  per_index = _component_energies(singular_values)
+  total = per_index.sum()
   if total <= 0.0:
     return 1, 1.0
-  cumulative = np.cumsum(squares)
+  cumulative = np.cumsum(per_index)
   k = int(np.searchsorted(cumulative, energy * total * (1.0 - _ENERGY_RTOL))) + 1
-  k = min(k, squares.size)
+  k = min(k, per_index.size)
   return k, float(cumulative[k - 1] / total)
 
 
+def _component_energies(singular_values: np.ndarray) -> np.ndarray:
+  squares = np.asarray(singular_values, np.float64) ** 2
+  squares = squares.reshape(-1, squares.shape[-1]).sum(axis=0)  # a stack shares its component index
+  return np.sort(squares)[::-1]
+
+
 def _kept(singular_values: np.ndarray, k: int) -> float:
-  squares = np.sort(np.asarray(singular_values, np.float64).ravel())[::-1] ** 2
-  total = squares.sum()
-  return 1.0 if total <= 0.0 else float(squares[:k].sum() / total)
+  per_index = _component_energies(singular_values)
+  total = per_index.sum()
+  return 1.0 if total <= 0.0 else float(per_index[:k].sum() / total)
 
 
-def _mode_unfolding(kernel: np.ndarray, axis: int) -> np.ndarray:
-  """``W_(axis)``: the kernel's ``axis`` fibers as columns, ``(shape[axis], rest)``."""
-  return np.moveaxis(kernel, axis, 0).reshape(kernel.shape[axis], -1)
-
-
-def _spatial_unfolding(kernel: np.ndarray) -> np.ndarray:
-  kh, kw, cin, cout = kernel.shape
-  return kernel.transpose(0, 2, 1, 3).reshape(kh * cin, kw * cout)
-
-
-def _separable_slices(kernel: np.ndarray) -> np.ndarray:
-  kh, kw, cin, cout = kernel.shape
-  return kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw, cout)
-
-
-def _tt_unfoldings(space: _Space, kernel: np.ndarray) -> list[np.ndarray]:
-  """Bond ``k``'s unfolding ``(kh·kw·∏_{j<k} c_j s_j) × (∏_{j≥k} c_j s_j)`` of the reordered kernel."""
-  kh, kw = kernel.shape[:2]
-  d = len(space.in_modes)
-  tensor = kernel.reshape((kh * kw,) + space.in_modes + space.out_modes)
-  order = [0] + [axis for k in range(d) for axis in (1 + k, 1 + d + k)]
-  flat = tensor.transpose(order).reshape(-1)
-  return [flat.reshape(kh * kw * math.prod(space.sizes[:k]), -1) for k in range(d)]
-
-
-def _svals(matrix: np.ndarray) -> np.ndarray:
-  return np.linalg.svd(matrix, compute_uv=False)
-
-
-_CP_MODES = ("kh", "kw", "C_in", "C_out")
+def _svals(matrix: Any) -> np.ndarray:
+  return np.linalg.svd(np.asarray(matrix, np.float64), compute_uv=False)
 
 
 def _energy(space: _Space, kernel: np.ndarray, energy: float) -> tuple[RankLike, bool, str, dict[str, Any]]:
   pct = f"{100 * energy:.4g}%"
-  scheme = space.scheme
-  if scheme == "spatial":
-    k, kept = _energy_rank(_svals(_spatial_unfolding(kernel)), energy)
-    reason = f"smallest rank keeping ≥ {pct} of the energy of the (kh·C_in)×(kw·C_out) unfolding: {k} keeps {kept:.4%}"
-    return k, False, reason, {"target_met": True, "energy_kept": kept}
-  if scheme == "separable":
-    svals = np.linalg.svd(_separable_slices(kernel), compute_uv=False)  # (C_in, q)
-    per_rank = np.cumsum((svals**2).sum(axis=0))
-    total = per_rank[-1]
-    if total <= 0.0:
-      m, kept = 1, 1.0
-    else:
-      m = min(int(np.searchsorted(per_rank, energy * total * (1.0 - _ENERGY_RTOL))) + 1, per_rank.size)
-      kept = float(per_rank[m - 1] / total)
+  unfoldings = space.format.unfoldings(kernel, **space.options)
+  svals = [_svals(u.matrix) for u in unfoldings]
+  found = [_energy_rank(sv, energy) for sv in svals]
+  wanted = space.format.rank_from_unfoldings([k for k, _ in found], space.shape, **space.options)
+  rank, clipped = space.clip(wanted)
+  per = ", ".join(f"{u.name}: {k} keeps {e:.4%}" for u, (k, e) in zip(unfoldings, found))
+  extra: dict[str, Any] = {}
+  if space.format.rank_from_unfoldings_is_lower_bound:
+    ranks = tuple(k for k, _ in found)
     reason = (
-      f"smallest depth multiplier keeping ≥ {pct} of the energy of the per-channel (kh·kw)×C_out slices: "
-      f"{m} keeps {kept:.4%}"
+      f"heuristic lower bound: a {space.scheme} fit keeping ≥ {pct} of the energy needs at least the energy rank "
+      f"of each unfolding ({per}); rank {_fmt(rank)} (the fit at this rank usually keeps less: check its error)"
     )
-    return m, False, reason, {"target_met": True, "energy_kept": kept}
-  if scheme == "tucker2":
-    (r1, e1), (r2, e2) = (_energy_rank(_svals(_mode_unfolding(kernel, axis)), energy) for axis in (2, 3))
-    reason = (
-      f"smallest ranks keeping ≥ {pct} of the energy of the C_in-unfolding (R1 = {r1}, keeps {e1:.4%}) and "
-      f"of the C_out-unfolding (R2 = {r2}, keeps {e2:.4%})"
-    )
-    return (r1, r2), False, reason, {"target_met": True, "energy_kept": (e1, e2)}
-  if scheme == "cp":
-    found = [_energy_rank(_svals(_mode_unfolding(kernel, axis)), energy) for axis in range(4)]
-    ranks = tuple(r for r, _ in found)
-    rank = max(ranks)
-    per_mode = ", ".join(f"{name} {r}" for name, r in zip(_CP_MODES, ranks))
-    reason = (
-      f"heuristic lower bound: a CP fit keeping ≥ {pct} of the energy needs at least the energy rank of each "
-      f"mode unfolding ({per_mode}); rank {rank} (CP-ALS at this rank usually keeps less: check its error)"
-    )
-    kept = tuple(_kept(_svals(_mode_unfolding(kernel, axis)), rank) for axis in range(4))
-    return rank, False, reason, {"target_met": True, "energy_kept": kept, "mode_ranks": ranks}
-  # tt
-  svals = [_svals(m) for m in _tt_unfoldings(space, kernel)]
-  wanted = tuple(_energy_rank(s, energy)[0] for s in svals)
-  ranks, clipped = space.clip(wanted)
-  kept = tuple(_kept(s, r) for s, r in zip(svals, ranks))  # type: ignore[arg-type]
-  met = all(k >= energy * (1.0 - _ENERGY_RTOL) for k in kept)
-  reason = (
-    f"smallest ranks keeping ≥ {pct} of the energy of each TT-SVD bond unfolding: {_fmt(wanted)} "
-    f"(kept {', '.join(f'{k:.4%}' for k in kept)})"
-  )
-  if not met:
-    reason += "; target not met at some bond after clipping"
-  return ranks, clipped, reason, {"target_met": met, "energy_kept": kept, "unclipped_rank": wanted}
+    kept = tuple(_kept(sv, int(rank)) for sv in svals)  # type: ignore[arg-type]  # a lower bound is one int
+    extra["mode_ranks"] = ranks
+    met = True
+  else:
+    reason = f"smallest rank keeping ≥ {pct} of the energy of each unfolding ({per})"
+    ranks_used = rank if isinstance(rank, tuple) else (rank,) * len(svals)
+    kept = tuple(_kept(sv, r) for sv, r in zip(svals, ranks_used))
+    met = all(k >= energy * (1.0 - _ENERGY_RTOL) for k in kept)
+    if not met:
+      reason += "; target not met at some unfolding after clipping"
+  if clipped:
+    extra["unclipped_rank"] = wanted
+  energy_kept: Any = kept[0] if len(kept) == 1 else kept
+  return rank, clipped, reason, {"target_met": met, "energy_kept": energy_kept, **extra}
 
 
 def _vbmf(space: _Space, kernel: np.ndarray) -> tuple[RankLike, bool, str, dict[str, Any]]:
-  scheme = space.scheme
-  found: list[tuple[str, Any]]  # (unfolding name, EVBMFResult)
-  if scheme == "spatial":
-    found = [("(kh·C_in)×(kw·C_out) unfolding", evbmf(_spatial_unfolding(kernel)))]
-  elif scheme == "separable":
-    found = [("per-channel (kh·kw)×C_out slices (shared noise, largest rank)", evbmf(_separable_slices(kernel)))]
-  elif scheme == "tucker2":
-    found = [(f"{name}-unfolding", evbmf(_mode_unfolding(kernel, axis))) for name, axis in (("C_in", 2), ("C_out", 3))]
-  elif scheme == "cp":
-    found = [(f"{name}-unfolding", evbmf(_mode_unfolding(kernel, axis))) for axis, name in enumerate(_CP_MODES)]
-  else:
-    found = [(f"bond {k} unfolding", evbmf(m)) for k, m in enumerate(_tt_unfoldings(space, kernel))]
+  unfoldings = space.format.unfoldings(kernel, **space.options)
+  found = [(u.name, evbmf(np.asarray(u.matrix, np.float64))) for u in unfoldings]
   raw = tuple(res.rank for _, res in found)
-  zero = [name for (name, _), r in zip(found, raw) if r == 0]
   parts = ", ".join(f"{name}: {res.rank} (σ̂² = {res.sigma2:.3g})" for name, res in found)
-  if scheme == "cp":
-    wanted: RankLike = max(max(raw), 1)
-    reason = f"heuristic lower bound: largest EVBMF rank of the mode unfoldings ({parts}) → {wanted}"
-  elif scheme in ("tucker2", "tt"):
-    wanted = tuple(max(r, 1) for r in raw)
-    reason = f"EVBMF ranks ({parts})"
+  wanted = space.format.rank_from_unfoldings([max(r, 1) for r in raw], space.shape, **space.options)
+  if space.format.rank_from_unfoldings_is_lower_bound:
+    reason = f"heuristic lower bound: largest EVBMF rank of the unfoldings ({parts}) → {_fmt(wanted)}"
+    zero = [name for name, _ in found] if max(raw) == 0 else []
   else:
-    wanted = max(raw[0], 1)
-    reason = f"EVBMF rank of the {parts}"
-  if zero and (scheme != "cp" or max(raw) == 0):
+    reason = f"EVBMF ranks ({parts})"
+    zero = [name for (name, _), r in zip(found, raw) if r == 0]
+  if zero:
     reason += f"; EVBMF found no component above the noise threshold in the {', '.join(zero)}: raised to 1"
   rank, clipped = space.clip(wanted)
-  details = {
+  details: dict[str, Any] = {
     "target_met": True,
-    "vbmf_rank": raw[0] if scheme in ("spatial", "separable") else raw,
+    "vbmf_rank": raw[0] if len(raw) == 1 else raw,
     "sigma2": found[0][1].sigma2 if len(found) == 1 else tuple(res.sigma2 for _, res in found),
   }
-  if scheme == "separable":
+  if any(np.ndim(u.matrix) == 3 for u in unfoldings):
     details["channel_ranks"] = found[0][1].ranks
   return rank, clipped, reason, details

@@ -30,15 +30,9 @@ def _init(scheme: str, rank: Any, shape: tuple[int, int, int, int] = SHAPE) -> e
   """The format of that rank, built by its own validating ``init`` (under ``eval_shape``: no compile)."""
   kh, kw, cin, cout = shape
   key = jax.random.key(0)
-  cls = {
-    "cp": efficonv.CP,
-    "tucker2": efficonv.Tucker2,
-    "spatial": efficonv.Spatial,
-    "separable": efficonv.Separable,
-  }
-  if scheme == "tt":
-    return jax.eval_shape(lambda: efficonv.TT.init(key, (kh, kw), rank, TT_MODES["in_modes"], TT_MODES["out_modes"]))
-  return jax.eval_shape(lambda: cls[scheme].init(key, cin, cout, (kh, kw), rank))
+  options = TT_MODES if scheme == "tt" else {}
+  fmt = efficonv.schemes.get(scheme).format
+  return jax.eval_shape(lambda: fmt.init(key, cin, cout, (kh, kw), rank, **options))
 
 
 def _next(scheme: str, rank: Any, shape: tuple[int, int, int, int] = SHAPE) -> Any:
@@ -85,8 +79,8 @@ def test_fixed_is_clipped_and_says_so(scheme: str, requested: Any, expected: Any
 
 
 def test_max_rank_matches_the_decompositions() -> None:
-  assert rk.max_rank("cp", SHAPE) == decompose.max_cp_rank(SHAPE)
-  assert rk.max_rank("tt", SHAPE, **TT_MODES) == decompose.max_tt_ranks((3, 3), **TT_MODES)
+  assert rk.max_rank("cp", SHAPE) == efficonv.CP.max_rank(SHAPE)
+  assert rk.max_rank("tt", SHAPE, **TT_MODES) == efficonv.TT.max_rank(SHAPE, **TT_MODES)
   # Default TT modes: two balanced factors, as efficonv.nnx.TTConv.
   assert rk.choose_rank("tt", SHAPE, 2).details["in_modes"] == (4, 2)
 

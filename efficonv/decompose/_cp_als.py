@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array
 from efficonv.decompose._info import HIGHEST, safe_ratio
+from efficonv.typing import Array
 
 # Factors in tensor-mode order (kh, kw, C_in, C_out), each (I_n, R).
 Factors = tuple[Array, Array, Array, Array]

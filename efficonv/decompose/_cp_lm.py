@@ -39,9 +39,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array
 from efficonv.decompose._cp_als import Factors, gram
 from efficonv.decompose._info import HIGHEST, safe_ratio
+from efficonv.typing import Array
 
 # Conjugate-gradient iterations per Gauss–Newton step (Tensorlab's default is 15).
 CG_ITERATIONS = 15

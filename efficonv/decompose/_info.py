@@ -7,7 +7,7 @@ from typing import NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array, ArrayLike, PrecisionLike
+from efficonv.typing import Array, ArrayLike, PrecisionLike
 
 # Decompositions are numerical fits: float32 matmuls run at full precision
 # (no TF32/bfloat16 passes on accelerators), which is what the 1e-4 recovery

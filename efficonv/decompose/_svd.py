@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array
+from efficonv.typing import Array
 
 
 def leading_left_singular_vectors(matrix: Array, k: int) -> Array:

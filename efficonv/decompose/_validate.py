@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficonv._typing import Array, ArrayLike
+from efficonv.typing import Array, ArrayLike
 
 
 def is_concrete(x: object) -> bool:

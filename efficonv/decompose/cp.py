@@ -41,13 +41,11 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from typing import Literal, Union
 
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array, ArrayLike
 from efficonv.decompose._cp_als import Factors, als, unit_columns
 from efficonv.decompose._cp_lm import levenberg_marquardt
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
@@ -55,21 +53,12 @@ from efficonv.decompose._svd import leading_eigenvectors
 from efficonv.decompose._validate import check_float, check_int, check_kernel
 from efficonv.formats import CP
 from efficonv.kernels.reconstruct import cp_to_dense
+from efficonv.typing import Array, ArrayLike
 
 Init = Union[Literal["svd", "random"], CP]
 INITS = ("svd", "random")
 Method = Literal["als", "lm"]
 METHODS = ("als", "lm")
-
-
-def max_cp_rank(shape: tuple[int, ...]) -> int:
-  """Largest rank :func:`cp` accepts for a kernel of ``shape``: ``∏ shape / max(shape)``.
-
-  Every tensor of this shape is an exact sum of that many rank-one terms (one per fiber along its
-  longest mode), so a larger rank only adds redundant terms — and redundancy invites degeneracy.
-  For ``3×3×64×64`` it is 576.
-  """
-  return math.prod(shape) // max(shape)
 
 
 def cp(
@@ -104,7 +93,7 @@ def cp(
 
   Args:
     kernel: ``(kh, kw, C_in, C_out)`` dense kernel; ints are cast to float32, lower floats promoted.
-    rank: ``R``, ``1 <= R <= ∏ shape / max(shape)`` (:func:`max_cp_rank`).
+    rank: ``R``, ``1 <= R <=`` :meth:`efficonv.CP.max_rank` (``∏ shape / max(shape)``).
     n_iter: maximum number of iterations, ``>= 1``: ALS sweeps (each updates all four factors), or for
       ``"lm"`` one ALS sweep plus ``n_iter - 1`` LM steps (rejected steps count).
     tol: stop when the relative error changes by less than ``tol`` between iterations; ``0`` runs all
@@ -129,13 +118,7 @@ def cp(
   """
   w = check_kernel(kernel)
   shape = tuple(int(d) for d in w.shape)
-  rank = check_int(
-    rank,
-    "rank",
-    minimum=1,
-    maximum=max_cp_rank(shape),
-    why=f"prod(kernel.shape) / max(kernel.shape) for {shape}",
-  )
+  rank = CP.check_rank(rank, shape)
   n_iter = check_int(n_iter, "n_iter", minimum=1)
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -198,13 +181,9 @@ def _fit(
   return fmt, info
 
 
-def _unfold(w: Array, mode: int) -> Array:
-  """Mode-``mode`` unfolding ``(I_n, ∏_{m≠n} I_m)``."""
-  return jnp.moveaxis(w, mode, 0).reshape(w.shape[mode], -1)
-
-
 def _initial_factors(w: Array, rank: int, init: str, key: Array) -> Factors:
   keys = jax.random.split(key, 4)
+  unfoldings = CP.unfoldings(w)
   factors = []
   for mode, size in enumerate(w.shape):
     random = unit_columns(jax.random.normal(keys[mode], (size, rank), w.dtype))[0]
@@ -212,7 +191,7 @@ def _initial_factors(w: Array, rank: int, init: str, key: Array) -> Factors:
       factors.append(random)
       continue
     k = min(size, rank)
-    u = leading_eigenvectors(_unfold(w, mode), k)
+    u = leading_eigenvectors(unfoldings[mode].matrix, k)
     # A mode shorter than the rank has only `size` singular vectors; the rest start random.
     factors.append(jnp.concatenate([u, random[:, k:]], axis=1) if k < rank else u)
   return tuple(factors)  # type: ignore[return-value]

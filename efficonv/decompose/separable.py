@@ -7,12 +7,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array, ArrayLike
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import truncated_svd
-from efficonv.decompose._validate import check_int, check_kernel
+from efficonv.decompose._validate import check_kernel
 from efficonv.formats import Separable
 from efficonv.kernels.reconstruct import separable_to_dense
+from efficonv.typing import Array, ArrayLike
 
 
 def separable(kernel: ArrayLike, depth_multiplier: int = 1) -> tuple[Separable, FitInfo]:
@@ -29,7 +29,8 @@ def separable(kernel: ArrayLike, depth_multiplier: int = 1) -> tuple[Separable, 
 
   Args:
     kernel: ``(kh, kw, C_in, C_out)``.
-    depth_multiplier: ``m``, ``1 <= m <= min(kh·kw, C_out)`` (the rank of one slice).
+    depth_multiplier: ``m``, ``1 <= m <= min(kh·kw, C_out)`` (the rank of one slice;
+      :meth:`efficonv.Separable.max_rank`).
 
   Returns:
     ``(Separable(depthwise (kh, kw, C_in, m), pointwise (C_in·m, C_out)), FitInfo)`` with ``n_iter = 1``
@@ -43,15 +44,14 @@ def separable(kernel: ArrayLike, depth_multiplier: int = 1) -> tuple[Separable, 
     <https://arxiv.org/abs/1610.02357>`_, CVPR 2017.
   """
   w = check_kernel(kernel)
-  kh, kw, _, cout = w.shape
-  m = check_int(depth_multiplier, "depth_multiplier", minimum=1, maximum=min(kh * kw, cout), why="min(kh*kw, C_out)")
+  m = Separable.check_rank(depth_multiplier, w.shape, name="depth_multiplier")
   return _fit(w, m=m)
 
 
 @functools.partial(jax.jit, static_argnames="m")
 def _fit(w: Array, *, m: int) -> tuple[Separable, FitInfo]:
   kh, kw, cin, cout = w.shape
-  slices = jnp.transpose(w, (2, 0, 1, 3)).reshape(cin, kh * kw, cout)  # one matrix per input channel
+  (slices,) = (u.matrix for u in Separable.unfoldings(w))  # (C_in, kh·kw, C_out): one matrix per input channel
   u, s, vt = truncated_svd(slices, m)  # (cin, kh·kw, m), (cin, m), (cin, m, cout)
   root = jnp.sqrt(s)
   depthwise = (u * root[:, None, :]).reshape(cin, kh, kw, m).transpose(1, 2, 0, 3)

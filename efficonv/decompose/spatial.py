@@ -7,12 +7,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array, ArrayLike
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import truncated_svd
-from efficonv.decompose._validate import check_int, check_kernel
+from efficonv.decompose._validate import check_kernel
 from efficonv.formats import Spatial
 from efficonv.kernels.reconstruct import spatial_to_dense
+from efficonv.typing import Array, ArrayLike
 
 
 def spatial(kernel: ArrayLike, rank: int) -> tuple[Spatial, FitInfo]:
@@ -28,7 +28,7 @@ def spatial(kernel: ArrayLike, rank: int) -> tuple[Spatial, FitInfo]:
 
   Args:
     kernel: ``(kh, kw, C_in, C_out)``.
-    rank: ``K``, ``1 <= K <= min(kh·C_in, kw·C_out)``.
+    rank: ``K``, ``1 <= K <= min(kh·C_in, kw·C_out)`` (:meth:`efficonv.Spatial.max_rank`).
 
   Returns:
     ``(Spatial(vertical (kh, C_in, K), horizontal (kw, K, C_out)), FitInfo)`` with ``n_iter = 1`` and
@@ -42,15 +42,14 @@ def spatial(kernel: ArrayLike, rank: int) -> tuple[Spatial, FitInfo]:
     <https://arxiv.org/abs/1405.3866>`_, BMVC 2014.
   """
   w = check_kernel(kernel)
-  kh, kw, cin, cout = w.shape
-  rank = check_int(rank, "rank", minimum=1, maximum=min(kh * cin, kw * cout), why="min(kh*C_in, kw*C_out)")
+  rank = Spatial.check_rank(rank, w.shape)
   return _fit(w, rank=rank)
 
 
 @functools.partial(jax.jit, static_argnames="rank")
 def _fit(w: Array, *, rank: int) -> tuple[Spatial, FitInfo]:
   kh, kw, cin, cout = w.shape
-  matrix = jnp.transpose(w, (0, 2, 1, 3)).reshape(kh * cin, kw * cout)
+  (matrix,) = (u.matrix for u in Spatial.unfoldings(w))  # (kh·C_in) × (kw·C_out)
   u, s, vt = truncated_svd(matrix, rank)
   root = jnp.sqrt(s)
   vertical = (u * root[None, :]).reshape(kh, cin, rank)

@@ -3,48 +3,27 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from efficonv._typing import Array, ArrayLike
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import truncated_svd
 from efficonv.decompose._validate import check_kernel
 from efficonv.formats import TT
+from efficonv.formats.ranks import as_int
+from efficonv.formats.tt import reorder
 from efficonv.kernels.reconstruct import tt_to_dense
-
-
-def max_tt_ranks(kernel_size: tuple[int, int], in_modes: Sequence[int], out_modes: Sequence[int]) -> tuple[int, ...]:
-  """Largest TT ranks ``(r_0, …, r_{d-1})`` TT-SVD can use for this kernel and channel factorization.
-
-  Bond ``k`` separates ``(kh·kw, c_1 s_1, …, c_k s_k)`` from ``(c_{k+1} s_{k+1}, …, c_d s_d)``, so its rank
-  is at most the smaller side's size; TT-SVD also needs ``r_k <= r_{k-1} c_k s_k`` (the rows of the
-  matrix it factorizes). With these ranks the decomposition is exact.
-
-  Args:
-    kernel_size: ``(kh, kw)``.
-    in_modes: ``(c_1, …, c_d)``.
-    out_modes: ``(s_1, …, s_d)``.
-
-  Returns:
-    ``d`` ints.
-  """
-  sizes = [m_in * m_out for m_in, m_out in zip(in_modes, out_modes)]
-  left = kernel_size[0] * kernel_size[1]
-  ranks = []
-  for k in range(len(sizes)):
-    right = math.prod(sizes[k:])
-    ranks.append(min(left, right))
-    left = ranks[-1] * sizes[k]
-  return tuple(ranks)
+from efficonv.typing import Array, ArrayLike
 
 
 def tt(
-  kernel: ArrayLike, ranks: int | Sequence[int], in_modes: Sequence[int], out_modes: Sequence[int]
+  kernel: ArrayLike,
+  rank: int | Sequence[int],
+  *,
+  in_modes: Sequence[int] | None = None,
+  out_modes: Sequence[int] | None = None,
 ) -> tuple[TT, FitInfo]:
   """TT-conv decomposition of an HWIO kernel by TT-SVD (Oseledets 2011; format of Garipov et al. 2016).
 
@@ -54,21 +33,23 @@ def tt(
   ``G^k_{r_{k-1}, c_k, s_k, r_k}``, and the remainder is the last core. The error obeys
   ``||W - \\hat W||^2 <= Σ_k (discarded σ^2 at bond k)``.
 
-  Runs under ``jit`` (``ranks``, ``in_modes``, ``out_modes`` static) and ``vmap``.
+  Runs under ``jit`` (``rank``, ``in_modes``, ``out_modes`` static) and ``vmap``.
 
   Args:
     kernel: ``(kh, kw, C_in, C_out)``.
-    ranks: ``(r_0, …, r_{d-1})``, each ``>= 1`` and at most :func:`max_tt_ranks` (exceeding it is an
-      error); or one int, used for every bond and clipped to :func:`max_tt_ranks`.
-    in_modes: ``(c_1, …, c_d)``, positive, product ``C_in``.
-    out_modes: ``(s_1, …, s_d)``, positive, product ``C_out``, same length as ``in_modes``.
+    rank: ``(r_0, …, r_{d-1})``, each ``>= 1`` and within the bound of
+      :func:`efficonv.formats.tt.tt_rank_bounds` (the one :meth:`efficonv.TT.init` checks; exceeding it is
+      an error); or one int, used for every bond and clipped to that bound.
+    in_modes: ``(c_1, …, c_d)``, positive, product ``C_in`` (default: two balanced factors).
+    out_modes: ``(s_1, …, s_d)``, positive, product ``C_out``, same length as ``in_modes`` (default:
+      balanced).
 
   Returns:
     ``(TT(spatial (kh, kw, r_0), cores), FitInfo)`` with ``n_iter = 1`` and ``degeneracy`` the largest term
     across the spatial bond, ``max_r ||G^0_{:,:,r}|| · ||(G^1 ⋯ G^d)_r|| / ||W||_F`` (``≤ 1``).
 
   Raises:
-    ValueError: naming ``kernel``, ``in_modes``, ``out_modes`` or ``ranks``.
+    ValueError: naming ``kernel``, ``in_modes``, ``out_modes`` or ``rank``.
 
   References:
     Oseledets, `Tensor-Train Decomposition <https://doi.org/10.1137/090752286>`_, SIAM J. Sci. Comput. 2011.
@@ -76,13 +57,12 @@ def tt(
     <https://arxiv.org/abs/1611.03214>`_, 2016.
   """
   w = check_kernel(kernel)
-  kh, kw, cin, cout = w.shape
-  in_modes = _check_modes(in_modes, "in_modes", cin, "C_in")
-  out_modes = _check_modes(out_modes, "out_modes", cout, "C_out")
-  if len(out_modes) != len(in_modes):
-    raise ValueError(f"out_modes must have as many factors as in_modes ({len(in_modes)}), got {out_modes}")
-  ranks = _check_ranks(ranks, (kh, kw), in_modes, out_modes)
-  return _fit(w, ranks=ranks, in_modes=in_modes, out_modes=out_modes)
+  modes = TT.scheme_options(w.shape, in_modes=in_modes, out_modes=out_modes)
+  single = as_int(rank)
+  if single is not None and single >= 1:  # one int: every bond, clipped to its bound
+    rank = TT.clip_rank(single, w.shape, **modes)[0]
+  ranks = TT.check_rank(rank, w.shape, **modes)
+  return _fit(w, ranks=ranks, **modes)
 
 
 @functools.partial(jax.jit, static_argnames=("ranks", "in_modes", "out_modes"))
@@ -91,10 +71,7 @@ def _fit(
 ) -> tuple[TT, FitInfo]:
   kh, kw = w.shape[:2]
   d = len(in_modes)
-  # (kh, kw, c_1..c_d, s_1..s_d) → (kh·kw, c_1, s_1, …, c_d, s_d)
-  tensor = w.reshape((kh * kw,) + in_modes + out_modes)
-  order = [0] + [axis for k in range(d) for axis in (1 + k, 1 + d + k)]
-  rest = jnp.transpose(tensor, order).reshape(kh * kw, -1)
+  rest = reorder(w, in_modes=in_modes, out_modes=out_modes).reshape(kh * kw, -1)
   u, s, vt = truncated_svd(rest, ranks[0])
   spatial = u.reshape(kh, kw, ranks[0])
   rest = s[:, None] * vt
@@ -123,51 +100,3 @@ def _largest_term(fmt: TT) -> Array:
   channel_norms = jnp.linalg.norm(channel.reshape(channel.shape[0], -1), axis=1)
   spatial_norms = jnp.linalg.norm(fmt.spatial.reshape(-1, fmt.spatial.shape[-1]), axis=0)
   return jnp.max(spatial_norms * channel_norms)
-
-
-def _check_modes(modes: Sequence[int], name: str, total: int, what: str) -> tuple[int, ...]:
-  try:
-    values = tuple(modes)
-  except TypeError as e:
-    raise ValueError(f"{name} must be a sequence of positive ints with product {what} = {total}, got {modes!r}") from e
-  if (
-    not values
-    or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values)
-    or math.prod(values) != total
-  ):
-    raise ValueError(
-      f"{name} must be a non-empty sequence of positive ints with product {what} = {total}, got {modes!r}"
-    )
-  return tuple(int(v) for v in values)
-
-
-def _check_ranks(
-  ranks: int | Sequence[int],
-  kernel_size: tuple[int, int],
-  in_modes: tuple[int, ...],
-  out_modes: tuple[int, ...],
-) -> tuple[int, ...]:
-  d = len(in_modes)
-  maximum = max_tt_ranks(kernel_size, in_modes, out_modes)
-  if isinstance(ranks, (int, np.integer)) and not isinstance(ranks, bool):
-    if ranks < 1:
-      raise ValueError(f"ranks must be >= 1, got {ranks}")
-    return tuple(min(int(ranks), m) for m in maximum)
-  try:
-    values = tuple(ranks)  # type: ignore[arg-type]
-  except TypeError as e:
-    raise ValueError(f"ranks must be an int or a sequence of {d} ints, got {ranks!r}") from e
-  if len(values) != d or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
-    raise ValueError(f"ranks must be an int or a sequence of {d} ints (r_0..r_{d - 1}), got {ranks!r}")
-  # TT-SVD's bound depends on the previous rank actually used, so check left to right.
-  left = kernel_size[0] * kernel_size[1]
-  for k, r in enumerate(values):
-    size = in_modes[k] * out_modes[k]
-    bound = min(left, math.prod(m_in * m_out for m_in, m_out in zip(in_modes[k:], out_modes[k:])))
-    if not 1 <= r <= bound:
-      raise ValueError(
-        f"ranks[{k}] must be in [1, {bound}] for in_modes={in_modes}, out_modes={out_modes} and "
-        f"ranks[:{k}]={values[:k]} (max TT ranks {maximum}), got ranks={values}"
-      )
-    left = int(r) * size
-  return tuple(int(v) for v in values)

@@ -8,16 +8,16 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array, ArrayLike
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import leading_left_singular_vectors
-from efficonv.decompose._validate import check_float, check_int, check_int_pair, check_kernel
+from efficonv.decompose._validate import check_float, check_int, check_kernel
 from efficonv.formats import Tucker2
 from efficonv.kernels.reconstruct import tucker2_to_dense
+from efficonv.typing import Array, ArrayLike
 
 
 def tucker2(
-  kernel: ArrayLike, ranks: int | Sequence[int], *, n_iter: int = 10, tol: float = 1e-6
+  kernel: ArrayLike, rank: int | Sequence[int], *, n_iter: int = 10, tol: float = 1e-6
 ) -> tuple[Tucker2, FitInfo]:
   """Rank-``(R1, R2)`` Tucker-2 decomposition of an HWIO kernel on its channel modes (Kim et al. 2016).
 
@@ -29,11 +29,12 @@ def tucker2(
   singular vectors of the ``C_in`` and ``C_out`` unfoldings) and are refined by HOOI: each sweep
   recomputes ``U`` from ``W ×_s L`` and then ``L`` from ``W ×_c U^T``, which never decreases ``||G||``.
   The sweeps run in a ``lax.while_loop`` (at most ``n_iter``, stopping once the relative error changes by
-  less than ``tol``), so the fit runs under ``jit`` (``ranks``, ``n_iter``, ``tol`` static) and ``vmap``.
+  less than ``tol``), so the fit runs under ``jit`` (``rank``, ``n_iter``, ``tol`` static) and ``vmap``.
 
   Args:
     kernel: ``(kh, kw, C_in, C_out)``.
-    ranks: ``(R1, R2)`` with ``1 <= R1 <= C_in`` and ``1 <= R2 <= C_out``, or one int for both.
+    rank: ``(R1, R2)`` with ``1 <= R1 <= C_in`` and ``1 <= R2 <= C_out``, or one int for both
+      (:meth:`efficonv.Tucker2.check_rank`).
     n_iter: maximum number of HOOI sweeps after the HOSVD, ``>= 0`` (``0``: plain truncated HOSVD).
     tol: stop when the relative error changes by less than ``tol`` between sweeps, ``>= 0``.
 
@@ -43,7 +44,7 @@ def tucker2(
     orthogonal).
 
   Raises:
-    ValueError: naming ``kernel`` (not 4-D/real/finite), ``ranks``, ``n_iter`` or ``tol``.
+    ValueError: naming ``kernel`` (not 4-D/real/finite), ``rank``, ``n_iter`` or ``tol``.
 
   References:
     Kim et al., `Compression of Deep Convolutional Neural Networks for Fast and Low Power Mobile
@@ -52,10 +53,7 @@ def tucker2(
     Higher-Order Tensors <https://doi.org/10.1137/S0895479898346995>`_, SIAM J. Matrix Anal. Appl. 2000.
   """
   w = check_kernel(kernel)
-  cin, cout = w.shape[2:]
-  r_in, r_out = check_int_pair(ranks, "ranks")
-  check_int(r_in, "ranks[0]", minimum=1, maximum=cin, why="C_in")
-  check_int(r_out, "ranks[1]", minimum=1, maximum=cout, why="C_out")
+  r_in, r_out = Tucker2.check_rank(rank, w.shape)
   n_iter = check_int(n_iter, "n_iter", minimum=0)
   tol = check_float(tol, "tol")
   return _fit(w, n_iter, tol, ranks=(r_in, r_out))

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import jax
-import jax.numpy as jnp
-
-from efficonv._typing import Array, Dtype, PrecisionLike
-from efficonv.formats._base import Format, Geometry, check_factor, register
-from efficonv.formats.init import Initializer, check_rank, init_factors, max_cp_rank
+from efficonv.formats.format import Format, Unfolding
+from efficonv.formats.pytree import check_factor, register
+from efficonv.formats.ranks import RankLike, check_kernel_shape
 from efficonv.kernels.factorized import cp_conv
 from efficonv.kernels.reconstruct import cp_to_dense
+from efficonv.kernels.shapes import Geometry
+from efficonv.planning import Step
+from efficonv.typing import Array, PrecisionLike
+
+#: The four modes of a ``(kh, kw, C_in, C_out)`` kernel, named in rank reasons.
+MODES = ("kh", "kw", "C_in", "C_out")
 
 
 @register
@@ -49,8 +54,10 @@ class CP(Format):
   horizontal: Array
   last: Array
 
+  scheme: ClassVar[str] = "cp"
   _fields: ClassVar[tuple[str, ...]] = ("first", "vertical", "horizontal", "last")
   has_depthwise: ClassVar[bool] = True
+  rank_from_unfoldings_is_lower_bound: ClassVar[bool] = True
 
   def __post_init__(self) -> None:
     f = check_factor("first", self.first, 2)
@@ -65,32 +72,41 @@ class CP(Format):
         raise ValueError(f"{name} must have rank {rank} (from first's shape {f}) in its rank axis, got {got}")
 
   @classmethod
-  def init(
-    cls,
-    key: jax.Array,
-    in_features: int,
-    out_features: int,
-    kernel_size: tuple[int, int],
-    rank: int,
-    *,
-    dtype: Dtype = jnp.float32,
-    initializer: Initializer | None = None,
-  ) -> CP:
-    """Random CP factors whose reconstructed kernel has LeCun-normal variance.
+  def max_rank(cls, shape: Sequence[int], **options: Any) -> int:
+    """``kh·kw·C_in·C_out / max(kh, kw, C_in, C_out)``: no tensor of ``shape`` has a larger CP rank.
 
-    Raises:
-      ValueError: naming ``rank`` when it is < 1 or above the maximal CP rank
-        of a ``(kh, kw, C_in, C_out)`` tensor.
+    Example:
+      >>> from efficonv import CP
+      >>> CP.max_rank((3, 3, 64, 64))
+      576
     """
-    kh, kw = kernel_size
-    check_rank(
-      "rank",
-      rank,
-      max_cp_rank((kh, kw, in_features, out_features)),
-      "the maximal CP rank of the kernel: product of all its sizes but the largest",
-    )
-    shapes = [(in_features, rank), (kh, rank), (kw, rank), (rank, out_features)]
-    return cls(*init_factors(key, shapes, rank, kh * kw * in_features, dtype, initializer))
+    cls.scheme_options(shape, **options)
+    shape = check_kernel_shape(shape)
+    return math.prod(shape) // max(shape)
+
+  @classmethod
+  def _rank_bound_reason(cls) -> str:
+    return "the maximal CP rank of the kernel: product of all its sizes but the largest"
+
+  @classmethod
+  def unfoldings(cls, kernel: Any, **options: Any) -> list[Unfolding]:
+    """The four mode unfoldings ``W_(n)``, ``(shape[n], rest)``, in :data:`MODES` order.
+
+    A rank-``R`` CP tensor has every mode unfolding of rank ``≤ R``, so their ranks bound ``R`` from below
+    (:meth:`rank_from_unfoldings` takes the largest).
+    """
+    cls.scheme_options(kernel.shape, **options)
+    return [Unfolding(f"{name}-unfolding", mode_unfolding(kernel, axis)) for axis, name in enumerate(MODES)]
+
+  @classmethod
+  def rank_from_unfoldings(cls, ranks: Sequence[int], shape: Sequence[int], **options: Any) -> int:
+    return max(int(r) for r in ranks)
+
+  @classmethod
+  def factor_shapes(cls, shape: Sequence[int], rank: RankLike, **options: Any) -> list[tuple[int, ...]]:
+    kh, kw, cin, cout = shape
+    r = int(rank)  # type: ignore[arg-type]  # CP ranks are ints (normalize_rank)
+    return [(cin, r), (kh, r), (kw, r), (r, cout)]
 
   @property
   def rank(self) -> int:
@@ -125,13 +141,19 @@ class CP(Format):
       precision=precision,
     )
 
-  def _steps(self, g: Geometry) -> list[tuple[str, int]]:
+  def steps(self, g: Geometry) -> list[Step]:
     (h, w), (_, wp), (ho, wo) = g.in_hw, g.padded_hw, g.out_hw
     kh, kw = self.kernel_size
     r, n = self.rank, g.batch
     return [
-      ("dot", n * h * w * self.in_features * r),
-      ("depthwise", n * ho * wp * r * kh),
-      ("depthwise", n * ho * wo * r * kw),
-      ("dot", n * ho * wo * r * self.out_features),
+      Step("dot", n * h * w * self.in_features * r),
+      Step("depthwise", n * ho * wp * r * kh),
+      Step("depthwise", n * ho * wo * r * kw),
+      Step("dot", n * ho * wo * r * self.out_features),
     ]
+
+
+def mode_unfolding(kernel: Any, axis: int) -> Any:
+  """``W_(axis)``: the kernel's ``axis`` fibers as columns, ``(shape[axis], rest)`` (NumPy or JAX)."""
+  perm = (axis, *(a for a in range(kernel.ndim) if a != axis))
+  return kernel.transpose(perm).reshape(kernel.shape[axis], -1)

@@ -13,13 +13,12 @@ tltorch, returns std 0.0003 for its TT layers where 0.02 is asked).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array, Dtype
+from efficonv.typing import Array, Dtype
 
 Initializer = Callable[[jax.Array, Sequence[int], Dtype], Array]
 
@@ -68,20 +67,6 @@ def init_factors(
   return [std * jax.random.normal(k, tuple(s), dtype) for k, s in zip(keys, shapes)]
 
 
-def check_rank(name: str, value: int, maximum: int, why: str) -> int:
-  """Validates one rank: an int in ``[1, maximum]``.
-
-  Raises:
-    ValueError: naming ``name``, the allowed range and ``why`` the bound exists.
-  """
-  if isinstance(value, bool) or not isinstance(value, (int, jnp.integer)):
-    raise ValueError(f"{name} must be a positive int, got {value!r}")
-  value = int(value)
-  if not 1 <= value <= maximum:
-    raise ValueError(f"{name} must be in [1, {maximum}] ({why}), got {value}")
-  return value
-
-
 def balanced_modes(n: int, d: int) -> tuple[int, ...]:
   """Factors ``n`` into ``d`` integers as equal as possible (largest first).
 
@@ -104,8 +89,3 @@ def balanced_modes(n: int, d: int) -> tuple[int, ...]:
   for q in sorted(primes, reverse=True):
     modes[modes.index(min(modes))] *= q
   return tuple(sorted(modes, reverse=True))
-
-
-def max_cp_rank(shape: Sequence[int]) -> int:
-  """Upper bound on the CP rank of a tensor: product of all sizes but the largest."""
-  return math.prod(shape) // max(shape)

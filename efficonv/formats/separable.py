@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array, Dtype, PrecisionLike
-from efficonv.formats._base import Format, Geometry, check_factor, register
-from efficonv.formats.init import Initializer, check_rank, init_factors
+from efficonv.formats.format import Format, Unfolding
+from efficonv.formats.init import Initializer
+from efficonv.formats.pytree import check_factor, register
+from efficonv.formats.ranks import RankLike, check_kernel_shape
+from efficonv.kernels._options import pair
 from efficonv.kernels.factorized import separable_conv
 from efficonv.kernels.reconstruct import separable_to_dense
+from efficonv.kernels.shapes import Geometry
+from efficonv.planning import Step
+from efficonv.typing import Array, Dtype, PrecisionLike
 
 
 @register
@@ -34,6 +40,7 @@ class Separable(Format):
   depthwise: Array
   pointwise: Array
 
+  scheme: ClassVar[str] = "separable"
   _fields: ClassVar[tuple[str, ...]] = ("depthwise", "pointwise")
   has_depthwise: ClassVar[bool] = True
 
@@ -48,13 +55,44 @@ class Separable(Format):
       )
 
   @classmethod
-  def init(
+  def max_rank(cls, shape: Sequence[int], **options: Any) -> int:
+    """``min(kh·kw, C_out)``: the rank of one input channel's ``(kh·kw) × C_out`` slice.
+
+    A larger depth multiplier adds parameters but no expressiveness.
+    """
+    cls.scheme_options(shape, **options)
+    kh, kw, _, cout = check_kernel_shape(shape)
+    return min(kh * kw, cout)
+
+  @classmethod
+  def _rank_bound_reason(cls) -> str:
+    return "the rank of one input channel's (kh·kw)×C_out slice"
+
+  @classmethod
+  def unfoldings(cls, kernel: Any, **options: Any) -> list[Unfolding]:
+    """Every input channel's ``(kh·kw) × C_out`` slice ``W_{:,:,c,:}``, as one ``(C_in, kh·kw, C_out)`` stack.
+
+    Component ``i`` is kept or dropped in every channel at once (the depth multiplier is shared), so a
+    rule weighs ``Σ_c σ_{c,i}²``; that is exactly what :func:`efficonv.decompose.separable` keeps.
+    """
+    cls.scheme_options(kernel.shape, **options)
+    kh, kw, cin, cout = kernel.shape
+    return [Unfolding("per-channel (kh·kw)×C_out slices", kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw, cout))]
+
+  @classmethod
+  def factor_shapes(cls, shape: Sequence[int], rank: RankLike, **options: Any) -> list[tuple[int, ...]]:
+    kh, kw, cin, cout = shape
+    m = int(rank)  # type: ignore[arg-type]  # the depth multiplier is an int (normalize_rank)
+    return [(kh, kw, cin, m), (cin * m, cout)]
+
+  @classmethod
+  def init(  # type: ignore[override]  # the rank is named depth_multiplier here, with a default of 1
     cls,
     key: jax.Array,
     in_features: int,
     out_features: int,
-    kernel_size: tuple[int, int],
-    depth_multiplier: int = 1,
+    kernel_size: int | Sequence[int],
+    depth_multiplier: Any = 1,
     *,
     dtype: Dtype = jnp.float32,
     initializer: Initializer | None = None,
@@ -62,18 +100,11 @@ class Separable(Format):
     """Random separable factors whose reconstructed kernel has LeCun-normal variance.
 
     Raises:
-      ValueError: naming ``depth_multiplier`` when outside ``[1, max(1, min(kh·kw, C_out))]``
-        (a larger multiplier adds parameters but no expressiveness).
+      ValueError: naming ``depth_multiplier`` when outside ``[1, min(kh·kw, C_out)]``.
     """
-    kh, kw = kernel_size
-    check_rank(
-      "depth_multiplier",
-      depth_multiplier,
-      max(1, min(kh * kw, out_features)),
-      "the rank of one input channel's (kh·kw)×C_out slice",
-    )
-    shapes = [(kh, kw, in_features, depth_multiplier), (in_features * depth_multiplier, out_features)]
-    return cls(*init_factors(key, shapes, depth_multiplier, kh * kw * in_features, dtype, initializer))
+    ks = pair(kernel_size, "kernel_size")
+    cls.check_rank(depth_multiplier, (*ks, in_features, out_features), name="depth_multiplier")
+    return super().init(key, in_features, out_features, ks, depth_multiplier, dtype=dtype, initializer=initializer)
 
   @property
   def depth_multiplier(self) -> int:
@@ -111,11 +142,11 @@ class Separable(Format):
       precision=precision,
     )
 
-  def _steps(self, g: Geometry) -> list[tuple[str, int]]:
+  def steps(self, g: Geometry) -> list[Step]:
     ho, wo = g.out_hw
     kh, kw = self.kernel_size
     cm, n = self.in_features * self.depth_multiplier, g.batch
     return [
-      ("depthwise" if self.depth_multiplier == 1 else "depthwise_multiplier", n * ho * wo * kh * kw * cm),
-      ("dot", n * ho * wo * cm * self.out_features),
+      Step("depthwise" if self.depth_multiplier == 1 else "depthwise_multiplier", n * ho * wo * kh * kw * cm),
+      Step("dot", n * ho * wo * cm * self.out_features),
     ]

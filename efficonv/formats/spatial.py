@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import jax
-import jax.numpy as jnp
-
-from efficonv._typing import Array, Dtype, PrecisionLike
-from efficonv.formats._base import Format, Geometry, check_factor, register
-from efficonv.formats.init import Initializer, check_rank, init_factors
+from efficonv.formats.format import Format, Unfolding
+from efficonv.formats.pytree import check_factor, register
+from efficonv.formats.ranks import RankLike, check_kernel_shape
 from efficonv.kernels.factorized import spatial_conv
 from efficonv.kernels.reconstruct import spatial_to_dense
+from efficonv.kernels.shapes import Geometry
+from efficonv.planning import Step
+from efficonv.typing import Array, PrecisionLike
 
 
 @register
@@ -36,6 +37,7 @@ class Spatial(Format):
   vertical: Array
   horizontal: Array
 
+  scheme: ClassVar[str] = "spatial"
   _fields: ClassVar[tuple[str, ...]] = ("vertical", "horizontal")
 
   def __post_init__(self) -> None:
@@ -47,26 +49,32 @@ class Spatial(Format):
       raise ValueError(f"horizontal must have rank {v[2]} (vertical's last axis) in axis 1, got shape {h}")
 
   @classmethod
-  def init(
-    cls,
-    key: jax.Array,
-    in_features: int,
-    out_features: int,
-    kernel_size: tuple[int, int],
-    rank: int,
-    *,
-    dtype: Dtype = jnp.float32,
-    initializer: Initializer | None = None,
-  ) -> Spatial:
-    """Random spatial factors whose reconstructed kernel has LeCun-normal variance.
+  def max_rank(cls, shape: Sequence[int], **options: Any) -> int:
+    """``min(kh·C_in, kw·C_out)``: the rank of the spatial unfolding."""
+    cls.scheme_options(shape, **options)
+    kh, kw, cin, cout = check_kernel_shape(shape)
+    return min(kh * cin, kw * cout)
 
-    Raises:
-      ValueError: naming ``rank`` when outside ``[1, min(kh·C_in, kw·C_out)]``.
+  @classmethod
+  def _rank_bound_reason(cls) -> str:
+    return "the rank of the (kh·C_in)×(kw·C_out) unfolding"
+
+  @classmethod
+  def unfoldings(cls, kernel: Any, **options: Any) -> list[Unfolding]:
+    """``M_{(x,c),(y,s)} = W_{x,y,c,s}``, ``(kh·C_in) × (kw·C_out)``.
+
+    Its truncated SVD *is* the spatial decomposition (:func:`efficonv.decompose.spatial`), so the energy it
+    keeps is exactly ``1 − relative_error²``.
     """
-    kh, kw = kernel_size
-    check_rank("rank", rank, min(kh * in_features, kw * out_features), "the rank of the (kh·C_in)×(kw·C_out) unfolding")
-    shapes = [(kh, in_features, rank), (kw, rank, out_features)]
-    return cls(*init_factors(key, shapes, rank, kh * kw * in_features, dtype, initializer))
+    cls.scheme_options(kernel.shape, **options)
+    kh, kw, cin, cout = kernel.shape
+    return [Unfolding("(kh·C_in)×(kw·C_out) unfolding", kernel.transpose(0, 2, 1, 3).reshape(kh * cin, kw * cout))]
+
+  @classmethod
+  def factor_shapes(cls, shape: Sequence[int], rank: RankLike, **options: Any) -> list[tuple[int, ...]]:
+    kh, kw, cin, cout = shape
+    k = int(rank)  # type: ignore[arg-type]  # spatial ranks are ints (normalize_rank)
+    return [(kh, cin, k), (kw, k, cout)]
 
   @property
   def rank(self) -> int:
@@ -92,11 +100,11 @@ class Spatial(Format):
       x, self.vertical, self.horizontal, strides=strides, padding=padding, dilation=dilation, precision=precision
     )
 
-  def _steps(self, g: Geometry) -> list[tuple[str, int]]:
+  def steps(self, g: Geometry) -> list[Step]:
     (_, wp), (ho, wo) = g.padded_hw, g.out_hw
     kh, kw = self.kernel_size
     k, n = self.rank, g.batch
     return [
-      ("conv", n * ho * wp * kh * self.in_features * k),
-      ("conv", n * ho * wo * kw * k * self.out_features),
+      Step("conv", n * ho * wp * kh * self.in_features * k),
+      Step("conv", n * ho * wo * kw * k * self.out_features),
     ]

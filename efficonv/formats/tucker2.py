@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import jax
-import jax.numpy as jnp
-
-from efficonv._typing import Array, Dtype, PrecisionLike
-from efficonv.formats._base import Format, Geometry, check_factor, register
-from efficonv.formats.init import Initializer, check_rank, init_factors
+from efficonv.formats.cp import mode_unfolding
+from efficonv.formats.format import Format, Unfolding
+from efficonv.formats.pytree import check_factor, register
+from efficonv.formats.ranks import RankLike, as_rank_tuple, check_kernel_shape
 from efficonv.kernels.factorized import tucker2_conv
 from efficonv.kernels.reconstruct import tucker2_to_dense
+from efficonv.kernels.shapes import Geometry
+from efficonv.planning import Step
+from efficonv.typing import Array, PrecisionLike
 
 
 @register
@@ -36,6 +38,7 @@ class Tucker2(Format):
   core: Array
   last: Array
 
+  scheme: ClassVar[str] = "tucker2"
   _fields: ClassVar[tuple[str, ...]] = ("first", "core", "last")
 
   def __post_init__(self) -> None:
@@ -50,28 +53,52 @@ class Tucker2(Format):
       raise ValueError(f"last must have {c[3]} rows (core's output rank R2), got shape {last}")
 
   @classmethod
-  def init(
-    cls,
-    key: jax.Array,
-    in_features: int,
-    out_features: int,
-    kernel_size: tuple[int, int],
-    rank: tuple[int, int],
-    *,
-    dtype: Dtype = jnp.float32,
-    initializer: Initializer | None = None,
-  ) -> Tucker2:
-    """Random Tucker-2 factors whose reconstructed kernel has LeCun-normal variance.
+  def max_rank(cls, shape: Sequence[int], **options: Any) -> tuple[int, int]:
+    """``(C_in, C_out)``: the ranks of the channel unfoldings cannot exceed the channel counts."""
+    cls.scheme_options(shape, **options)
+    _, _, cin, cout = check_kernel_shape(shape)
+    return (cin, cout)
 
-    Raises:
-      ValueError: naming ``ranks`` when ``R1`` is outside ``[1, C_in]`` or ``R2`` outside ``[1, C_out]``.
+  @classmethod
+  def normalize_rank(cls, rank: Any, shape: Sequence[int], **options: Any) -> tuple[int, int]:
+    """``(R1, R2)``; one int means ``(R, R)``."""
+    r1, r2 = as_rank_tuple(rank, 2)
+    return (r1, r2)
+
+  @classmethod
+  def _rank_bound_reason(cls) -> str:
+    return "R1 ≤ C_in and R2 ≤ C_out"
+
+  @classmethod
+  def rank_family(cls, t: int, shape: Sequence[int], **options: Any) -> tuple[int, int]:
+    """``(⌈t·C_in / C⌉, ⌈t·C_out / C⌉)`` with ``C = max(C_in, C_out)``: both ranks scale with their channels."""
+    _, _, cin, cout = check_kernel_shape(shape)
+    big = max(cin, cout)
+    t = min(t, big)
+    return (-(-t * cin // big), -(-t * cout // big))
+
+  @classmethod
+  def unfoldings(cls, kernel: Any, **options: Any) -> list[Unfolding]:
+    """The ``C_in``-unfolding ``C_in × (kh·kw·C_out)`` (chooses ``R1``) and the ``C_out``-unfolding (``R2``).
+
+    Truncated HOSVD at ranks keeping ``e_1`` and ``e_2`` of their energies loses at most
+    ``(1 − e_1) + (1 − e_2)`` of the kernel's (Kim et al. 2016 choose them by VBMF).
     """
-    kh, kw = kernel_size
-    r1, r2 = rank
-    check_rank("ranks[0]", r1, in_features, "the input channels")
-    check_rank("ranks[1]", r2, out_features, "the output channels")
-    shapes = [(in_features, r1), (kh, kw, r1, r2), (r2, out_features)]
-    return cls(*init_factors(key, shapes, r1 * r2, kh * kw * in_features, dtype, initializer))
+    cls.scheme_options(kernel.shape, **options)
+    return [
+      Unfolding("C_in-unfolding", mode_unfolding(kernel, 2)),
+      Unfolding("C_out-unfolding", mode_unfolding(kernel, 3)),
+    ]
+
+  @classmethod
+  def rank_from_unfoldings(cls, ranks: Sequence[int], shape: Sequence[int], **options: Any) -> tuple[int, int]:
+    return (int(ranks[0]), int(ranks[1]))
+
+  @classmethod
+  def factor_shapes(cls, shape: Sequence[int], rank: RankLike, **options: Any) -> list[tuple[int, ...]]:
+    kh, kw, cin, cout = shape
+    r1, r2 = rank  # type: ignore[misc]  # Tucker-2 ranks are pairs (normalize_rank)
+    return [(cin, r1), (kh, kw, r1, r2), (r2, cout)]
 
   @property
   def rank(self) -> tuple[int, int]:
@@ -97,13 +124,13 @@ class Tucker2(Format):
       x, self.first, self.core, self.last, strides=strides, padding=padding, dilation=dilation, precision=precision
     )
 
-  def _steps(self, g: Geometry) -> list[tuple[str, int]]:
+  def steps(self, g: Geometry) -> list[Step]:
     (h, w), (ho, wo) = g.in_hw, g.out_hw
     kh, kw = self.kernel_size
     r1, r2 = self.rank
     n = g.batch
     return [
-      ("dot", n * h * w * self.in_features * r1),
-      ("conv", n * ho * wo * kh * kw * r1 * r2),
-      ("dot", n * ho * wo * r2 * self.out_features),
+      Step("dot", n * h * w * self.in_features * r1),
+      Step("conv", n * ho * wo * kh * kw * r1 * r2),
+      Step("dot", n * ho * wo * r2 * self.out_features),
     ]

@@ -26,3 +26,6 @@ from efficonv.kernels.reconstruct import separable_to_dense as separable_to_dens
 from efficonv.kernels.reconstruct import spatial_to_dense as spatial_to_dense
 from efficonv.kernels.reconstruct import tt_to_dense as tt_to_dense
 from efficonv.kernels.reconstruct import tucker2_to_dense as tucker2_to_dense
+from efficonv.kernels.shapes import Geometry as Geometry
+from efficonv.kernels.shapes import conv_geometry as conv_geometry
+from efficonv.kernels.shapes import dense_macs as dense_macs

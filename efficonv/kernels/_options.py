@@ -14,7 +14,7 @@ from typing import Literal, Union
 
 import jax.numpy as jnp
 
-from efficonv._typing import Array
+from efficonv.typing import Array
 
 PadPairs = tuple[tuple[int, int], tuple[int, int]]
 PadMode = Literal["constant", "wrap", "reflect"]

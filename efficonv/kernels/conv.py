@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from efficonv._typing import Array, PrecisionLike
 from efficonv.kernels import _options as opt
+from efficonv.typing import Array, PrecisionLike
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 

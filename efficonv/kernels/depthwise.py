@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from efficonv._typing import Array, PrecisionLike
 from efficonv.kernels import _options as opt
 from efficonv.kernels._mac_scope import elementwise_macs
 from efficonv.kernels.conv import promote_operands
+from efficonv.typing import Array, PrecisionLike
 
 DepthwiseImpl = Literal["auto", "shift", "xla"]
 _DEPTHWISE_IMPLS = ("auto", "shift", "xla")

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-from efficonv._typing import Array, PrecisionLike
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv_valid, pointwise
 from efficonv.kernels.depthwise import depthwise_valid
+from efficonv.typing import Array, PrecisionLike
 
 
 def _check_shape(name: str, value: Array, expected: tuple[int | None, ...]) -> tuple[int, ...]:

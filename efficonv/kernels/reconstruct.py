@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-from efficonv._typing import Array, PrecisionLike
+from efficonv.typing import Array, PrecisionLike
 
 
 def spatial_to_dense(vertical: Array, horizontal: Array, *, precision: PrecisionLike = None) -> Array:

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 from flax import linen
 
-from efficonv._typing import Array, Dtype, PrecisionLike
 from efficonv.formats import CP, TT, Format, Separable, Spatial, Tucker2
 from efficonv.formats.init import Initializer
 from efficonv.kernels import _options as opt
 from efficonv.nnx._base import batch_inputs, check_options, promote_tree
 from efficonv.nnx.tt import tt_modes
 from efficonv.nnx.tucker import tucker_ranks
+from efficonv.typing import Array, Dtype, PrecisionLike
 
 
 class _FactorizedConv(linen.Module):
@@ -151,5 +151,13 @@ class TTConv(_FactorizedConv):
   def init_format(self, key: jax.Array, in_features: int, kernel_size: tuple[int, int]) -> Format:
     in_modes, out_modes = tt_modes(in_features, self.features, self.in_modes, self.out_modes)
     return TT.init(
-      key, kernel_size, self.ranks, in_modes, out_modes, dtype=self.param_dtype, initializer=self.kernel_init
+      key,
+      in_features,
+      self.features,
+      kernel_size,
+      self.ranks,
+      in_modes=in_modes,
+      out_modes=out_modes,
+      dtype=self.param_dtype,
+      initializer=self.kernel_init,
     )

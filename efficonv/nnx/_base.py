@@ -10,11 +10,12 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn.linear import canonicalize_padding
 
-from efficonv._typing import Array, Dtype, PrecisionLike
-from efficonv.formats._base import IMPLEMENTATIONS, OBJECTIVES, Format, Plan
+from efficonv.formats import Format
 from efficonv.formats.init import Initializer
 from efficonv.kernels import _options as opt
 from efficonv.kernels.depthwise import _DEPTHWISE_IMPLS
+from efficonv.planning import IMPLEMENTATIONS, OBJECTIVES, Plan
+from efficonv.typing import Array, Dtype, PrecisionLike
 
 default_bias_init = nnx.initializers.zeros_init()
 

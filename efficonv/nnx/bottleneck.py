@@ -8,13 +8,13 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv._typing import Array, Dtype, PrecisionLike
 from efficonv.formats.init import Initializer
 from efficonv.formats.tucker2 import Tucker2
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv_valid, pointwise
 from efficonv.nnx._base import batch_inputs, default_bias_init, promote_tree
 from efficonv.nnx.tucker import TuckerConv
+from efficonv.typing import Array, Dtype, PrecisionLike
 
 default_kernel_init = nnx.initializers.lecun_normal()
 

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from efficonv._typing import Dtype, PrecisionLike
 from efficonv.formats.init import Initializer
 from efficonv.formats.separable import Separable
 from efficonv.kernels._options import PaddingLike
 from efficonv.nnx._base import FactorizedConv, check_options, default_bias_init
+from efficonv.typing import Dtype, PrecisionLike
 
 
 class SeparableConv(FactorizedConv):

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv._typing import Dtype, PrecisionLike
-from efficonv.formats.init import Initializer, balanced_modes
+from efficonv.formats.init import Initializer
 from efficonv.formats.tt import TT
 from efficonv.kernels._options import PaddingLike
 from efficonv.nnx._base import FactorizedConv, check_options, default_bias_init
+from efficonv.typing import Dtype, PrecisionLike
 
 
 class TTConv(FactorizedConv):
@@ -92,7 +91,17 @@ class TTConv(FactorizedConv):
       depthwise_implementation,
     )
     in_modes, out_modes = tt_modes(in_features, out_features, in_modes, out_modes)
-    fmt = TT.init(rngs.params(), ks, ranks, in_modes, out_modes, dtype=param_dtype, initializer=kernel_init)
+    fmt = TT.init(
+      rngs.params(),
+      in_features,
+      out_features,
+      ks,
+      ranks,
+      in_modes=in_modes,
+      out_modes=out_modes,
+      dtype=param_dtype,
+      initializer=kernel_init,
+    )
     self._setup(
       fmt,
       strides=s,
@@ -112,8 +121,7 @@ class TTConv(FactorizedConv):
   def _decompose(cls, kernel: Any, rank: Any, *, in_modes: Any = None, out_modes: Any = None, **kwargs: Any) -> Any:
     from efficonv.decompose import tt
 
-    in_modes, out_modes = tt_modes(int(kernel.shape[2]), int(kernel.shape[3]), in_modes, out_modes)
-    return tt(kernel, rank, in_modes, out_modes, **kwargs)
+    return tt(kernel, rank, in_modes=in_modes, out_modes=out_modes, **kwargs)
 
   @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
@@ -128,13 +136,6 @@ def tt_modes(
   Raises:
     ValueError: naming ``in_modes``/``out_modes`` when their product is not the channel count.
   """
-  if in_modes is None:
-    in_modes = balanced_modes(in_features, len(out_modes) if out_modes is not None else 2)
-  if out_modes is None:
-    out_modes = balanced_modes(out_features, len(in_modes))
-  in_modes, out_modes = tuple(int(c) for c in in_modes), tuple(int(s) for s in out_modes)
-  if math.prod(in_modes) != in_features:
-    raise ValueError(f"in_modes must multiply to in_features={in_features}, got {in_modes}")
-  if math.prod(out_modes) != out_features:
-    raise ValueError(f"out_modes must multiply to out_features={out_features}, got {out_modes}")
+  modes = TT.scheme_options((1, 1, in_features, out_features), in_modes=in_modes, out_modes=out_modes)
+  in_modes, out_modes = modes["in_modes"], modes["out_modes"]
   return in_modes, out_modes

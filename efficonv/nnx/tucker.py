@@ -8,11 +8,11 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv._typing import Dtype, PrecisionLike
 from efficonv.formats.init import Initializer
 from efficonv.formats.tucker2 import Tucker2
 from efficonv.kernels._options import PaddingLike
 from efficonv.nnx._base import FactorizedConv, check_options, default_bias_init
+from efficonv.typing import Dtype, PrecisionLike
 
 
 class TuckerConv(FactorizedConv):

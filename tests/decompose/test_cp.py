@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficonv.decompose import FitInfo, cp, max_cp_rank
+from efficonv import CP
+from efficonv.decompose import FitInfo, cp
 from efficonv.formats import CP
 
 from . import _builders as build
@@ -137,8 +138,8 @@ def test_int_and_float16_kernels_are_fitted_in_float32() -> None:
 
 
 def test_max_rank() -> None:
-  assert max_cp_rank((3, 3, 64, 64)) == 576
-  assert max_cp_rank(SHAPE) == 72
+  assert CP.max_rank((3, 3, 64, 64)) == 576
+  assert CP.max_rank(SHAPE) == 72
 
 
 @pytest.mark.parametrize(

@@ -40,9 +40,9 @@ def test_hooi_refines_the_hosvd() -> None:
 def test_jit_and_vmap() -> None:
   rng = np.random.default_rng(3)
   stack = np.stack([build.tucker2_kernel(rng, SHAPE, (2, 3)) for _ in range(2)])
-  fmts, infos = jax.jit(jax.vmap(functools.partial(tucker2, ranks=(2, 3))))(stack)
+  fmts, infos = jax.jit(jax.vmap(functools.partial(tucker2, rank=(2, 3))))(stack)
   assert fmts.core.shape == (2, 3, 3, 2, 3) and infos.relative_error.shape == (2,)
-  _, jitted = jax.jit(tucker2, static_argnames="ranks")(stack[0], ranks=(2, 3))
+  _, jitted = jax.jit(tucker2, static_argnames="rank")(stack[0], rank=(2, 3))
   for i in range(2):
     assert float(infos.relative_error[i]) < 1e-4
     dense = Tucker2(fmts.first[i], fmts.core[i], fmts.last[i]).to_dense()

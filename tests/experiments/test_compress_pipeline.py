@@ -7,7 +7,7 @@ from experiment_subprocess import run
 from flax import nnx
 
 from efficonv import cost
-from efficonv.compress import Policy, compress
+from efficonv.compression import Policy, compress
 from experiments.compress import settings_for
 from experiments.config import load
 from experiments.models import build_model

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import efficonv
-from efficonv._typing import Array, Dtype
+from efficonv.typing import Array, Dtype
 
 FORMAT_NAMES = ("CP", "Tucker2", "TT", "Spatial", "Separable")
 DEPTHWISE_FORMATS = ("CP", "TT", "Separable")  # formats with a depthwise step

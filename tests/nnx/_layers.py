@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from efficonv import nnx as enn
-from efficonv._typing import Array
+from efficonv.typing import Array
 from efficonv.kernels._options import PaddingLike
 
 IN_FEATURES, OUT_FEATURES = 6, 4  # TT: in_modes (2, 3), out_modes (2, 2)

@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 
 from efficonv import nnx as enn
-from efficonv._typing import Array
+from efficonv.typing import Array
 
 from ._layers import IN_FEATURES, OUT_FEATURES, random_input, reference_conv
 

@@ -126,7 +126,7 @@ def test_check_rejects_a_wrong_variance(variance_factor: float) -> None:
 def test_custom_kernel_init_is_applied_to_every_factor() -> None:
   """``kernel_init`` replaces the variance-matched draw: each factor is drawn by it."""
   layer = enn.CPConv(CIN, COUT, KERNEL, rank=4, kernel_init=nnx.initializers.ones_init(), rngs=nnx.Rngs(0))
-  for factor in layer.format._arrays():
+  for factor in layer.format.arrays():
     np.testing.assert_array_equal(np.asarray(factor), 1.0)
   np.testing.assert_allclose(np.asarray(layer.to_dense()), 4.0)  # sum over rank 4 of 1·1·1·1
 

@@ -32,17 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv import cost
-from efficonv.nnx import CPConv, SeparableConv, SpatialConv, TTConv, TuckerConv
-from efficonv.nnx._base import FactorizedConv, conv_kernel, conv_padding
-
-SCHEMES: dict[str, type[FactorizedConv]] = {
-  "cp": CPConv,
-  "tucker2": TuckerConv,
-  "tt": TTConv,
-  "spatial": SpatialConv,
-  "separable": SeparableConv,
-}
+from efficonv import cost, schemes
+from efficonv.nnx._base import conv_kernel, conv_padding
 
 Path = tuple[Any, ...]
 
@@ -52,7 +43,8 @@ class Policy:
   """Which convs to replace, by which scheme, at which rank.
 
   Attributes:
-    scheme: ``"cp"``, ``"tucker2"``, ``"tt"``, ``"spatial"`` or ``"separable"``.
+    scheme: a name of :mod:`efficonv.schemes` (``"cp"``, ``"tucker2"``, ``"tt"``, ``"spatial"``,
+      ``"separable"``).
     rank: a rank of the scheme's kind (int; ``(R1, R2)`` for Tucker-2; TT
       ranks; the depth multiplier for separable) or a rule from
       :mod:`efficonv.rank` (``MacReduction(4)``, ``ParamFraction(0.25)``,
@@ -78,8 +70,7 @@ class Policy:
   decompose_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self) -> None:
-    if self.scheme not in SCHEMES:
-      raise ValueError(f"scheme must be one of {tuple(SCHEMES)}, got {self.scheme!r}")
+    schemes.get(self.scheme)  # raises, naming the scheme and the known names
     if self.rank is None:
       raise ValueError("rank must be given: a rank for the scheme or a rule from efficonv.rank")
     if isinstance(self.include, str):  # one path, not a sequence of one-letter paths (nor a substring test)
@@ -290,7 +281,7 @@ def compress(
       )
       continue
     rank, reason = _rank_for(policy, conv, shape)
-    layer_cls = SCHEMES[policy.scheme]
+    layer_cls = schemes.get(policy.scheme).nnx_layer
     layer, info = layer_cls.from_conv(
       conv, rank, implementation=policy.implementation, return_info=True, **policy.decompose_kwargs
     )
@@ -345,11 +336,8 @@ def _rank_for(policy: Policy, conv: nnx.Conv, input_shape: tuple[int, ...]) -> t
     return (tuple(rank) if isinstance(rank, list) else rank), "given"
   from efficonv import rank as rank_lib
 
-  kwargs: dict[str, Any] = {}
-  if policy.scheme == "tt":
-    for key in ("in_modes", "out_modes"):
-      if key in policy.decompose_kwargs:
-        kwargs[key] = policy.decompose_kwargs[key]
+  fmt = schemes.get(policy.scheme).format
+  kwargs = {k: policy.decompose_kwargs[k] for k in fmt.option_names if k in policy.decompose_kwargs}
   choice = rank_lib.choose_rank(
     policy.scheme,
     conv_kernel(conv),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from efficonv import autotune
+from efficonv.planning import tuning as autotune
 from efficonv.formats import CP, Separable, Tucker2
 from efficonv.nnx import CPConv, SeparableConv, set_objective
 

@@ -1,6 +1,6 @@
 """``implementation="autotune"``: measure every path once per shape, keep the fastest.
 
-The cost model behind ``implementation="auto"`` (:meth:`efficonv.formats.CP.plan`)
+The cost model behind ``implementation="auto"`` (:mod:`efficonv.planning.cost_model`)
 is fitted to one machine. ``"autotune"`` replaces it by a measurement on the
 machine at hand: the first time a format meets an input shape, every candidate —
 the factorized sequence on each depthwise path, and the reconstructed dense
@@ -35,25 +35,24 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from efficonv._typing import PrecisionLike
 from efficonv.kernels import _options as opt
-
-if TYPE_CHECKING:
-  from efficonv.formats._base import Format, Plan
+from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
+from efficonv.kernels.shapes import conv_geometry, dense_macs
+from efficonv.planning.plan import OBJECTIVES, Plan
+from efficonv.planning.protocol import PlannableFormat
+from efficonv.planning.timing import median_seconds
+from efficonv.typing import PrecisionLike
 
 CACHE_ENV = "EFFICONV_AUTOTUNE_CACHE"
-OBJECTIVES = ("inference", "training")
 
 _lock = threading.Lock()
 _cache: dict[str, dict[str, Any]] = {}
@@ -104,7 +103,7 @@ def _save_file() -> None:
 
 
 def _key(
-  fmt: Format,
+  fmt: PlannableFormat,
   input_shape: tuple[int, ...],
   dtype: Any,
   strides: Any,
@@ -115,7 +114,7 @@ def _key(
   precision: Any,
   backend: str,
 ) -> str:
-  factors = [(tuple(a.shape), jnp.dtype(a.dtype).name) for a in fmt._arrays()]
+  factors = [(tuple(a.shape), jnp.dtype(a.dtype).name) for a in fmt.arrays()]
   device = jax.devices(backend)[0].device_kind
   return repr(
     (
@@ -135,20 +134,7 @@ def _key(
   )
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int, min_seconds: float) -> float:
-  jax.block_until_ready(fn())  # warm-up: first-call allocations
-  times: list[float] = []
-  deadline = time.perf_counter() + min_seconds
-  while len(times) < repeats or time.perf_counter() < deadline:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-    if times[-1] > 1.0:  # one slow candidate must not stall the caller for long
-      break
-  return statistics.median(times)
-
-
-def _candidates(fmt: Format, depthwise: str) -> list[tuple[str, str | None]]:
+def _candidates(fmt: PlannableFormat, depthwise: str) -> list[tuple[str, str | None]]:
   if not fmt.has_depthwise:
     paths: list[str | None] = [None]
   elif depthwise == "auto":
@@ -159,7 +145,7 @@ def _candidates(fmt: Format, depthwise: str) -> list[tuple[str, str | None]]:
 
 
 def autotune(
-  fmt: Format,
+  fmt: PlannableFormat,
   input_shape: Sequence[int],
   *,
   strides: int | Sequence[int] = 1,
@@ -188,16 +174,13 @@ def autotune(
     min_seconds: and at least this long per candidate.
 
   Returns:
-    A :class:`efficonv.formats.Plan` whose ``reason`` lists every measured time and whose
+    A :class:`efficonv.planning.Plan` whose ``reason`` lists every measured time and whose
     ``estimated_*_s`` fields hold the measured medians.
 
   Raises:
     ValueError: naming ``objective``, ``repeats`` or ``min_seconds`` when out of range, or an input the
       format cannot take.
   """
-  from efficonv.formats._base import Plan, _dense_macs, geometry  # lazy: formats import this module
-  from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
-
   if objective not in OBJECTIVES:
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
   if not isinstance(repeats, int) or repeats < 1:
@@ -207,7 +190,7 @@ def autotune(
   resolve_depthwise(depthwise_implementation)  # validates the name
   backend = backend or jax.default_backend()
   shape = tuple(int(v) for v in input_shape)
-  g = geometry(shape, fmt.kernel_size, fmt.in_features, strides, padding, dilation)
+  g = conv_geometry(shape, fmt.kernel_size, fmt.in_features, strides, padding, dilation)
   dtype = jnp.dtype(dtype or fmt.dtype)
   key = _key(fmt, shape, dtype, strides, padding, dilation, depthwise_implementation, objective, precision, backend)
   with _lock:
@@ -235,13 +218,14 @@ def autotune(
   times = entry["times_ms"]
   factorized_ms = min(v for k, v in times.items() if k.startswith("factorized"))
   reason = f"autotuned on {backend} ({objective}): " + ", ".join(f"{k} {v:.3g} ms" for k, v in times.items())
-  steps = fmt._steps(g)
-  dense = _dense_macs(g, fmt.kernel_size, fmt.in_features, fmt.out_features)
-  return Plan(impl, dw, reason, sum(m for _, m in steps), dense, factorized_ms / 1e3, times["reconstructed"] / 1e3)
+  dense = dense_macs(g, fmt.kernel_size, fmt.in_features, fmt.out_features)
+  return Plan(
+    impl, dw, reason, sum(m for _, m in fmt.steps(g)), dense, factorized_ms / 1e3, times["reconstructed"] / 1e3
+  )
 
 
 def _measure(
-  fmt: Format,
+  fmt: PlannableFormat,
   shape: tuple[int, ...],
   dtype: Any,
   strides: Any,
@@ -292,7 +276,8 @@ def _measure(
     # Compiled ahead of time and called directly, so this also runs while an outer jit is tracing.
     compiled = jax.jit(fn).lower(concrete, x).compile()
     name = impl if dw is None else f"{impl}/{dw}"
-    times[name] = _median_seconds(lambda c=compiled: c(concrete, x), repeats, min_seconds) * 1e3
+    median, _ = median_seconds(lambda c=compiled: c(concrete, x), repeats=repeats, min_seconds=min_seconds)
+    times[name] = median * 1e3
   best = min(times, key=times.__getitem__)
   impl, _, dw = best.partition("/")
   return {"choice": [impl, dw or None], "times_ms": times}

@@ -24,7 +24,8 @@ import efficonv
 from efficonv import cost
 from efficonv import nnx as enn
 from efficonv import rank as rank_rules
-from efficonv.compress import SCHEMES, Report
+from efficonv import schemes
+from efficonv.compression import Report
 
 BATCH, SIZE, CLASSES, WIDTH = 24, 16, 3, 8
 INPUT_SHAPE = (BATCH, SIZE, SIZE, 1)
@@ -125,7 +126,7 @@ def test_exact_ranks_reproduce_the_trained_model(scheme: str, trained: CNN, data
   )
   replaced = [r for r in report.layers if r.scheme != "skipped"]
   assert [r.path for r in replaced] == ["conv2", "conv3"]
-  assert all(isinstance(getattr(compressed, r.path), SCHEMES[scheme]) for r in replaced)
+  assert all(isinstance(getattr(compressed, r.path), schemes.get(scheme).nnx_layer) for r in replaced)
   total_error = sum(r.relative_error for r in replaced)
   assert total_error < 1e-4
   # Two lossless-up-to-float32 layers: the output moves by at most a small multiple of their kernel errors.
