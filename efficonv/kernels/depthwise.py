@@ -1,11 +1,11 @@
 """Depthwise convolution with a depth multiplier, on two interchangeable paths.
 
 * ``"xla"`` — :func:`jax.lax.conv_general_dilated` with
-  ``feature_group_count=C``. cuDNN handles it well on GPU, but XLA's CPU
-  backend runs it at ~0.3 GFLOP/s (31 ms for 8×32×32×64, 3×3, on 2 cores).
+  ``feature_group_count=C``. cuDNN is expected to handle it well on GPU, but XLA's CPU
+  backend runs grouped convs far below its dense-conv throughput.
 * ``"shift"`` — shift-and-add: pad once, then sum the ``kh·kw`` strided slices
-  of the input times the per-channel weights. Same output, 0.6 ms on the same
-  shape, because it is a handful of fused elementwise passes.
+  of the input times the per-channel weights. Same output, as a handful of fused
+  elementwise passes (the measured ratio on CPU is in ``experiments/results/quick_timing``).
 
 ``implementation="auto"`` picks per backend (see :func:`depthwise_implementation`);
 either path can be forced.
@@ -32,8 +32,8 @@ _DEPTHWISE_IMPLS = ("auto", "shift", "xla")
 def depthwise_implementation(implementation: str = "auto", backend: str | None = None) -> str:
   """Resolves ``implementation`` to the depthwise path that will run.
 
-  ``"auto"`` gives ``"shift"`` on CPU (measured ~50× faster than XLA's grouped
-  conv there) and ``"xla"`` elsewhere (cuDNN/TPU grouped convs are efficient).
+  ``"auto"`` gives ``"shift"`` on CPU (where it is measured much faster than XLA's grouped
+  conv) and ``"xla"`` elsewhere (cuDNN/TPU grouped convs are expected to be efficient).
 
   Args:
     implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
@@ -142,8 +142,8 @@ def _shift_kernel_tangent(xp: Array, kernel_dot: Array, strides: tuple[int, int]
 
   The result is the same; what changes is its transpose, the kernel gradient. Transposed as one
   whole-batch expression, XLA:CPU turns it into ``kh·kw`` separate reductions over the batch, each
-  streaming the input and the cotangent from memory (30 ms for 8×32×32×256, 3×3, on 2 cores). As a
-  scan over tiles that fit in cache, all taps reduce one tile while it is resident (5 ms).
+  streaming the input and the cotangent from memory. As a scan over tiles that fit in cache, all taps
+  reduce one tile while it is resident.
   """
   n = xp.shape[0]
   per_tile = _images_per_tile(n, xp[0].size * xp.dtype.itemsize)
@@ -161,8 +161,7 @@ def _shift_input_tangent(xp_dot: Array, kernel: Array, strides: tuple[int, int],
   """:func:`_shift_valid` of ``xp_dot`` and ``kernel``, one depth-multiplier index at a time.
 
   Same result; its transpose (the input gradient) then sums ``m`` cheap single-multiplier transposes
-  instead of broadcasting every tap's weights to ``(N, H, W, C, m)``, which XLA:CPU materializes
-  (8×32×32×64, m=4: separable conv forward+backward 64 → 25 ms).
+  instead of broadcasting every tap's weights to ``(N, H, W, C, m)``, which XLA:CPU materializes.
   """
   m = kernel.shape[-1]
   if m == 1:
