@@ -50,8 +50,9 @@ per conv or dot MAC but, for convolutions, only the taps that land on real
 input (padding taps are skipped), and 1 flop per element for elementwise ops.
 So for a program made of convs and dots with ``VALID`` padding,
 ``flops == 2 * macs`` exactly; with ``SAME`` padding XLA reports less; and a
-shift-and-add depthwise step (``kh·kw`` multiplies and ``kh·kw - 1`` adds per
-output) reports ``2·MACs - outputs``.
+shift-and-add depthwise step (``kh·kw`` multiplies, ``kh·kw - 1`` adds and one
+identity ``reduce_precision`` per output, see :func:`efficonv.kernels.depthwise.fusion_fence`)
+reports ``2·MACs``.
 
 Example:
   >>> import jax, jax.numpy as jnp

@@ -121,7 +121,23 @@ def _shift_valid(xp: Array, kernel: Array, strides: tuple[int, int], dilation: t
           term = window * k[i, j, :, 0][None, None, None]
         acc = term if acc is None else acc + term
   assert acc is not None
-  return acc.reshape(n, ho, wo, c * m).astype(out_dtype)
+  return fusion_fence(acc.reshape(n, ho, wo, c * m).astype(out_dtype))
+
+
+def fusion_fence(y: Array) -> Array:
+  """``y`` unchanged, through an op that keeps XLA:CPU's YNNPACK fusion from swallowing its producer.
+
+  XLA:CPU (by default) hands a reduction — a pool, a sum — to YNNPACK together with the elementwise ops
+  that produce its input. For the shift-and-add sum that means materializing every shifted slice of the
+  input instead of streaming them through one loop fusion, and the network slows down many times over.
+  A ``reduce_precision`` to the dtype's own exponent and mantissa is an exact identity (every value is
+  representable, NaN stays NaN) that XLA keeps and YNNPACK does not fuse, so the shift-and-add stays one
+  loop fusion and its consumer starts from its result. Elsewhere it is one fused elementwise pass.
+  """
+  if not jnp.issubdtype(y.dtype, jnp.floating):
+    return y
+  info = jnp.finfo(y.dtype)
+  return jax.lax.reduce_precision(y, exponent_bits=info.nexp, mantissa_bits=info.nmant)
 
 
 # Bytes of padded input per tile of the kernel tangent (see _shift_kernel_tangent).
