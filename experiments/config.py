@@ -38,7 +38,8 @@ class ModelConfig:
     num_classes: classifier outputs.
     stem_features: channels of the stem conv (the first conv, a dense 3×3 unless ``factorize_stem``).
     stage_features: channels of each stage.
-    stage_depth: convs per VGG stage, basic blocks per ResNet stage.
+    stage_depth: convs per VGG stage, basic blocks per ResNet stage: one int, or one per stage.
+    stem_pool: a 2×2 max-pool after the VGG stem (as VGG-11), so the first stage runs at half resolution.
     kernel_size: kernel of the scheme convs (the ``dense5``/``stacked`` schemes use ``large_kernel_size``).
     large_kernel_size: receptive field of the ``dense5`` and ``stacked`` schemes.
     spatial_rank: ``SpatialConv`` rank as a fraction of the layer's output channels.
@@ -60,7 +61,8 @@ class ModelConfig:
   num_classes: int = 10
   stem_features: int = 32
   stage_features: tuple[int, ...] = (32, 64)
-  stage_depth: int = 2
+  stage_depth: int | tuple[int, ...] = 2
+  stem_pool: bool = False
   kernel_size: int = 3
   large_kernel_size: int = 5
   spatial_rank: float = 0.5

@@ -7,7 +7,8 @@ averages.
 
 Layouts (``w_i`` = ``stage_features[i]``, ``d`` = ``stage_depth``):
 
-* VGG: ``stem 3×3 → [d × (scheme conv → BN → ReLU), 2×2 max-pool] per stage → flatten → Linear``. The
+* VGG: ``stem 3×3 → [2×2 max-pool if stem_pool] → [d × (scheme conv → BN → ReLU), 2×2 max-pool] per stage →
+  flatten → Linear`` (``d`` may differ per stage: VGG-11's layout is ``stem_pool`` with depths ``1, 2, 2``). The
   flattened head (as in VGG) learns much faster than global average pooling at these small widths — 81% vs
   68% Fashion-MNIST test accuracy after the same 64 steps (quick preset) — and is built for the given image
   size.
@@ -38,7 +39,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv._typing import Array
+from efficonv.typing import Array
 from experiments.config import ModelConfig
 from experiments.schemes import check_scheme, scheme_conv, stem_conv, widen
 
@@ -54,14 +55,16 @@ def stage_layout(cfg: ModelConfig) -> list[list[int]]:
   Returns:
     One list of widths per stage.
   """
-  if cfg.stage_depth < 1 or not cfg.stage_features:
+  depths = (cfg.stage_depth,) * len(cfg.stage_features) if isinstance(cfg.stage_depth, int) else cfg.stage_depth
+  if not cfg.stage_features or len(depths) != len(cfg.stage_features) or min(depths) < 1:
     raise ValueError(
-      f"stage_depth must be >= 1 and stage_features non-empty, got {cfg.stage_depth} and {cfg.stage_features}"
+      "stage_depth must be an int >= 1 or one such int per stage, and stage_features non-empty, got "
+      f"{cfg.stage_depth} and {cfg.stage_features}"
     )
   if check_scheme(cfg.scheme) == "wide":
-    depth = math.ceil(cfg.stage_depth / 2) if cfg.arch == "vgg" else cfg.stage_depth
-    return [[widen(w, cfg.wide_factor)] * depth for w in cfg.stage_features]
-  return [[w] * cfg.stage_depth for w in cfg.stage_features]
+    widened = [math.ceil(d / 2) if cfg.arch == "vgg" else d for d in depths]
+    return [[widen(w, cfg.wide_factor)] * d for w, d in zip(cfg.stage_features, widened)]
+  return [[w] * d for w, d in zip(cfg.stage_features, depths)]
 
 
 class ConvBN(nnx.Module):
@@ -96,8 +99,9 @@ class VGG(nnx.Module):
       pool_after.append(len(layers) - 1)
     self.layers = nnx.List(layers)
     self.pool_after = tuple(pool_after)
+    self.stem_pool = cfg.stem_pool
     height, width_pixels = image_hw
-    for _ in self.pool_after:
+    for _ in range(len(self.pool_after) + int(cfg.stem_pool)):
       height, width_pixels = height // 2, width_pixels // 2
     if min(height, width_pixels) < 1:
       raise ValueError(f"input_shape must be at least {2 ** len(self.pool_after)} pixels per side, got {image_hw}")
@@ -106,6 +110,8 @@ class VGG(nnx.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     """``(N, H, W, C)`` images → ``(N, num_classes)`` logits."""
     x = nnx.relu(self.stem(x, train))
+    if self.stem_pool:
+      x = nnx.max_pool(x, (2, 2), strides=(2, 2))
     for i, layer in enumerate(self.layers):
       x = nnx.relu(layer(x, train))
       if i in self.pool_after:

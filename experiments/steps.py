@@ -25,7 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from efficonv._typing import Array
+from efficonv.typing import Array
 from efficonv.nnx import set_objective
 from experiments import data
 from experiments.config import ModelConfig
