@@ -33,8 +33,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from efficonv import cost
+from efficonv.convert import conv_kernel, conv_padding
 from efficonv.nnx import CPConv, SeparableConv, SpatialConv, TTConv, TuckerConv
-from efficonv.nnx._base import FactorizedConv, conv_kernel, conv_padding
+from efficonv.nnx._base import FactorizedConv
 
 SCHEMES: dict[str, type[FactorizedConv]] = {
   "cp": CPConv,

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from efficonv._typing import Dtype, PrecisionLike
-from efficonv.formats.init import Initializer, balanced_modes
 from efficonv.formats.tt import TT
-from efficonv.kernels._options import PaddingLike
-from efficonv.nnx._base import FactorizedConv, check_options, default_bias_init
+from efficonv.layer_options import (
+  DepthwiseImplementation,
+  Implementation,
+  Initializer,
+  PaddingLike,
+  default_bias_init,
+  tt_modes,
+)
+from efficonv.nnx._base import FactorizedConv
 
 
 class TTConv(FactorizedConv):
@@ -26,7 +32,7 @@ class TTConv(FactorizedConv):
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from efficonv.nnx import TTConv
-    >>> layer = TTConv(64, 64, 3, ranks=8, in_modes=(8, 8), out_modes=(8, 8), rngs=nnx.Rngs(0))
+    >>> layer = TTConv(64, 64, 3, rank=8, in_modes=(8, 8), out_modes=(8, 8), rngs=nnx.Rngs(0))
     >>> layer(jnp.ones((2, 8, 8, 64))).shape
     (2, 8, 8, 64)
 
@@ -34,10 +40,10 @@ class TTConv(FactorizedConv):
     in_features: input channels ``C_in``.
     out_features: output channels ``C_out``.
     kernel_size: ``k`` or ``(kh, kw)``.
-    ranks: TT ranks ``(r_0, …, r_{d-1})`` or one int for all.
+    strides: int or ``(sh, sw)``; applied to the spatial steps only.
+    rank: TT ranks ``(r_0, …, r_{d-1})``, or one int for all.
     in_modes: factorization of ``C_in`` (default: two balanced factors).
     out_modes: factorization of ``C_out``, as many factors as ``in_modes``.
-    strides: int or ``(sh, sw)``; applied to the spatial steps only.
     padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
     kernel_dilation: int or ``(dh, dw)``.
     use_bias: add a bias to the output.
@@ -48,7 +54,7 @@ class TTConv(FactorizedConv):
       LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
       every factor instead.
     bias_init: bias initializer.
-    implementation: ``"auto"``, ``"factorized"`` or ``"reconstructed"``.
+    implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
 
@@ -64,11 +70,11 @@ class TTConv(FactorizedConv):
     in_features: int,
     out_features: int,
     kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
     *,
-    ranks: int | Sequence[int],
+    rank: int | Sequence[int],
     in_modes: Sequence[int] | None = None,
     out_modes: Sequence[int] | None = None,
-    strides: int | Sequence[int] = 1,
     padding: PaddingLike = "SAME",
     kernel_dilation: int | Sequence[int] = 1,
     use_bias: bool = True,
@@ -77,36 +83,47 @@ class TTConv(FactorizedConv):
     precision: PrecisionLike = None,
     kernel_init: Initializer | None = None,
     bias_init: Initializer = default_bias_init,
-    implementation: str = "auto",
-    depthwise_implementation: str = "auto",
+    implementation: Implementation = "auto",
+    depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
   ):
-    ks, s, d = check_options(
+    super().__init__(
       in_features,
       out_features,
       kernel_size,
       strides,
-      padding,
-      kernel_dilation,
-      implementation,
-      depthwise_implementation,
-    )
-    in_modes, out_modes = tt_modes(in_features, out_features, in_modes, out_modes)
-    fmt = TT.init(rngs.params(), ks, ranks, in_modes, out_modes, dtype=param_dtype, initializer=kernel_init)
-    self._setup(
-      fmt,
-      strides=s,
+      rank=rank,
+      in_modes=in_modes,
+      out_modes=out_modes,
       padding=padding,
-      kernel_dilation=d,
+      kernel_dilation=kernel_dilation,
       use_bias=use_bias,
       dtype=dtype,
       param_dtype=param_dtype,
       precision=precision,
+      kernel_init=kernel_init,
       bias_init=bias_init,
       implementation=implementation,
       depthwise_implementation=depthwise_implementation,
       rngs=rngs,
     )
+
+  @classmethod
+  def _init_format(
+    cls,
+    key: jax.Array,
+    in_features: int,
+    out_features: int,
+    kernel_size: tuple[int, int],
+    rank: Any,
+    *,
+    in_modes: Sequence[int] | None = None,
+    out_modes: Sequence[int] | None = None,
+    dtype: Dtype,
+    initializer: Initializer | None,
+  ) -> TT:
+    in_modes, out_modes = tt_modes(in_features, out_features, in_modes, out_modes)
+    return TT.init(key, kernel_size, rank, in_modes, out_modes, dtype=dtype, initializer=initializer)
 
   @classmethod
   def _decompose(cls, kernel: Any, rank: Any, *, in_modes: Any = None, out_modes: Any = None, **kwargs: Any) -> Any:
@@ -117,24 +134,4 @@ class TTConv(FactorizedConv):
 
   @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
-    return {"ranks": fmt.rank, "in_modes": fmt.in_modes, "out_modes": fmt.out_modes}
-
-
-def tt_modes(
-  in_features: int, out_features: int, in_modes: Sequence[int] | None, out_modes: Sequence[int] | None
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """Fills in default TT modes and checks their products.
-
-  Raises:
-    ValueError: naming ``in_modes``/``out_modes`` when their product is not the channel count.
-  """
-  if in_modes is None:
-    in_modes = balanced_modes(in_features, len(out_modes) if out_modes is not None else 2)
-  if out_modes is None:
-    out_modes = balanced_modes(out_features, len(in_modes))
-  in_modes, out_modes = tuple(int(c) for c in in_modes), tuple(int(s) for s in out_modes)
-  if math.prod(in_modes) != in_features:
-    raise ValueError(f"in_modes must multiply to in_features={in_features}, got {in_modes}")
-  if math.prod(out_modes) != out_features:
-    raise ValueError(f"out_modes must multiply to out_features={out_features}, got {out_modes}")
-  return in_modes, out_modes
+    return {"rank": fmt.rank, "in_modes": fmt.in_modes, "out_modes": fmt.out_modes}
