@@ -173,7 +173,7 @@ def tt_modes(
 
   Example:
     >>> tt_modes(64, 32, None, None)
-    ((8, 8), (4, 8))
+    ((8, 8), (8, 4))
   """
   if in_modes is None:
     in_modes = balanced_modes(in_features, len(out_modes) if out_modes is not None else 2)

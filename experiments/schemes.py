@@ -53,6 +53,7 @@ import math
 
 from flax import nnx
 
+from efficonv.layer_options import tt_modes
 from efficonv.nnx import (
   Bottleneck,
   CPConv,
@@ -62,7 +63,6 @@ from efficonv.nnx import (
   TTConv,
   TuckerConv,
 )
-from efficonv.layer_options import tt_modes
 from experiments.config import ModelConfig
 
 SCHEMES: tuple[str, ...] = (
