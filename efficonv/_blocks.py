@@ -37,7 +37,8 @@ def bottleneck_conv(
   """``1×1 → act → k×k (strides, padding, dilation) → act → 1×1`` on NHWC ``inputs``, each conv plus its bias."""
   first, core, last = kernels
   act = activation if activation is not None else (lambda h: h)
-  pads, mode = opt.resolve_padding(padding, inputs.shape[1:3], core.shape[:2], strides, kernel_dilation)
+  in_hw, kernel_hw = (inputs.shape[1], inputs.shape[2]), (core.shape[0], core.shape[1])
+  pads, mode = opt.resolve_padding(padding, in_hw, kernel_hw, strides, kernel_dilation)
   h = act(_add_bias(pointwise(inputs, first, precision=precision), biases[0]))
   # Padding after the activation: the k×k conv sees zeros, as a standalone conv would.
   h = opt.pad_input(h, pads, mode)
@@ -115,7 +116,7 @@ def stacked_conv(
   precision: PrecisionLike,
 ) -> Array:
   """Pads NHWC ``inputs`` once for the full ``kernel_size``, then runs the small convs ``VALID``, the stride on the last."""
-  pads, mode = opt.resolve_padding(padding, inputs.shape[1:3], kernel_size, strides, kernel_dilation)
+  pads, mode = opt.resolve_padding(padding, (inputs.shape[1], inputs.shape[2]), kernel_size, strides, kernel_dilation)
   h = opt.pad_input(inputs, pads, mode)
   for i, (k, b) in enumerate(zip(kernels, biases)):
     last = i == len(kernels) - 1

@@ -14,7 +14,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from flax import nnx
 from flax.nnx.nn.linear import canonicalize_padding
@@ -65,5 +66,7 @@ def conv_padding(conv: nnx.Conv) -> PaddingLike:
   """
   if isinstance(conv.padding, str):
     return conv.padding
-  pads = canonicalize_padding(conv.padding, 2)
-  return (tuple(pads[0]), tuple(pads[1]))  # type: ignore[return-value]
+  # flax types its result as any padding; for a non-string padding it is one (lo, hi) pair per axis.
+  pads = cast(Sequence[tuple[int, int]], canonicalize_padding(conv.padding, 2))
+  (top, bottom), (left, right) = pads
+  return ((int(top), int(bottom)), (int(left), int(right)))

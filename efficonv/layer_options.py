@@ -138,10 +138,12 @@ def tucker_rank(rank: int | Sequence[int]) -> tuple[int, int]:
   Raises:
     ValueError: naming ``rank`` when it is neither an int nor a pair.
   """
-  if isinstance(rank, int) and not isinstance(rank, bool):
+  if isinstance(rank, bool):
+    raise ValueError(f"rank must be an int or a pair (R1, R2), got {rank!r}")
+  if isinstance(rank, int):
     return rank, rank
   try:
-    r1, r2 = (int(r) for r in rank)  # type: ignore[union-attr]
+    r1, r2 = (int(r) for r in rank)
   except (TypeError, ValueError) as e:
     raise ValueError(f"rank must be an int or a pair (R1, R2), got {rank!r}") from e
   return r1, r2

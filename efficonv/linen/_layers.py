@@ -37,7 +37,7 @@ def _check_stored_channels(module: linen.Module, param: str, cin: int, given_sha
   Checked before ``self.param``, which would raise a flax ``ScopeParamShapeError`` naming a factor instead.
   """
   if module.has_variable("params", param):
-    stored = module.get_variable("params", param)
+    stored: Array = module.get_variable("params", param)
     expected = stored.shape[-2] if stored.ndim == 4 else stored.shape[0]
     if expected != cin:
       raise ValueError(f"inputs must have {expected} channels in its last axis, got shape {given_shape}")

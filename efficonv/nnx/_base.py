@@ -364,7 +364,7 @@ class FactorizedConv(nnx.Module):
     raise NotImplementedError
 
   @classmethod
-  def _format_kwargs(cls, fmt: Format) -> dict[str, Any]:
+  def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
     """Constructor keywords (the rank and any other scheme argument) that make a layer of ``fmt``'s shape."""
     return {"rank": fmt.rank}
 
