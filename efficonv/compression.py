@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from efficonv import cost, schemes
-from efficonv.nnx._base import conv_kernel, conv_padding
+from efficonv.convert import conv_kernel, conv_padding
 
 Path = tuple[Any, ...]
 

@@ -342,7 +342,10 @@ def _kernel_or_shape(value: Any) -> tuple[tuple[int, int, int, int], np.ndarray 
 
 def _space(scheme: str, shape: tuple[int, int, int, int], options: dict[str, Any]) -> _Space:
   fmt = schemes.get(scheme).format
-  return _Space(fmt, shape, fmt.scheme_options(shape, **options))
+  try:
+    return _Space(fmt, shape, fmt.scheme_options(shape, **options))
+  except TypeError as e:  # an option the scheme does not take: a bad value of choose_rank's arguments
+    raise ValueError(str(e)) from e
 
 
 # --- costs ----------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ below the dense conv's (where the scheme allows it):
 scheme             layer                                       MAC ratio (3×3, C)
 =================  ==========================================  =====================
 ``cp``             ``CPConv(rank=C/4)``                        ~17
-``tucker2``        ``TuckerConv(ranks=(C/4, C/4))``            ~8.5
-``tt``             ``TTConv(ranks=(2, 4))``, 2 cores           5–11 (C = 64…256)
+``tucker2``        ``TuckerConv(rank=(C/4, C/4))``             ~8.5
+``tt``             ``TTConv(rank=(2, 4))``, 2 cores            5–11 (C = 64…256)
 ``spatial``        ``SpatialConv(rank=C/4)``                   ~6
 ``separable_m1``   ``SeparableConv(depth_multiplier=1)``       ~8
 ``separable_m4``   ``SeparableConv(depth_multiplier=4)``       ~2
@@ -169,12 +169,12 @@ SCHEMES: tuple[Scheme, ...] = (
   ),
   Scheme(
     "tucker2",
-    lambda s, r: TuckerConv(s.c, s.c, s.kernel_size, ranks=(s.c // 4, s.c // 4), use_bias=False, rngs=r),
+    lambda s, r: TuckerConv(s.c, s.c, s.kernel_size, rank=(s.c // 4, s.c // 4), use_bias=False, rngs=r),
     lambda s: f"TuckerConv ranks ({s.c // 4}, {s.c // 4})",
   ),
   Scheme(
     "tt",
-    lambda s, r: TTConv(s.c, s.c, s.kernel_size, ranks=_tt_ranks(s), use_bias=False, rngs=r),
+    lambda s, r: TTConv(s.c, s.c, s.kernel_size, rank=_tt_ranks(s), use_bias=False, rngs=r),
     lambda s: f"TTConv ranks {_tt_ranks(s)}, 2 cores",
     has_depthwise=True,
   ),

@@ -254,7 +254,7 @@ def torch_sequence(torch: Any, scheme: str, source: Any) -> Any:
       _pointwise(torch, f.last),
     )
   if scheme in ("tucker2", "bottleneck"):
-    f = layer.format
+    f = layer.format if scheme == "tucker2" else layer.factors
     core = _conv(torch, _np(f.core).transpose(3, 2, 0, 1), _same_pad(layer.kernel_size))
     if scheme == "tucker2":
       return nn.Sequential(_pointwise(torch, f.first), core, _pointwise(torch, f.last))

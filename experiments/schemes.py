@@ -53,6 +53,7 @@ import math
 
 from flax import nnx
 
+from efficonv.layer_options import tt_modes
 from efficonv.nnx import (
   Bottleneck,
   CPConv,
@@ -62,7 +63,6 @@ from efficonv.nnx import (
   TTConv,
   TuckerConv,
 )
-from efficonv.nnx.tt import tt_modes
 from experiments.config import ModelConfig
 
 SCHEMES: tuple[str, ...] = (
@@ -212,9 +212,7 @@ def scheme_conv(
     return SpatialConv(in_features, out_features, k, rank=rank, **factorized)
   if scheme == "bottleneck":
     width = fraction_rank(cfg.bottleneck_width, out_features)
-    return Bottleneck(
-      in_features, out_features, k, width=width, activation=nnx.relu, implementation=cfg.implementation, **common
-    )
+    return Bottleneck(in_features, out_features, k, width=width, activation=nnx.relu, **common)
   if scheme.startswith(_SEPARABLE_PREFIX):
     multiplier = int(scheme[len(_SEPARABLE_PREFIX) :])
     return SeparableConv(in_features, out_features, k, depth_multiplier=multiplier, **factorized)
@@ -222,12 +220,12 @@ def scheme_conv(
     return CPConv(in_features, out_features, k, rank=fraction_rank(cfg.cp_rank, out_features), **factorized)
   if scheme == "tucker":
     r = fraction_rank(cfg.tucker_rank, out_features)
-    return TuckerConv(in_features, out_features, k, ranks=(min(r, in_features), r), **factorized)
+    return TuckerConv(in_features, out_features, k, rank=(min(r, in_features), r), **factorized)
   if scheme == "tt":
     in_modes, out_modes = tt_modes(in_features, out_features, None, None)
     r0 = min(cfg.tt_spatial_rank, k * k)
     # Bound of r_1: the smaller side of the unfolding (k²·c_1·s_1) × (c_2·s_2).
     bound = min(k * k * in_modes[0] * out_modes[0], math.prod(in_modes[1:]) * math.prod(out_modes[1:]))
     r1 = fraction_rank(cfg.tt_rank, out_features, bound)
-    return TTConv(in_features, out_features, k, ranks=(r0, r1), in_modes=in_modes, out_modes=out_modes, **factorized)
+    return TTConv(in_features, out_features, k, rank=(r0, r1), in_modes=in_modes, out_modes=out_modes, **factorized)
   raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")

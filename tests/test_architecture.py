@@ -125,7 +125,9 @@ def _private_efficonv_imports(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("package", ["experiments"])
 def test_experiments_use_only_public_efficonv_names(package: str) -> None:
-  bad = {str(p.relative_to(ROOT)): found for p in (ROOT / package).rglob("*.py") if (found := _private_efficonv_imports(p))}
+  bad = {
+    str(p.relative_to(ROOT)): found for p in (ROOT / package).rglob("*.py") if (found := _private_efficonv_imports(p))
+  }
   assert not bad
 
 

@@ -21,10 +21,9 @@ import pytest
 from flax import nnx
 
 import efficonv
-from efficonv import cost
+from efficonv import cost, schemes
 from efficonv import nnx as enn
 from efficonv import rank as rank_rules
-from efficonv import schemes
 from efficonv.compression import Report
 
 BATCH, SIZE, CLASSES, WIDTH = 24, 16, 3, 8

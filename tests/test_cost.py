@@ -243,9 +243,9 @@ def _layer(name: str, rngs: nnx.Rngs) -> nnx.Module:
   if name == "cp":
     return enx.CPConv(C_IN, C_OUT, 3, rank=3, **common)
   if name == "tucker":
-    return enx.TuckerConv(C_IN, C_OUT, 3, ranks=(3, 2), **common)
+    return enx.TuckerConv(C_IN, C_OUT, 3, rank=(3, 2), **common)
   if name == "tt":
-    return enx.TTConv(C_IN, C_OUT, 3, ranks=(2, 3), in_modes=(2, 3), out_modes=(4, 2), **common)
+    return enx.TTConv(C_IN, C_OUT, 3, rank=(2, 3), in_modes=(2, 3), out_modes=(4, 2), **common)
   if name == "spatial":
     return enx.SpatialConv(C_IN, C_OUT, 3, rank=4, **common)
   if name == "separable":
@@ -253,7 +253,7 @@ def _layer(name: str, rngs: nnx.Rngs) -> nnx.Module:
   if name == "stacked":
     return enx.StackedConv(C_IN, C_OUT, 5, strides=2, activation=nnx.relu, rngs=rngs)
   if name == "bottleneck":
-    return enx.Bottleneck(C_IN, C_OUT, 3, width=3, **common)
+    return enx.Bottleneck(C_IN, C_OUT, 3, 2, width=3, rngs=rngs)
   raise AssertionError(name)
 
 

@@ -91,7 +91,7 @@ def test_integer_like_ranks_are_accepted() -> None:
   for value in (np.int64(3), jax.numpy.int32(3)):
     assert efficonv.CP.init(jax.random.key(0), 8, 8, 3, value).rank == 3
   assert efficonv.Tucker2.check_rank((np.int32(2), 3), (3, 3, 8, 8)) == (2, 3)
-  with pytest.raises(ValueError, match="rank must be an int for scheme .cp."):
+  with pytest.raises(ValueError, match=r"rank must be an int for scheme .cp."):
     efficonv.CP.check_rank(2.5, (3, 3, 8, 8))
 
 

@@ -71,14 +71,15 @@ class Format:
   def scheme_options(cls, shape: Sequence[int], **options: Any) -> dict[str, Any]:
     """Validates the scheme's extra options for a kernel shape and fills in their defaults.
 
-    Only TT has any (``in_modes``, ``out_modes``); the others reject every option.
+    Only TT has any (``in_modes``, ``out_modes``); the others reject every option given a value.
 
     Raises:
-      ValueError: naming an option the scheme does not take, or one that does not fit ``shape``.
+      TypeError: naming an option the scheme does not take (as for an unexpected keyword argument).
+      ValueError: naming an option that does not fit ``shape``.
     """
     given = sorted(k for k, v in options.items() if v is not None)
     if given:
-      raise ValueError(f"{', '.join(given)} only apply to scheme 'tt', got scheme {cls.scheme!r}")
+      raise TypeError(f"scheme {cls.scheme!r} takes no option {given} (only 'tt' has options: in_modes, out_modes)")
     return {}
 
   @classmethod

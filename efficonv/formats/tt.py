@@ -85,11 +85,12 @@ class TT(Format):
     side was given.
 
     Raises:
+      TypeError: naming an option TT does not take.
       ValueError: naming ``in_modes``/``out_modes`` when they are not positive ints with the channel
-        counts as products and the same length, or an option TT does not take.
+        counts as products and the same length.
     """
     if options:
-      raise ValueError(f"scheme 'tt' takes the options in_modes and out_modes, got {sorted(options)}")
+      raise TypeError(f"scheme 'tt' takes the options in_modes and out_modes, got {sorted(options)}")
     _, _, cin, cout = check_kernel_shape(shape)
     ins = _check_modes(in_modes, "in_modes", cin, "C_in") if in_modes is not None else None
     outs = _check_modes(out_modes, "out_modes", cout, "C_out") if out_modes is not None else None

@@ -1,10 +1,11 @@
 """Linen access to efficonv's factorized convolutions.
 
-Thin :class:`flax.linen.Module` wrappers with Linen conventions: ``features``
-instead of ``out_features`` and the input channels inferred at ``init``. They
-hold the same factors, with the same variance-matched initialization, as the
-NNX layers (both call the formats' ``init``), and apply them with the same
-``Format.conv``.
+Thin :class:`flax.linen.Module` wrappers, one per NNX layer, with Linen
+conventions: ``features`` instead of ``out_features`` and the input channels
+inferred at ``init``. They hold the same parameters, drawn the same way, as
+the NNX layers (the factorized ones through the NNX layer's format hook), and
+apply them with the same code (``Format.conv``; for :class:`Bottleneck` and
+:class:`StackedConv` the block functions the NNX layers use).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -15,8 +16,10 @@ Example:
   (4, 8, 8, 32)
 """
 
+from efficonv.linen._layers import Bottleneck as Bottleneck
 from efficonv.linen._layers import CPConv as CPConv
 from efficonv.linen._layers import SeparableConv as SeparableConv
 from efficonv.linen._layers import SpatialConv as SpatialConv
+from efficonv.linen._layers import StackedConv as StackedConv
 from efficonv.linen._layers import TTConv as TTConv
 from efficonv.linen._layers import TuckerConv as TuckerConv

@@ -2,58 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn.linear import canonicalize_padding
 
+from efficonv import schemes
+from efficonv.convert import conv_kernel, conv_padding
 from efficonv.formats import Format
-from efficonv.formats.init import Initializer
-from efficonv.kernels import _options as opt
-from efficonv.kernels.depthwise import _DEPTHWISE_IMPLS
-from efficonv.planning import IMPLEMENTATIONS, OBJECTIVES, Plan
+from efficonv.layer_options import (
+  OBJECTIVES,
+  DepthwiseImplementation,
+  Implementation,
+  Initializer,
+  Objective,
+  PaddingLike,
+  batch_inputs,
+  check_options,
+  default_bias_init,
+  promote_tree,
+)
+from efficonv.planning import Plan
 from efficonv.typing import Array, Dtype, PrecisionLike
 
-default_bias_init = nnx.initializers.zeros_init()
 
-
-def check_options(
-  in_features: int,
-  out_features: int,
-  kernel_size: int | Sequence[int],
-  strides: int | Sequence[int],
-  padding: opt.PaddingLike,
-  kernel_dilation: int | Sequence[int],
-  implementation: str,
-  depthwise_implementation: str,
-) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-  """Validates the constructor arguments shared by every layer.
-
-  Returns:
-    ``(kernel_size, strides, kernel_dilation)`` as pairs.
-
-  Raises:
-    ValueError: naming the offending argument.
-  """
-  for name, value in (("in_features", in_features), ("out_features", out_features)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name} must be a positive int, got {value!r}")
-  ks = opt.pair(kernel_size, "kernel_size")  # type: ignore[arg-type]
-  s = opt.pair(strides, "strides")  # type: ignore[arg-type]
-  d = opt.pair(kernel_dilation, "kernel_dilation")  # type: ignore[arg-type]
-  # Validates the padding's form now (sizes are checked per call).
-  opt.resolve_padding(padding, (10**6, 10**6), ks, s, d)
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
-  if depthwise_implementation not in _DEPTHWISE_IMPLS:
-    raise ValueError(f"depthwise_implementation must be one of {_DEPTHWISE_IMPLS}, got {depthwise_implementation!r}")
-  return ks, s, d
-
-
-def set_objective(model: nnx.Module, objective: str) -> int:
+def set_objective(model: nnx.Module, objective: Objective) -> int:
   """Sets what ``implementation="auto"``/``"autotune"`` optimise in every factorized layer of ``model``.
 
   ``"inference"`` (the default of every layer) picks the path with the fastest forward pass;
@@ -91,44 +66,86 @@ def set_objective(model: nnx.Module, objective: str) -> int:
 class FactorizedConv(nnx.Module):
   """Base class: a conv layer whose kernel is held as a factor :class:`~efficonv.Format`.
 
-  Subclasses set ``format_type`` and create the factor parameters. The layer
-  stores each factor as an :class:`flax.nnx.Param` named like the format's
-  field (lists of factors in :class:`flax.nnx.List`), so optax, ``nnx.state``
-  filters and checkpoints see ordinary parameters.
+  The constructor takes :class:`flax.nnx.Conv`'s arguments, in its order,
+  plus the scheme's ``rank``; a subclass sets ``format_type`` and draws its
+  factors in :meth:`_init_format`, and declares its own ``__init__`` only
+  when it takes other scheme arguments (see :class:`~efficonv.nnx.TTConv`).
+  The layer stores each factor as an :class:`flax.nnx.Param` named like the
+  format's field (lists of factors in :class:`flax.nnx.List`), so optax,
+  ``nnx.state`` filters and checkpoints see ordinary parameters.
+
+  Args:
+    in_features: input channels ``C_in``.
+    out_features: output channels ``C_out``.
+    kernel_size: ``k`` or ``(kh, kw)``.
+    strides: int or ``(sh, sw)``; applied to the spatial steps only.
+    rank: the scheme's rank (an int, or a tuple where the scheme has several).
+    padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
+    kernel_dilation: int or ``(dh, dw)``.
+    use_bias: add a bias to the output.
+    dtype: computation dtype (inferred from inputs and params when ``None``).
+    param_dtype: parameter dtype.
+    precision: XLA precision of the matmuls/convs.
+    kernel_init: ``None`` draws factors whose reconstructed kernel has
+      LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
+      every factor instead.
+    bias_init: bias initializer.
+    implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
+    depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
+    rngs: random number streams.
+    **scheme_args: the subclass's other scheme arguments, passed to :meth:`_init_format`.
   """
 
   format_type: ClassVar[type[Format]]
 
-  def _setup(
+  def __init__(
     self,
-    fmt: Format,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
     *,
-    strides: tuple[int, int],
-    padding: opt.PaddingLike,
-    kernel_dilation: tuple[int, int],
-    use_bias: bool,
-    dtype: Dtype | None,
-    param_dtype: Dtype,
-    precision: PrecisionLike,
-    bias_init: Initializer,
-    implementation: str,
-    depthwise_implementation: str,
+    rank: int | Sequence[int],
+    padding: PaddingLike = "SAME",
+    kernel_dilation: int | Sequence[int] = 1,
+    use_bias: bool = True,
+    dtype: Dtype | None = None,
+    param_dtype: Dtype = jnp.float32,
+    precision: PrecisionLike = None,
+    kernel_init: Initializer | None = None,
+    bias_init: Initializer = default_bias_init,
+    implementation: Implementation = "auto",
+    depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
-  ) -> None:
+    **scheme_args: Any,
+  ):
+    ks, s, d = check_options(
+      in_features,
+      out_features,
+      kernel_size,
+      strides,
+      padding,
+      kernel_dilation,
+      implementation,
+      depthwise_implementation,
+    )
+    fmt = self._init_format(
+      rngs.params(), in_features, out_features, ks, rank, dtype=param_dtype, initializer=kernel_init, **scheme_args
+    )
     self.in_features = fmt.in_features
     self.out_features = fmt.out_features
     self.kernel_size = fmt.kernel_size
-    self.strides = strides
+    self.strides = s
     self.padding = padding
-    self.kernel_dilation = kernel_dilation
+    self.kernel_dilation = d
     self.use_bias = use_bias
     self.dtype = dtype
     self.param_dtype = param_dtype
     self.precision = precision
-    self.implementation = implementation
-    self.depthwise_implementation = depthwise_implementation
+    self.implementation: Implementation = implementation
+    self.depthwise_implementation: DepthwiseImplementation = depthwise_implementation
     # What "auto"/"autotune" optimise; see set_objective.
-    self.objective = "inference"
+    self.objective: Objective = "inference"
     for name in fmt._fields:
       value = getattr(fmt, name)
       if isinstance(value, tuple):
@@ -137,6 +154,39 @@ class FactorizedConv(nnx.Module):
         setattr(self, name, nnx.Param(jnp.asarray(value, param_dtype)))
     self.bias: nnx.Param | None = (
       nnx.Param(bias_init(rngs.params(), (fmt.out_features,), param_dtype)) if use_bias else None
+    )
+
+  @classmethod
+  def _init_format(
+    cls,
+    key: jax.Array,
+    in_features: int,
+    out_features: int,
+    kernel_size: tuple[int, int],
+    rank: Any,
+    *,
+    dtype: Dtype,
+    initializer: Initializer | None,
+    **scheme_args: Any,
+  ) -> Format:
+    """Draws this scheme's factors (the per-scheme hook of the constructor; the Linen layers call it too).
+
+    The default is the format's own :meth:`efficonv.Format.init`, which validates the rank against the
+    scheme's range and matches LeCun's variance.
+
+    Args:
+      key: PRNG key.
+      in_features, out_features, kernel_size: the conv's shape (``kernel_size`` a pair).
+      rank: the constructor's ``rank``.
+      dtype: the parameter dtype.
+      initializer: ``kernel_init`` (``None``: the variance-matched draw).
+      **scheme_args: the scheme's other arguments (TT: ``in_modes``, ``out_modes``).
+
+    Returns:
+      The format.
+    """
+    return cls.format_type.init(
+      key, in_features, out_features, kernel_size, rank, dtype=dtype, initializer=initializer, **scheme_args
     )
 
   @property
@@ -159,9 +209,9 @@ class FactorizedConv(nnx.Module):
       strides=self.strides,
       padding=self.padding,
       dilation=self.kernel_dilation,
-      implementation=self.implementation,  # type: ignore[arg-type]
+      implementation=self.implementation,
       depthwise_implementation=self.depthwise_implementation,
-      objective=self.objective,  # type: ignore[arg-type]
+      objective=self.objective,
       dtype=self.dtype,
       precision=self.precision,
     )
@@ -192,9 +242,9 @@ class FactorizedConv(nnx.Module):
       strides=self.strides,
       padding=self.padding,
       dilation=self.kernel_dilation,
-      implementation=self.implementation,  # type: ignore[arg-type]
+      implementation=self.implementation,
       depthwise_implementation=self.depthwise_implementation,
-      objective=self.objective,  # type: ignore[arg-type]
+      objective=self.objective,
       precision=self.precision,
     )
     if bias is not None:
@@ -207,7 +257,7 @@ class FactorizedConv(nnx.Module):
     fmt: Format,
     *,
     strides: int | Sequence[int] = 1,
-    padding: opt.PaddingLike = "SAME",
+    padding: PaddingLike = "SAME",
     kernel_dilation: int | Sequence[int] = 1,
     use_bias: bool | None = None,
     bias: Array | None = None,
@@ -215,8 +265,8 @@ class FactorizedConv(nnx.Module):
     param_dtype: Dtype = jnp.float32,
     precision: PrecisionLike = None,
     bias_init: Initializer = default_bias_init,
-    implementation: str = "auto",
-    depthwise_implementation: str = "auto",
+    implementation: Implementation = "auto",
+    depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs | None = None,
   ) -> Any:
     """Builds the layer around existing factors.
@@ -239,8 +289,8 @@ class FactorizedConv(nnx.Module):
       fmt.in_features,
       fmt.out_features,
       fmt.kernel_size,
+      strides,
       **cls._format_kwargs(fmt),
-      strides=strides,
       padding=padding,
       kernel_dilation=kernel_dilation,
       use_bias=True if use_bias is None else use_bias,
@@ -267,8 +317,8 @@ class FactorizedConv(nnx.Module):
     conv: nnx.Conv,
     rank: Any,
     *,
-    implementation: str = "auto",
-    depthwise_implementation: str = "auto",
+    implementation: Implementation = "auto",
+    depthwise_implementation: DepthwiseImplementation = "auto",
     return_info: bool = False,
     **decompose_kwargs: Any,
   ) -> Any:
@@ -318,13 +368,13 @@ class FactorizedConv(nnx.Module):
 
   @classmethod
   def _decompose(cls, kernel: Array, rank: Any, **kwargs: Any) -> tuple[Format, Any]:
-    """Runs this scheme's :mod:`efficonv.decompose` function."""
-    raise NotImplementedError
+    """Runs this scheme's decomposition (the registry's, :mod:`efficonv.schemes`)."""
+    return schemes.of_format(cls.format_type).decompose(kernel, rank, **kwargs)
 
   @classmethod
-  def _format_kwargs(cls, fmt: Format) -> dict[str, Any]:
-    """Constructor keywords (rank etc.) that make a layer of ``fmt``'s shape."""
-    raise NotImplementedError
+  def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
+    """Constructor keywords (the rank and any other scheme argument) that make a layer of ``fmt``'s shape."""
+    return {"rank": fmt.rank}
 
   def _load_format(self, fmt: Format) -> None:
     """Overwrites the factor parameters with ``fmt``'s arrays (shapes must match)."""
@@ -335,84 +385,3 @@ class FactorizedConv(nnx.Module):
         if tuple(param.shape) != tuple(v.shape):
           raise ValueError(f"fmt.{name} must have shape {tuple(param.shape)}, got {tuple(v.shape)}")
         param[...] = jnp.asarray(v, self.param_dtype)
-
-
-ActivationFn = Callable[[Array], Array]
-
-
-def batch_inputs(inputs: Array, in_features: int | None) -> tuple[Array, bool]:
-  """Checks layer ``inputs`` and gives unbatched ones a batch axis (as :class:`flax.nnx.Conv` accepts them).
-
-  Args:
-    inputs: ``(N, H, W, in_features)`` or unbatched ``(H, W, in_features)``.
-    in_features: the channels the layer expects (``None``: any, for layers that infer them).
-
-  Returns:
-    ``(inputs as (N, H, W, in_features), whether the batch axis was added)``.
-
-  Raises:
-    ValueError: naming ``inputs`` when it is not rank 3 or 4 or has the wrong channel count.
-  """
-  ndim = getattr(inputs, "ndim", None)
-  if ndim not in (3, 4):
-    raise ValueError(
-      f"inputs must be NHWC (rank 4) or unbatched HWC (rank 3), got shape {getattr(inputs, 'shape', type(inputs))}"
-    )
-  unbatched = ndim == 3
-  if unbatched and in_features is not None and inputs.shape[-1] != in_features:
-    # Checked before adding the axis so the message shows the shape the caller passed.
-    raise ValueError(f"inputs must have {in_features} channels in its last axis (HWC), got shape {inputs.shape}")
-  inputs = inputs[None] if unbatched else inputs
-  opt.check_input(inputs, "inputs", in_features)
-  return inputs, unbatched
-
-
-def promote_tree(tree: Any, dtype: Dtype | None) -> Any:
-  """Casts every inexact array leaf of ``tree`` to ``dtype``.
-
-  With ``dtype=None`` the common result type of all leaves is used (as
-  :func:`flax.nnx.nn.dtypes.promote_dtype`, which takes only flat tuples).
-  """
-  leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if leaf is not None]
-  target = dtype if dtype is not None else jnp.result_type(*leaves)
-  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, target), tree)
-
-
-def conv_kernel(conv: Any) -> Array:
-  """The HWIO kernel of a plain 2-D :class:`flax.nnx.Conv`.
-
-  Raises:
-    ValueError: naming ``conv`` when it is not a 2-D conv without groups,
-      input dilation or mask (no factorized layer reproduces those).
-  """
-  if not isinstance(conv, nnx.Conv):
-    raise ValueError(f"conv must be a flax.nnx.Conv, got {type(conv).__name__}")
-  kernel = conv.kernel[...]
-  if kernel.ndim != 4:
-    raise ValueError(f"conv must be a 2-D convolution (HWIO kernel of rank 4), got kernel shape {kernel.shape}")
-  if conv.feature_group_count != 1:
-    raise ValueError(f"conv must have feature_group_count=1, got {conv.feature_group_count}")
-  if conv.input_dilation not in (None, 1, (1, 1), [1, 1]):
-    raise ValueError(f"conv must have input_dilation=1, got {conv.input_dilation}")
-  if conv.mask is not None:
-    raise ValueError("conv must not have a kernel mask")
-  return kernel
-
-
-def conv_padding(conv: nnx.Conv) -> opt.PaddingLike:
-  """The padding of a 2-D :class:`flax.nnx.Conv` in a form efficonv accepts.
-
-  ``nnx.Conv`` also takes a per-axis mix of ints and pairs (``[1, (0, 2)]``);
-  flax's own canonicalization turns every explicit form into ``((lo, hi), (lo, hi))``.
-
-  Args:
-    conv: a 2-D ``nnx.Conv`` (checked by :func:`conv_kernel` first).
-
-  Returns:
-    ``conv.padding`` when it is a string (``"SAME"``, ``"VALID"``, ``"CIRCULAR"``,
-    ``"REFLECT"``), else ``((top, bottom), (left, right))``.
-  """
-  if isinstance(conv.padding, str):
-    return conv.padding
-  pads = canonicalize_padding(conv.padding, 2)
-  return (tuple(pads[0]), tuple(pads[1]))  # type: ignore[return-value]

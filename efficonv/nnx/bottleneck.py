@@ -2,50 +2,75 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv.formats.init import Initializer
+from efficonv import _blocks
 from efficonv.formats.tucker2 import Tucker2
-from efficonv.kernels import _options as opt
-from efficonv.kernels.conv import conv_valid, pointwise
-from efficonv.nnx._base import batch_inputs, default_bias_init, promote_tree
-from efficonv.nnx.tucker import TuckerConv
+from efficonv.layer_options import (
+  ActivationFn,
+  Initializer,
+  PaddingLike,
+  batch_inputs,
+  bottleneck_widths,
+  check_features,
+  check_geometry,
+  default_bias_init,
+  default_kernel_init,
+  promote_tree,
+)
 from efficonv.typing import Array, Dtype, PrecisionLike
 
-default_kernel_init = nnx.initializers.lecun_normal()
 
+class Bottleneck(nnx.Module):
+  """Bottleneck block: ``1×1 (C_in→w1) → act → k×k (w1→w2) → act → 1×1 (w2→C_out)``.
 
-class Bottleneck(TuckerConv):
-  """Bottleneck block: ``1×1 (C_in→w) → act → k×k (w→w) → act → 1×1 (w→C_out)``.
+  The ResNet bottleneck as one drop-in layer for a ``k×k`` conv. Each of the
+  three convs is initialized over its own fan-in (LeCun normal by default,
+  what a block with nonlinearities needs) and always runs as its own conv:
+  the block has no dense or depthwise alternative to choose, so it takes no
+  ``implementation`` and has no ``plan``. The ``k×k`` conv takes the strides,
+  padding and dilation.
 
-  The ResNet bottleneck as one drop-in layer for a ``k×k`` conv. Without an
-  activation it is exactly :class:`TuckerConv` with ranks ``(w, w)`` (and its
-  factors get the Tucker variance-matched init); with one, each of the three
-  convs is LeCun-initialized over its own fan-in and has its own bias, and the
-  layer always runs factorized (a nonlinear block has no dense kernel).
-  :meth:`from_format` builds the linear layer (``activation=None``): a
-  :class:`~efficonv.Tucker2` is one linear conv.
+  ``activation=None`` keeps the three-conv structure and its initialization
+  but makes the block linear; then only the last conv has a bias (intermediate
+  biases would make it affine in a way no single conv is), the block equals one
+  ``k×k`` conv, and :meth:`to_dense` gives its kernel. For a linear Tucker-2
+  layer with a variance-matched initialization and the choice between the
+  factorized and the reconstructed path, use :class:`TuckerConv`.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from efficonv.nnx import Bottleneck
-    >>> Bottleneck(64, 64, 3, width=16, rngs=nnx.Rngs(0))(jnp.ones((2, 8, 8, 64))).shape
-    (2, 8, 8, 64)
+    >>> layer = Bottleneck(64, 64, 3, 2, width=16, rngs=nnx.Rngs(0))
+    >>> layer(jnp.ones((2, 8, 8, 64))).shape
+    (2, 4, 4, 64)
+    >>> layer.cost_macs((2, 8, 8, 64)) == 2 * (64 * 64 * 16 + 16 * (9 * 16 * 16 + 16 * 64))
+    True
 
   Args:
-    in_features, out_features, kernel_size: as :class:`flax.nnx.Conv`.
-    width: bottleneck channels ``w`` (default ``max(1, out_features // 4)``);
-      ``ranks=(R1, R2)`` may be given instead for unequal widths.
-    activation: nonlinearity between the convs (default ReLU; ``None`` for
-      a linear Tucker-2 layer).
-    strides, padding, kernel_dilation: go to the ``k×k`` conv only.
-    use_bias, dtype, param_dtype, precision, kernel_init, bias_init,
-    implementation, depthwise_implementation, rngs: as :class:`TuckerConv`.
+    in_features: input channels ``C_in``.
+    out_features: output channels ``C_out``.
+    kernel_size: ``k`` or ``(kh, kw)`` of the middle conv.
+    strides: int or ``(sh, sw)``; applied to the ``k×k`` conv.
+    width: bottleneck channels: an int ``w`` for both (default
+      ``max(1, out_features // 4)``), or ``(w1, w2)`` for the ``k×k`` conv's
+      input and output channels.
+    activation: nonlinearity after the first two convs (default ReLU);
+      ``None`` for a linear block.
+    padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or
+      ``((lo, hi), (lo, hi))``, for the ``k×k`` conv.
+    kernel_dilation: int or ``(dh, dw)``, for the ``k×k`` conv.
+    use_bias: give the convs biases (all three with an activation, else only the last).
+    dtype: computation dtype (inferred from inputs and params when ``None``).
+    param_dtype: parameter dtype.
+    precision: XLA precision of the matmuls/convs.
+    kernel_init: initializer of each conv's kernel (fan-in is its own).
+    bias_init: bias initializer.
+    rngs: random number streams.
   """
 
   def __init__(
@@ -53,94 +78,79 @@ class Bottleneck(TuckerConv):
     in_features: int,
     out_features: int,
     kernel_size: int | Sequence[int],
-    *,
-    width: int | None = None,
-    ranks: int | Sequence[int] | None = None,
-    activation: Callable[[Array], Array] | None = nnx.relu,
     strides: int | Sequence[int] = 1,
-    padding: opt.PaddingLike = "SAME",
+    *,
+    width: int | Sequence[int] | None = None,
+    activation: ActivationFn | None = nnx.relu,
+    padding: PaddingLike = "SAME",
     kernel_dilation: int | Sequence[int] = 1,
     use_bias: bool = True,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     precision: PrecisionLike = None,
-    kernel_init: Initializer | None = None,
+    kernel_init: Initializer = default_kernel_init,
     bias_init: Initializer = default_bias_init,
-    implementation: str = "auto",
-    depthwise_implementation: str = "auto",
     rngs: nnx.Rngs,
   ):
-    if width is not None and ranks is not None:
-      raise ValueError(f"give width or ranks, not both (got width={width}, ranks={ranks})")
-    if ranks is None:
-      ranks = max(1, out_features // 4) if width is None else width
-    super().__init__(
-      in_features,
-      out_features,
-      kernel_size,
-      ranks=ranks,
-      strides=strides,
-      padding=padding,
-      kernel_dilation=kernel_dilation,
-      use_bias=use_bias,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      precision=precision,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      implementation=implementation,
-      depthwise_implementation=depthwise_implementation,
-      rngs=rngs,
-    )
+    check_features(in_features=in_features, out_features=out_features)
+    ks, s, d = check_geometry(kernel_size, strides, padding, kernel_dilation)
+    w1, w2 = bottleneck_widths(out_features, width)
+    self.in_features, self.out_features, self.kernel_size, self.width = in_features, out_features, ks, (w1, w2)
+    self.strides, self.padding, self.kernel_dilation = s, padding, d
     self.activation = activation
-    if activation is None:
-      self.first_bias = self.core_bias = None
-      return
-    init = kernel_init or default_kernel_init
-    kh, kw = self.kernel_size
-    r1, r2 = self.format.rank
-    self.first[...] = init(rngs.params(), (in_features, r1), param_dtype)
-    self.core[...] = init(rngs.params(), (kh, kw, r1, r2), param_dtype)
-    self.last[...] = init(rngs.params(), (r2, out_features), param_dtype)
-    self.first_bias: nnx.Param | None = nnx.Param(bias_init(rngs.params(), (r1,), param_dtype)) if use_bias else None
-    self.core_bias: nnx.Param | None = nnx.Param(bias_init(rngs.params(), (r2,), param_dtype)) if use_bias else None
+    self.use_bias, self.dtype, self.param_dtype, self.precision = use_bias, dtype, param_dtype, precision
+    self.first = nnx.Param(kernel_init(rngs.params(), (in_features, w1), param_dtype))
+    self.core = nnx.Param(kernel_init(rngs.params(), (*ks, w1, w2), param_dtype))
+    self.last = nnx.Param(kernel_init(rngs.params(), (w2, out_features), param_dtype))
+    inner = use_bias and activation is not None
+    self.first_bias = nnx.Param(bias_init(rngs.params(), (w1,), param_dtype)) if inner else None
+    self.core_bias = nnx.Param(bias_init(rngs.params(), (w2,), param_dtype)) if inner else None
+    self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), param_dtype)) if use_bias else None
+
+  @property
+  def factors(self) -> Tucker2:
+    """The three kernels as a :class:`~efficonv.Tucker2` (its ``to_dense`` is the block's kernel only when linear)."""
+    return Tucker2(self.first[...], self.core[...], self.last[...])
 
   def __call__(self, inputs: Array) -> Array:
     """``(N, H, W, in_features)`` → ``(N, H', W', out_features)`` (unbatched ``(H, W, in_features)`` too)."""
-    if self.activation is None:
-      return super().__call__(inputs)
     inputs, unbatched = batch_inputs(inputs, self.in_features)
-    act = self.activation
-    fmt: Tucker2 = self.format  # type: ignore[assignment]
-    biases = [b[...] if b is not None else None for b in (self.first_bias, self.core_bias, self.bias)]
-    inputs, fmt, biases = promote_tree((inputs, fmt, biases), self.dtype)
-    pads, mode = opt.resolve_padding(
-      self.padding, inputs.shape[1:3], self.kernel_size, self.strides, self.kernel_dilation
+    kernels = (self.first[...], self.core[...], self.last[...])
+    biases = tuple(b[...] if b is not None else None for b in (self.first_bias, self.core_bias, self.bias))
+    inputs, kernels, biases = promote_tree((inputs, kernels, biases), self.dtype)
+    y = _blocks.bottleneck_conv(
+      inputs,
+      kernels,
+      biases,
+      activation=self.activation,
+      strides=self.strides,
+      padding=self.padding,
+      kernel_dilation=self.kernel_dilation,
+      precision=self.precision,
     )
-    h = pointwise(inputs, fmt.first, precision=self.precision)
-    h = act(_add_bias(h, biases[0]))
-    # Padding after the activation: the k×k conv sees zeros, as a standalone conv would.
-    h = opt.pad_input(h, pads, mode)
-    h = act(_add_bias(conv_valid(h, fmt.core, self.strides, self.kernel_dilation, "xla", self.precision), biases[1]))
-    y = _add_bias(pointwise(h, fmt.last, precision=self.precision), biases[2])
     return y[0] if unbatched else y
 
   def to_dense(self) -> Array:
-    """The Tucker-2 kernel (only without ``activation``)."""
+    """The single ``k×k`` HWIO kernel equal to the block (only with ``activation=None``).
+
+    Raises:
+      ValueError: when the block has an activation (it is not one conv then).
+    """
     if self.activation is not None:
       raise ValueError("to_dense needs activation=None: a nonlinear block is not one convolution")
-    return super().to_dense()
-
-  @classmethod
-  def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
-    # A Tucker-2 format is one linear conv: the layer built around it must be that conv, not a
-    # ReLU block (whose extra biases the format does not carry).
-    return {"ranks": fmt.rank, "activation": None}
+    return self.factors.to_dense()
 
   def cost_params(self) -> int:
-    extra = sum(int(b.size) for b in (self.first_bias, self.core_bias) if b is not None)
-    return super().cost_params() + extra
+    """Parameters of the three kernels and their biases."""
+    params = (self.first, self.core, self.last, self.first_bias, self.core_bias, self.bias)
+    return sum(int(p.size) for p in params if p is not None)
 
-
-def _add_bias(h: Array, bias: Array | None) -> Array:
-  return h if bias is None else h + bias.reshape(1, 1, 1, -1)
+  def cost_macs(self, input_shape: Sequence[int]) -> int:
+    """MACs of the three convs on ``input_shape`` (bias adds and activations excluded)."""
+    return _blocks.bottleneck_macs(
+      input_shape,
+      (self.first.shape, self.core.shape, self.last.shape),
+      strides=self.strides,
+      padding=self.padding,
+      kernel_dilation=self.kernel_dilation,
+    )

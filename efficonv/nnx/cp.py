@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import jax.numpy as jnp
-from flax import nnx
-
 from efficonv.formats.cp import CP
-from efficonv.formats.init import Initializer
-from efficonv.kernels._options import PaddingLike
-from efficonv.nnx._base import FactorizedConv, check_options, default_bias_init
-from efficonv.typing import Dtype, PrecisionLike
+from efficonv.nnx._base import FactorizedConv
 
 
 class CPConv(FactorizedConv):
@@ -26,7 +17,7 @@ class CPConv(FactorizedConv):
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from efficonv.nnx import CPConv
-    >>> layer = CPConv(64, 64, (3, 3), rank=16, strides=2, rngs=nnx.Rngs(0))
+    >>> layer = CPConv(64, 64, (3, 3), 2, rank=16, rngs=nnx.Rngs(0))
     >>> layer(jnp.ones((8, 32, 32, 64))).shape
     (8, 16, 16, 64)
     >>> layer.plan((8, 32, 32, 64)).implementation
@@ -36,8 +27,8 @@ class CPConv(FactorizedConv):
     in_features: input channels ``C_in``.
     out_features: output channels ``C_out``.
     kernel_size: ``k`` or ``(kh, kw)``.
-    rank: CP rank ``R``.
     strides: int or ``(sh, sw)``; applied to the depthwise steps only.
+    rank: CP rank ``R``.
     padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
     kernel_dilation: int or ``(dh, dw)``.
     use_bias: add a bias after the last 1×1.
@@ -48,7 +39,7 @@ class CPConv(FactorizedConv):
       LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
       every factor instead.
     bias_init: bias initializer.
-    implementation: ``"auto"``, ``"factorized"`` or ``"reconstructed"``.
+    implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
 
@@ -58,59 +49,3 @@ class CPConv(FactorizedConv):
   """
 
   format_type = CP
-
-  def __init__(
-    self,
-    in_features: int,
-    out_features: int,
-    kernel_size: int | Sequence[int],
-    *,
-    rank: int,
-    strides: int | Sequence[int] = 1,
-    padding: PaddingLike = "SAME",
-    kernel_dilation: int | Sequence[int] = 1,
-    use_bias: bool = True,
-    dtype: Dtype | None = None,
-    param_dtype: Dtype = jnp.float32,
-    precision: PrecisionLike = None,
-    kernel_init: Initializer | None = None,
-    bias_init: Initializer = default_bias_init,
-    implementation: str = "auto",
-    depthwise_implementation: str = "auto",
-    rngs: nnx.Rngs,
-  ):
-    ks, s, d = check_options(
-      in_features,
-      out_features,
-      kernel_size,
-      strides,
-      padding,
-      kernel_dilation,
-      implementation,
-      depthwise_implementation,
-    )
-    fmt = CP.init(rngs.params(), in_features, out_features, ks, rank, dtype=param_dtype, initializer=kernel_init)
-    self._setup(
-      fmt,
-      strides=s,
-      padding=padding,
-      kernel_dilation=d,
-      use_bias=use_bias,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      precision=precision,
-      bias_init=bias_init,
-      implementation=implementation,
-      depthwise_implementation=depthwise_implementation,
-      rngs=rngs,
-    )
-
-  @classmethod
-  def _decompose(cls, kernel: Any, rank: Any, **kwargs: Any) -> Any:
-    from efficonv.decompose import cp
-
-    return cp(kernel, rank, **kwargs)
-
-  @classmethod
-  def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
-    return {"rank": fmt.rank}

@@ -6,13 +6,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from efficonv.formats.init import Initializer
 from efficonv.formats.separable import Separable
-from efficonv.kernels._options import PaddingLike
-from efficonv.nnx._base import FactorizedConv, check_options, default_bias_init
+from efficonv.layer_options import (
+  DepthwiseImplementation,
+  Implementation,
+  Initializer,
+  PaddingLike,
+  default_bias_init,
+)
+from efficonv.nnx._base import FactorizedConv
 from efficonv.typing import Dtype, PrecisionLike
 
 
@@ -20,7 +24,8 @@ class SeparableConv(FactorizedConv):
   """Depthwise-separable convolution with a depth multiplier.
 
   Depthwise ``kh×kw`` producing ``m`` maps per input channel (strides and
-  dilation here), then ``1×1 (C_in·m → C_out)``.
+  dilation here), then ``1×1 (C_in·m → C_out)``. The depth multiplier plays
+  the rank's part (``from_conv``'s ``rank`` is the depth multiplier).
 
   Example:
     >>> import jax.numpy as jnp
@@ -33,8 +38,8 @@ class SeparableConv(FactorizedConv):
     in_features: input channels ``C_in``.
     out_features: output channels ``C_out``.
     kernel_size: ``k`` or ``(kh, kw)``.
-    depth_multiplier: depthwise maps per input channel ``m``.
     strides: int or ``(sh, sw)``; applied to the spatial steps only.
+    depth_multiplier: depthwise maps per input channel ``m``.
     padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
     kernel_dilation: int or ``(dh, dw)``.
     use_bias: add a bias to the output.
@@ -45,7 +50,7 @@ class SeparableConv(FactorizedConv):
       LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
       every factor instead.
     bias_init: bias initializer.
-    implementation: ``"auto"``, ``"factorized"`` or ``"reconstructed"``.
+    implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
 
@@ -61,9 +66,9 @@ class SeparableConv(FactorizedConv):
     in_features: int,
     out_features: int,
     kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
     *,
     depth_multiplier: int = 1,
-    strides: int | Sequence[int] = 1,
     padding: PaddingLike = "SAME",
     kernel_dilation: int | Sequence[int] = 1,
     use_bias: bool = True,
@@ -72,51 +77,28 @@ class SeparableConv(FactorizedConv):
     precision: PrecisionLike = None,
     kernel_init: Initializer | None = None,
     bias_init: Initializer = default_bias_init,
-    implementation: str = "auto",
-    depthwise_implementation: str = "auto",
+    implementation: Implementation = "auto",
+    depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
   ):
-    ks, s, d = check_options(
+    super().__init__(
       in_features,
       out_features,
       kernel_size,
       strides,
-      padding,
-      kernel_dilation,
-      implementation,
-      depthwise_implementation,
-    )
-    fmt = Separable.init(
-      rngs.params(), in_features, out_features, ks, depth_multiplier, dtype=param_dtype, initializer=kernel_init
-    )
-    self._setup(
-      fmt,
-      strides=s,
+      rank=depth_multiplier,
       padding=padding,
-      kernel_dilation=d,
+      kernel_dilation=kernel_dilation,
       use_bias=use_bias,
       dtype=dtype,
       param_dtype=param_dtype,
       precision=precision,
+      kernel_init=kernel_init,
       bias_init=bias_init,
       implementation=implementation,
       depthwise_implementation=depthwise_implementation,
       rngs=rngs,
     )
-
-  @classmethod
-  def _decompose(cls, kernel: Any, rank: Any, **kwargs: Any) -> Any:
-    from efficonv.decompose import separable
-
-    # from_conv's argument is `rank`; the decomposition would name it `depth_multiplier`.
-    kh, kw, _, cout = kernel.shape
-    maximum = min(kh * kw, cout)
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= maximum:
-      raise ValueError(
-        f"rank (the depth multiplier) must be an int in [1, min(kh*kw, C_out)] = [1, {maximum}] for a kernel of "
-        f"shape {tuple(kernel.shape)}, got {rank!r}"
-      )
-    return separable(kernel, int(rank), **kwargs)
 
   @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:

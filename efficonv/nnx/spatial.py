@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import jax.numpy as jnp
-from flax import nnx
-
-from efficonv.formats.init import Initializer
 from efficonv.formats.spatial import Spatial
-from efficonv.kernels._options import PaddingLike
-from efficonv.nnx._base import FactorizedConv, check_options, default_bias_init
-from efficonv.typing import Dtype, PrecisionLike
+from efficonv.nnx._base import FactorizedConv
 
 
 class SpatialConv(FactorizedConv):
@@ -32,8 +23,8 @@ class SpatialConv(FactorizedConv):
     in_features: input channels ``C_in``.
     out_features: output channels ``C_out``.
     kernel_size: ``k`` or ``(kh, kw)``.
-    rank: intermediate channels ``K``.
     strides: int or ``(sh, sw)``; applied to the spatial steps only.
+    rank: intermediate channels ``K``.
     padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
     kernel_dilation: int or ``(dh, dw)``.
     use_bias: add a bias to the output.
@@ -44,7 +35,7 @@ class SpatialConv(FactorizedConv):
       LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
       every factor instead.
     bias_init: bias initializer.
-    implementation: ``"auto"``, ``"factorized"`` or ``"reconstructed"``.
+    implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
 
@@ -54,59 +45,3 @@ class SpatialConv(FactorizedConv):
   """
 
   format_type = Spatial
-
-  def __init__(
-    self,
-    in_features: int,
-    out_features: int,
-    kernel_size: int | Sequence[int],
-    *,
-    rank: int,
-    strides: int | Sequence[int] = 1,
-    padding: PaddingLike = "SAME",
-    kernel_dilation: int | Sequence[int] = 1,
-    use_bias: bool = True,
-    dtype: Dtype | None = None,
-    param_dtype: Dtype = jnp.float32,
-    precision: PrecisionLike = None,
-    kernel_init: Initializer | None = None,
-    bias_init: Initializer = default_bias_init,
-    implementation: str = "auto",
-    depthwise_implementation: str = "auto",
-    rngs: nnx.Rngs,
-  ):
-    ks, s, d = check_options(
-      in_features,
-      out_features,
-      kernel_size,
-      strides,
-      padding,
-      kernel_dilation,
-      implementation,
-      depthwise_implementation,
-    )
-    fmt = Spatial.init(rngs.params(), in_features, out_features, ks, rank, dtype=param_dtype, initializer=kernel_init)
-    self._setup(
-      fmt,
-      strides=s,
-      padding=padding,
-      kernel_dilation=d,
-      use_bias=use_bias,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      precision=precision,
-      bias_init=bias_init,
-      implementation=implementation,
-      depthwise_implementation=depthwise_implementation,
-      rngs=rngs,
-    )
-
-  @classmethod
-  def _decompose(cls, kernel: Any, rank: Any, **kwargs: Any) -> Any:
-    from efficonv.decompose import spatial
-
-    return spatial(kernel, rank, **kwargs)
-
-  @classmethod
-  def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
-    return {"rank": fmt.rank}

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv.formats.init import Initializer
+from efficonv import _blocks
 from efficonv.kernels import _options as opt
-from efficonv.kernels.conv import conv_valid
-from efficonv.nnx._base import batch_inputs, default_bias_init, promote_tree
+from efficonv.layer_options import (
+  ActivationFn,
+  Initializer,
+  PaddingLike,
+  batch_inputs,
+  check_features,
+  check_geometry,
+  default_bias_init,
+  default_kernel_init,
+  promote_tree,
+)
 from efficonv.typing import Array, Dtype, PrecisionLike
-
-default_kernel_init = nnx.initializers.lecun_normal()
 
 
 class StackedConv(nnx.Module):
@@ -39,16 +45,17 @@ class StackedConv(nnx.Module):
     in_features: input channels.
     out_features: output channels.
     kernel_size: the receptive field ``k`` (or ``(kh, kw)``) to cover.
+    strides: int or ``(sh, sw)``; taken by the last small conv.
     small_kernel_size: size of each small conv (default 3).
-    features: channels between the small convs (default ``out_features``).
+    hidden_features: channels between the small convs (default ``out_features``).
     activation: applied between the small convs (not after the last);
       ``None`` keeps the layer linear.
-    strides, padding, kernel_dilation, use_bias, dtype, param_dtype,
-    precision, kernel_init, bias_init: as :class:`flax.nnx.Conv`; each small
-    conv is LeCun-initialized over its own fan-in (what a deep stack with
-    nonlinearities needs). With an activation, every small conv has a bias;
-    without, only the last (intermediate biases would make it affine in a
-    way no single conv is).
+    padding, kernel_dilation, use_bias, dtype, param_dtype, precision,
+    kernel_init, bias_init: as :class:`flax.nnx.Conv`; each small conv is
+      LeCun-initialized over its own fan-in (what a deep stack with
+      nonlinearities needs). With an activation, every small conv has a bias;
+      without, only the last (intermediate biases would make it affine in a
+      way no single conv is).
     rngs: random number streams.
 
   Raises:
@@ -61,12 +68,12 @@ class StackedConv(nnx.Module):
     in_features: int,
     out_features: int,
     kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
     *,
     small_kernel_size: int | Sequence[int] = 3,
-    features: int | None = None,
-    activation: Callable[[Array], Array] | None = None,
-    strides: int | Sequence[int] = 1,
-    padding: opt.PaddingLike = "SAME",
+    hidden_features: int | None = None,
+    activation: ActivationFn | None = None,
+    padding: PaddingLike = "SAME",
     kernel_dilation: int | Sequence[int] = 1,
     use_bias: bool = True,
     dtype: Dtype | None = None,
@@ -76,43 +83,27 @@ class StackedConv(nnx.Module):
     bias_init: Initializer = default_bias_init,
     rngs: nnx.Rngs,
   ):
-    for name, value in (("in_features", in_features), ("out_features", out_features), ("features", features)):
-      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    ks = opt.pair(kernel_size, "kernel_size")  # type: ignore[arg-type]
-    small = opt.pair(small_kernel_size, "small_kernel_size")  # type: ignore[arg-type]
-    counts = []
-    for k, s in zip(ks, small):
-      if s < 2 or (k - 1) % (s - 1):
-        raise ValueError(
-          f"small_kernel_size {small} must be >= 2 and satisfy (k - 1) % (k_s - 1) == 0 for kernel_size {ks}"
-        )
-      counts.append((k - 1) // (s - 1))
-    if counts[0] != counts[1] or counts[0] < 1:
-      raise ValueError(
-        f"kernel_size {ks} and small_kernel_size {small} need the same number of small convs on both axes, got {counts}"
-      )
-    self.num_layers = counts[0]
+    check_features(in_features=in_features, out_features=out_features, hidden_features=hidden_features)
+    ks, s, d = check_geometry(kernel_size, strides, padding, kernel_dilation)
+    small = opt.pair(small_kernel_size, "small_kernel_size")
+    self.num_layers = _blocks.stacked_count(ks, small)
     self.in_features, self.out_features = in_features, out_features
     self.kernel_size, self.small_kernel_size = ks, small
-    self.features = out_features if features is None else features
+    self.hidden_features = out_features if hidden_features is None else hidden_features
     self.activation = activation
-    self.strides = opt.pair(strides, "strides")  # type: ignore[arg-type]
-    self.kernel_dilation = opt.pair(kernel_dilation, "kernel_dilation")  # type: ignore[arg-type]
-    opt.resolve_padding(padding, (10**6, 10**6), ks, self.strides, self.kernel_dilation)
-    self.padding = padding
+    self.strides, self.padding, self.kernel_dilation = s, padding, d
     self.use_bias, self.dtype, self.param_dtype, self.precision = use_bias, dtype, param_dtype, precision
-    widths = [in_features] + [self.features] * (self.num_layers - 1) + [out_features]
+    widths = _blocks.stacked_widths(in_features, self.hidden_features, out_features, self.num_layers)
+    biased = _blocks.stacked_biased(self.num_layers, activation)
     self.kernels = nnx.List(
       [
         nnx.Param(kernel_init(rngs.params(), (*small, widths[i], widths[i + 1]), param_dtype))
         for i in range(self.num_layers)
       ]
     )
-    biased = range(self.num_layers) if activation is not None else [self.num_layers - 1]
     self.biases = nnx.List(
       [
-        nnx.Param(bias_init(rngs.params(), (widths[i + 1],), param_dtype)) if use_bias and i in biased else None
+        nnx.Param(bias_init(rngs.params(), (widths[i + 1],), param_dtype)) if use_bias and biased[i] else None
         for i in range(self.num_layers)
       ]
     )
@@ -120,21 +111,21 @@ class StackedConv(nnx.Module):
   def __call__(self, inputs: Array) -> Array:
     """``(N, H, W, in_features)`` → ``(N, H', W', out_features)`` (unbatched ``(H, W, in_features)`` too)."""
     inputs, unbatched = batch_inputs(inputs, self.in_features)
-    pads, mode = opt.resolve_padding(
-      self.padding, inputs.shape[1:3], self.kernel_size, self.strides, self.kernel_dilation
-    )
     kernels = [k[...] for k in self.kernels]
     biases = [b[...] if b is not None else None for b in self.biases]
     inputs, kernels, biases = promote_tree((inputs, kernels, biases), self.dtype)
-    h = opt.pad_input(inputs, pads, mode)
-    for i, (k, b) in enumerate(zip(kernels, biases)):
-      last = i == self.num_layers - 1
-      h = conv_valid(h, k, self.strides if last else (1, 1), self.kernel_dilation, "xla", self.precision)
-      if b is not None:
-        h = h + b.reshape(1, 1, 1, -1)
-      if not last and self.activation is not None:
-        h = self.activation(h)
-    return h[0] if unbatched else h
+    y = _blocks.stacked_conv(
+      inputs,
+      kernels,
+      biases,
+      activation=self.activation,
+      kernel_size=self.kernel_size,
+      strides=self.strides,
+      padding=self.padding,
+      kernel_dilation=self.kernel_dilation,
+      precision=self.precision,
+    )
+    return y[0] if unbatched else y
 
   def to_dense(self) -> Array:
     """The single ``k×k`` HWIO kernel equal to the stack (only without ``activation``).
@@ -144,14 +135,7 @@ class StackedConv(nnx.Module):
     """
     if self.activation is not None:
       raise ValueError("to_dense needs activation=None: a nonlinear stack is not one convolution")
-    # The stack is linear and shift-invariant: push a one-hot basis through it.
-    kh, kw = self.kernel_size
-    cin = self.in_features
-    basis = jnp.eye(kh * kw * cin, dtype=self.param_dtype).reshape(kh * kw * cin, kh, kw, cin)
-    h = basis
-    for k in self.kernels:
-      h = conv_valid(h, k[...], (1, 1), (1, 1), "xla", jax.lax.Precision.HIGHEST)
-    return h.reshape(kh, kw, cin, self.out_features)
+    return _blocks.stacked_to_dense([k[...] for k in self.kernels], self.kernel_size, self.param_dtype)
 
   def cost_params(self) -> int:
     """Parameters of all small convs and biases."""
@@ -159,14 +143,11 @@ class StackedConv(nnx.Module):
 
   def cost_macs(self, input_shape: Sequence[int]) -> int:
     """MACs of the small convs on ``input_shape`` (bias adds excluded)."""
-    n, h, w, _ = (int(v) for v in input_shape)
-    pads, _ = opt.resolve_padding(self.padding, (h, w), self.kernel_size, self.strides, self.kernel_dilation)
-    h, w = h + sum(pads[0]), w + sum(pads[1])
-    total = 0
-    for i, k in enumerate(self.kernels):
-      last = i == self.num_layers - 1
-      s = self.strides if last else (1, 1)
-      h = opt.output_size(h, k.shape[0], s[0], self.kernel_dilation[0], 0, 0)
-      w = opt.output_size(w, k.shape[1], s[1], self.kernel_dilation[1], 0, 0)
-      total += n * h * w * int(k.size)
-    return total
+    return _blocks.stacked_macs(
+      input_shape,
+      [k.shape for k in self.kernels],
+      kernel_size=self.kernel_size,
+      strides=self.strides,
+      padding=self.padding,
+      kernel_dilation=self.kernel_dilation,
+    )

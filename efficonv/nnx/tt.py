@@ -8,10 +8,15 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv.formats.init import Initializer
 from efficonv.formats.tt import TT
-from efficonv.kernels._options import PaddingLike
-from efficonv.nnx._base import FactorizedConv, check_options, default_bias_init
+from efficonv.layer_options import (
+  DepthwiseImplementation,
+  Implementation,
+  Initializer,
+  PaddingLike,
+  default_bias_init,
+)
+from efficonv.nnx._base import FactorizedConv
 from efficonv.typing import Dtype, PrecisionLike
 
 
@@ -25,7 +30,7 @@ class TTConv(FactorizedConv):
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from efficonv.nnx import TTConv
-    >>> layer = TTConv(64, 64, 3, ranks=8, in_modes=(8, 8), out_modes=(8, 8), rngs=nnx.Rngs(0))
+    >>> layer = TTConv(64, 64, 3, rank=8, in_modes=(8, 8), out_modes=(8, 8), rngs=nnx.Rngs(0))
     >>> layer(jnp.ones((2, 8, 8, 64))).shape
     (2, 8, 8, 64)
 
@@ -33,10 +38,10 @@ class TTConv(FactorizedConv):
     in_features: input channels ``C_in``.
     out_features: output channels ``C_out``.
     kernel_size: ``k`` or ``(kh, kw)``.
-    ranks: TT ranks ``(r_0, …, r_{d-1})`` or one int for all.
+    strides: int or ``(sh, sw)``; applied to the spatial steps only.
+    rank: TT ranks ``(r_0, …, r_{d-1})``, or one int for all.
     in_modes: factorization of ``C_in`` (default: two balanced factors).
     out_modes: factorization of ``C_out``, as many factors as ``in_modes``.
-    strides: int or ``(sh, sw)``; applied to the spatial steps only.
     padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
     kernel_dilation: int or ``(dh, dw)``.
     use_bias: add a bias to the output.
@@ -47,7 +52,7 @@ class TTConv(FactorizedConv):
       LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
       every factor instead.
     bias_init: bias initializer.
-    implementation: ``"auto"``, ``"factorized"`` or ``"reconstructed"``.
+    implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
 
@@ -63,11 +68,11 @@ class TTConv(FactorizedConv):
     in_features: int,
     out_features: int,
     kernel_size: int | Sequence[int],
+    strides: int | Sequence[int] = 1,
     *,
-    ranks: int | Sequence[int],
+    rank: int | Sequence[int],
     in_modes: Sequence[int] | None = None,
     out_modes: Sequence[int] | None = None,
-    strides: int | Sequence[int] = 1,
     padding: PaddingLike = "SAME",
     kernel_dilation: int | Sequence[int] = 1,
     use_bias: bool = True,
@@ -76,41 +81,25 @@ class TTConv(FactorizedConv):
     precision: PrecisionLike = None,
     kernel_init: Initializer | None = None,
     bias_init: Initializer = default_bias_init,
-    implementation: str = "auto",
-    depthwise_implementation: str = "auto",
+    implementation: Implementation = "auto",
+    depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
   ):
-    ks, s, d = check_options(
+    super().__init__(
       in_features,
       out_features,
       kernel_size,
       strides,
-      padding,
-      kernel_dilation,
-      implementation,
-      depthwise_implementation,
-    )
-    in_modes, out_modes = tt_modes(in_features, out_features, in_modes, out_modes)
-    fmt = TT.init(
-      rngs.params(),
-      in_features,
-      out_features,
-      ks,
-      ranks,
+      rank=rank,
       in_modes=in_modes,
       out_modes=out_modes,
-      dtype=param_dtype,
-      initializer=kernel_init,
-    )
-    self._setup(
-      fmt,
-      strides=s,
       padding=padding,
-      kernel_dilation=d,
+      kernel_dilation=kernel_dilation,
       use_bias=use_bias,
       dtype=dtype,
       param_dtype=param_dtype,
       precision=precision,
+      kernel_init=kernel_init,
       bias_init=bias_init,
       implementation=implementation,
       depthwise_implementation=depthwise_implementation,
@@ -118,24 +107,5 @@ class TTConv(FactorizedConv):
     )
 
   @classmethod
-  def _decompose(cls, kernel: Any, rank: Any, *, in_modes: Any = None, out_modes: Any = None, **kwargs: Any) -> Any:
-    from efficonv.decompose import tt
-
-    return tt(kernel, rank, in_modes=in_modes, out_modes=out_modes, **kwargs)
-
-  @classmethod
   def _format_kwargs(cls, fmt: Any) -> dict[str, Any]:
-    return {"ranks": fmt.rank, "in_modes": fmt.in_modes, "out_modes": fmt.out_modes}
-
-
-def tt_modes(
-  in_features: int, out_features: int, in_modes: Sequence[int] | None, out_modes: Sequence[int] | None
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-  """Fills in default TT modes and checks their products.
-
-  Raises:
-    ValueError: naming ``in_modes``/``out_modes`` when their product is not the channel count.
-  """
-  modes = TT.scheme_options((1, 1, in_features, out_features), in_modes=in_modes, out_modes=out_modes)
-  in_modes, out_modes = modes["in_modes"], modes["out_modes"]
-  return in_modes, out_modes
+    return {"rank": fmt.rank, "in_modes": fmt.in_modes, "out_modes": fmt.out_modes}

@@ -10,10 +10,6 @@
 The formats (:class:`efficonv.Format`) delegate to this package; it never imports them.
 """
 
-from efficonv.planning.tuning import CACHE_ENV as CACHE_ENV
-from efficonv.planning.tuning import autotune as autotune
-from efficonv.planning.tuning import cache as cache
-from efficonv.planning.tuning import clear_cache as clear_cache
 from efficonv.planning.cost_model import Term as Term
 from efficonv.planning.cost_model import estimate_seconds as estimate_seconds
 from efficonv.planning.cost_model import path_terms as path_terms
@@ -32,3 +28,7 @@ from efficonv.planning.rates import TRAINING_FACTORS as TRAINING_FACTORS
 from efficonv.planning.rates import rates_for as rates_for
 from efficonv.planning.rates import training_factors_for as training_factors_for
 from efficonv.planning.timing import median_seconds as median_seconds
+from efficonv.planning.tuning import CACHE_ENV as CACHE_ENV
+from efficonv.planning.tuning import autotune as autotune
+from efficonv.planning.tuning import cache as cache
+from efficonv.planning.tuning import clear_cache as clear_cache

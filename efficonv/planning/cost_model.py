@@ -20,10 +20,10 @@ import jax
 from efficonv.kernels import _options as opt
 from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
 from efficonv.kernels.shapes import Geometry, conv_geometry, dense_macs
-from efficonv.planning.tuning import autotune
 from efficonv.planning.plan import Plan, check_implementation, check_objective
 from efficonv.planning.protocol import PlannableFormat
 from efficonv.planning.rates import rates_for, training_factors_for
+from efficonv.planning.tuning import autotune
 from efficonv.typing import PrecisionLike
 
 

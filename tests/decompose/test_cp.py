@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from efficonv import CP
 from efficonv.decompose import FitInfo, cp
 from efficonv.formats import CP
 

@@ -8,7 +8,6 @@ import jax
 import numpy as np
 import pytest
 
-from efficonv import TT
 from efficonv.decompose import tt
 from efficonv.formats import TT
 

@@ -26,10 +26,10 @@ INPUT_SHAPE = (2, 10, 9, IN_FEATURES)
 # name: (Linen class, its rank options, the NNX class, the format)
 LAYERS: dict[str, tuple[type[linen.Module], dict[str, Any], type, type[efficonv.Format]]] = {
   "CPConv": (eln.CPConv, {"rank": 3}, enn.CPConv, efficonv.CP),
-  "TuckerConv": (eln.TuckerConv, {"ranks": (3, 2)}, enn.TuckerConv, efficonv.Tucker2),
+  "TuckerConv": (eln.TuckerConv, {"rank": (3, 2)}, enn.TuckerConv, efficonv.Tucker2),
   "SpatialConv": (eln.SpatialConv, {"rank": 3}, enn.SpatialConv, efficonv.Spatial),
   "SeparableConv": (eln.SeparableConv, {"depth_multiplier": 2}, enn.SeparableConv, efficonv.Separable),
-  "TTConv": (eln.TTConv, {"ranks": (2, 3), "in_modes": (2, 3), "out_modes": (2, 2)}, enn.TTConv, efficonv.TT),
+  "TTConv": (eln.TTConv, {"rank": (2, 3), "in_modes": (2, 3), "out_modes": (2, 2)}, enn.TTConv, efficonv.TT),
 }
 NAMES = tuple(LAYERS)
 OPTIONS: list[dict[str, Any]] = [
@@ -109,10 +109,10 @@ def test_dense_reference_and_unbatched_input(name: str) -> None:
 TOL = 0.10
 VARIANCE_LAYERS = {
   "CPConv": (eln.CPConv, {"rank": 4}, 4096),
-  "TuckerConv": (eln.TuckerConv, {"ranks": (2, 3)}, 2048),
+  "TuckerConv": (eln.TuckerConv, {"rank": (2, 3)}, 2048),
   "SpatialConv": (eln.SpatialConv, {"rank": 2}, 2048),
   "SeparableConv": (eln.SeparableConv, {"depth_multiplier": 2}, 1024),
-  "TTConv": (eln.TTConv, {"ranks": (2, 3), "in_modes": (2, 4), "out_modes": (4, 2)}, 2048),
+  "TTConv": (eln.TTConv, {"rank": (2, 3), "in_modes": (2, 4), "out_modes": (4, 2)}, 2048),
 }
 
 
@@ -198,3 +198,93 @@ def test_apply_with_the_wrong_channel_count_names_inputs() -> None:
     module.apply(variables, jnp.zeros((2, 10, 9, 5)))
   with pytest.raises(ValueError, match=r"inputs must have 6 channels.*got shape \(10, 9, 5\)"):
     module.apply(variables, jnp.zeros((10, 9, 5)))
+
+
+# ---------------------------------------------------------------------------- the blocks
+# name: (Linen class, NNX class, kernel size, options); StackedConv's (5, 3) takes two (3, 2) convs.
+BLOCKS: dict[str, tuple[type[linen.Module], type, tuple[int, int], dict[str, Any]]] = {
+  "Bottleneck": (eln.Bottleneck, enn.Bottleneck, (3, 2), {"width": (3, 5)}),
+  "StackedConv": (eln.StackedConv, enn.StackedConv, (5, 3), {"small_kernel_size": (3, 2), "hidden_features": 5}),
+}
+ACTIVATIONS = {"relu": jax.nn.relu, "linear": None}
+BLOCK_CASES = [(name, act) for name in BLOCKS for act in ACTIVATIONS]
+
+
+def _nnx_params_in_linen_names(name: str, layer: Any) -> dict[str, jax.Array]:
+  """The NNX block's parameters under the Linen layer's names."""
+  if name == "Bottleneck":
+    names = ("first", "core", "last", "first_bias", "core_bias", "bias")
+    return {n: getattr(layer, n)[...] for n in names if getattr(layer, n) is not None}
+  out = {f"kernel_{i}": k[...] for i, k in enumerate(layer.kernels)}
+  return out | {f"bias_{i}": b[...] for i, b in enumerate(layer.biases) if b is not None}
+
+
+@pytest.mark.parametrize(("name", "activation"), BLOCK_CASES, ids=[f"{n}-{a}" for n, a in BLOCK_CASES])
+def test_block_init_apply_jit_equals_the_nnx_block(name: str, activation: str) -> None:
+  """Under ``jit``: the Linen block holds the NNX block's parameters by name and computes the same output."""
+  linen_cls, nnx_cls, kernel_size, block_options = BLOCKS[name]
+  act = ACTIVATIONS[activation]
+  x = jax.random.normal(jax.random.key(1), INPUT_SHAPE)
+
+  def run(key: jax.Array, x: jax.Array) -> list[tuple[Any, Any, jax.Array, jax.Array]]:
+    results = []
+    for options in OPTIONS:
+      common = {**block_options, **options, "activation": act, "precision": "highest", "bias_init": RANDOM_BIAS}
+      module = linen_cls(features=FEATURES, kernel_size=kernel_size, **common)
+      variables = module.init(key, x[:1])
+      layer = nnx_cls(IN_FEATURES, FEATURES, kernel_size, **common, rngs=flax_nnx.Rngs(key))
+      params = _nnx_params_in_linen_names(name, layer)
+      results.append((variables["params"], params, module.apply({"params": params}, x), layer(x)))
+    return results
+
+  for options, (linen_params, nnx_params, y, expected) in zip(OPTIONS, run_compiled(run, jax.random.key(0), x)):
+    assert jax.tree.map(jnp.shape, linen_params) == jax.tree.map(jnp.shape, nnx_params), options
+    conv = linen.Conv(FEATURES, kernel_size, **options)  # the shape of the conv it replaces
+    shape = jax.eval_shape(lambda x, conv=conv: conv.init_with_output(jax.random.key(0), x)[0], x).shape
+    chex.assert_shape([y, expected], shape)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-5, err_msg=str(options))
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_block_unbatched_input_and_param_names(name: str) -> None:
+  linen_cls, _, kernel_size, block_options = BLOCKS[name]
+  module = linen_cls(features=FEATURES, kernel_size=kernel_size, strides=2, activation=jax.nn.relu, **block_options)
+  x = jax.random.normal(jax.random.key(2), INPUT_SHAPE)
+
+  def run(x: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+    variables = module.init(jax.random.key(3), x)
+    return variables, module.apply(variables, x), module.apply(variables, x[1])
+
+  variables, y, single = run_compiled(run, x)
+  expected = (
+    {"first", "core", "last", "first_bias", "core_bias", "bias"}
+    if name == "Bottleneck"
+    else {"kernel_0", "kernel_1", "bias_0", "bias_1"}
+  )
+  assert set(variables["params"]) == expected
+  chex.assert_shape(y, (2, 5, 5, FEATURES))
+  np.testing.assert_allclose(np.asarray(single), np.asarray(y[1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_block_bad_arguments_and_inputs_raise_value_error(name: str) -> None:
+  linen_cls, _, kernel_size, block_options = BLOCKS[name]
+  x = jax.ShapeDtypeStruct(INPUT_SHAPE, jnp.float32)
+  bad = {"Bottleneck": {"width": 0}, "StackedConv": {"small_kernel_size": 1}}[name]
+  for overrides, argument in ((bad, next(iter(bad))), ({"padding": "FULL"}, "padding"), ({"strides": 0}, "strides")):
+    module = linen_cls(features=FEATURES, kernel_size=kernel_size, **{**block_options, **overrides})
+    with pytest.raises(ValueError, match=re.escape(argument)):
+      jax.eval_shape(lambda x, module=module: module.init(jax.random.key(0), x), x)
+  module = linen_cls(features=FEATURES, kernel_size=kernel_size, **block_options)
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(INPUT_SHAPE)))
+  variables = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), variables)
+  with pytest.raises(ValueError, match=r"inputs must have 6 channels.*got shape \(2, 10, 9, 5\)"):
+    module.apply(variables, jnp.zeros((2, 10, 9, 5)))
+
+
+def test_every_nnx_layer_has_a_linen_counterpart() -> None:
+  nnx_layers = {
+    n for n, v in vars(enn).items() if isinstance(v, type) and issubclass(v, flax_nnx.Module) and n != "FactorizedConv"
+  }
+  assert len(nnx_layers) == 7
+  assert all(issubclass(getattr(eln, n, object), linen.Module) for n in nnx_layers), nnx_layers - set(dir(eln))

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from efficonv import nnx as enn
-from efficonv.typing import Array
 from efficonv.kernels._options import PaddingLike
+from efficonv.typing import Array
 
 IN_FEATURES, OUT_FEATURES = 6, 4  # TT: in_modes (2, 3), out_modes (2, 2)
 INPUT_SHAPE = (2, 10, 9, IN_FEATURES)  # non-square
@@ -30,17 +30,18 @@ LAYER_OPTIONS: dict[str, dict[str, Any]] = {
   name: {**options, "bias_init": RANDOM_BIAS}
   for name, options in {
     "SpatialConv": {"kernel_size": (3, 2), "rank": 3},
-    "StackedConv": {"kernel_size": (5, 3), "small_kernel_size": (3, 2), "features": 5},
-    "Bottleneck": {"kernel_size": (3, 2), "ranks": (3, 2), "activation": None},
+    "StackedConv": {"kernel_size": (5, 3), "small_kernel_size": (3, 2), "hidden_features": 5},
+    "Bottleneck": {"kernel_size": (3, 2), "width": (3, 2), "activation": None},
     "SeparableConv": {"kernel_size": (2, 3), "depth_multiplier": 2},
     "CPConv": {"kernel_size": (3, 2), "rank": 3},
-    "TuckerConv": {"kernel_size": (2, 3), "ranks": (3, 2)},
-    "TTConv": {"kernel_size": (3, 2), "ranks": (2, 3), "in_modes": (2, 3), "out_modes": (2, 2)},
+    "TuckerConv": {"kernel_size": (2, 3), "rank": (3, 2)},
+    "TTConv": {"kernel_size": (3, 2), "rank": (2, 3), "in_modes": (2, 3), "out_modes": (2, 2)},
   }.items()
 }
 LAYER_NAMES = tuple(LAYER_OPTIONS)
-# Layers built around a format (everything but StackedConv): they take `implementation`.
-FORMAT_LAYER_NAMES = tuple(name for name in LAYER_NAMES if name != "StackedConv")
+# Layers built around a format (all but the blocks StackedConv and Bottleneck): they take `implementation`.
+BLOCK_NAMES = ("StackedConv", "Bottleneck")
+FORMAT_LAYER_NAMES = tuple(name for name in LAYER_NAMES if name not in BLOCK_NAMES)
 IMPLEMENTATIONS = ("factorized", "reconstructed", "auto")
 
 STRIDES = (1, 2)

@@ -40,7 +40,7 @@ ZEROS = nnx.initializers.zeros_init()
 
 def _cases() -> list[tuple[str, str | None]]:
   cases: list[tuple[str, str | None]] = [(n, i) for n in FORMAT_LAYER_NAMES for i in IMPLEMENTATIONS]
-  return [*cases, ("StackedConv", None)]  # StackedConv has a single implementation
+  return [*cases, ("StackedConv", None), ("Bottleneck", None)]  # the blocks have a single implementation
 
 
 CASES = _cases()

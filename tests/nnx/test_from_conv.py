@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from efficonv import nnx as enn
+from efficonv.convert import conv_padding
 from efficonv.typing import Array
 
 from ._layers import IN_FEATURES, OUT_FEATURES, random_input, reference_conv
@@ -212,3 +213,24 @@ def test_rank_out_of_range_is_rejected_naming_rank(name: str) -> None:
     with pytest.raises(ValueError, match=r"rank") as excinfo:
       from_conv(name, conv, rank)
     assert re.search(rf"got .*\b{shown}\b", str(excinfo.value)), (rank, str(excinfo.value))  # shows the value
+
+
+@pytest.mark.parametrize(
+  ("padding", "expected"),
+  [
+    ("CIRCULAR", "CIRCULAR"),
+    (1, ((1, 1), (1, 1))),
+    ([1, (0, 2)], ((1, 1), (0, 2))),
+    ([(2, 1), (0, 3)], ((2, 1), (0, 3))),
+  ],
+)
+def test_conv_padding_turns_every_nnx_conv_padding_into_one_efficonv_form(padding: Any, expected: Any) -> None:
+  conv = nnx.eval_shape(lambda: nnx.Conv(IN_FEATURES, OUT_FEATURES, KERNEL_SIZE, padding=padding, rngs=nnx.Rngs(0)))
+  assert conv_padding(conv) == expected
+  x = jax.ShapeDtypeStruct((1, 10, 9, IN_FEATURES), jnp.float32)
+  options = {"rank": 2, "padding": conv_padding(conv)}
+  ours = jax.eval_shape(lambda x: enn.CPConv(IN_FEATURES, OUT_FEATURES, KERNEL_SIZE, **options, rngs=nnx.Rngs(0))(x), x)
+  theirs = jax.eval_shape(
+    lambda x: nnx.Conv(IN_FEATURES, OUT_FEATURES, KERNEL_SIZE, padding=padding, rngs=nnx.Rngs(0))(x), x
+  )
+  assert ours.shape == theirs.shape

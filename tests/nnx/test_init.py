@@ -44,20 +44,19 @@ CONFIGS: list[tuple[str, LayerFactory, int]] = [
   ("CP-rank1", lambda r: enn.CPConv(CIN, COUT, KERNEL, rank=1, rngs=r), 16384),
   ("CP-rank4", lambda r: enn.CPConv(CIN, COUT, KERNEL, rank=4, rngs=r), 4096),
   ("CP-rank16", lambda r: enn.CPConv(CIN, COUT, KERNEL, rank=16, rngs=r), 2048),
-  ("Tucker-1x1", lambda r: enn.TuckerConv(CIN, COUT, KERNEL, ranks=(1, 1), rngs=r), 4096),
-  ("Tucker-2x3", lambda r: enn.TuckerConv(CIN, COUT, KERNEL, ranks=(2, 3), rngs=r), 2048),
+  ("Tucker-1x1", lambda r: enn.TuckerConv(CIN, COUT, KERNEL, rank=(1, 1), rngs=r), 4096),
+  ("Tucker-2x3", lambda r: enn.TuckerConv(CIN, COUT, KERNEL, rank=(2, 3), rngs=r), 2048),
   ("Spatial-rank1", lambda r: enn.SpatialConv(CIN, COUT, KERNEL, rank=1, rngs=r), 2048),
   ("Spatial-rank8", lambda r: enn.SpatialConv(CIN, COUT, KERNEL, rank=8, rngs=r), 1024),
   ("Separable-m1", lambda r: enn.SeparableConv(CIN, COUT, KERNEL, depth_multiplier=1, rngs=r), 1024),
   ("Separable-m8", lambda r: enn.SeparableConv(CIN, COUT, KERNEL, depth_multiplier=8, rngs=r), 1024),
-  ("TT-rank1", lambda r: enn.TTConv(CIN, COUT, KERNEL, ranks=1, in_modes=(2, 4), out_modes=(4, 2), rngs=r), 4096),
-  ("TT-3x4", lambda r: enn.TTConv(CIN, COUT, KERNEL, ranks=(3, 4), in_modes=(2, 4), out_modes=(4, 2), rngs=r), 2048),
+  ("TT-rank1", lambda r: enn.TTConv(CIN, COUT, KERNEL, rank=1, in_modes=(2, 4), out_modes=(4, 2), rngs=r), 4096),
+  ("TT-3x4", lambda r: enn.TTConv(CIN, COUT, KERNEL, rank=(3, 4), in_modes=(2, 4), out_modes=(4, 2), rngs=r), 2048),
   (
     "TT-3cores",
-    lambda r: enn.TTConv(CIN, COUT, KERNEL, ranks=(2, 3, 2), in_modes=(2, 2, 2), out_modes=(2, 2, 2), rngs=r),
+    lambda r: enn.TTConv(CIN, COUT, KERNEL, rank=(2, 3, 2), in_modes=(2, 2, 2), out_modes=(2, 2, 2), rngs=r),
     4096,
   ),
-  ("Bottleneck-4x8", lambda r: enn.Bottleneck(CIN, COUT, KERNEL, ranks=(4, 8), activation=None, rngs=r), 1024),
 ]
 
 
@@ -131,11 +130,12 @@ def test_custom_kernel_init_is_applied_to_every_factor() -> None:
   np.testing.assert_allclose(np.asarray(layer.to_dense()), 4.0)  # sum over rank 4 of 1·1·1·1
 
 
-def test_nonlinear_bottleneck_convs_have_lecun_variance_over_their_own_fan_in() -> None:
-  """With an activation the block is three convs; each factor is LeCun over its own fan-in."""
+@pytest.mark.parametrize("activation", [nnx.relu, None], ids=["relu", "linear"])
+def test_bottleneck_convs_have_lecun_variance_over_their_own_fan_in(activation: Callable | None) -> None:
+  """The block is three convs (with or without activation); each is LeCun over its own fan-in."""
 
   def factors(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    layer = enn.Bottleneck(CIN, COUT, KERNEL, ranks=(4, 6), rngs=nnx.Rngs(key))
+    layer = enn.Bottleneck(CIN, COUT, KERNEL, width=(4, 6), activation=activation, rngs=nnx.Rngs(key))
     return layer.first[...], layer.core[...], layer.last[...]
 
   first, core, last = run_compiled(jax.vmap(factors), jax.random.split(jax.random.key(1), 2048))

@@ -30,7 +30,6 @@ from ._layers import (
 
 FORMAT_TYPES = {
   "SpatialConv": efficonv.Spatial,
-  "Bottleneck": efficonv.Tucker2,
   "SeparableConv": efficonv.Separable,
   "CPConv": efficonv.CP,
   "TuckerConv": efficonv.Tucker2,
@@ -73,15 +72,49 @@ def test_format_and_from_format_round_trip(name: str) -> None:
   np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-5)
 
 
-def test_bottleneck_from_format_is_the_linear_tucker_layer() -> None:
-  """A Tucker-2 format is one linear conv: ``Bottleneck.from_format`` must not add the default ReLU."""
-  fmt = make_layer("TuckerConv").format
-  layer = build_compiled(lambda fmt: enn.Bottleneck.from_format(fmt, precision="highest"), fmt)
-  assert layer.activation is None
-  x = random_input()
-  y, expected = run_compiled(lambda x: (layer(x), fmt.conv(x, precision="highest")), x)
-  np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-5)
-  assert layer.to_dense().shape == fmt.to_dense().shape
+@pytest.mark.parametrize("activation", [nnx.relu, None], ids=["relu", "linear"])
+def test_bottleneck_is_a_standalone_block_of_three_convs(activation: Any) -> None:
+  """Not a Tucker-2 layer: no format, plan or implementation to choose; its own three kernels and biases."""
+  layer = make_layer("Bottleneck", activation=activation)
+  assert not isinstance(layer, enn.FactorizedConv)
+  assert not hasattr(layer, "from_format") and not hasattr(layer, "plan") and not hasattr(layer, "implementation")
+  assert (layer.first.shape, layer.core.shape, layer.last.shape) == ((6, 3), (3, 2, 3, 2), (2, OUT_FEATURES))
+  params = set(nnx.state(layer, nnx.Param).keys())
+  inner = {"first_bias", "core_bias"}
+  assert params == {"first", "core", "last", "bias"} | (inner if activation else set())
+  # Linear, it is the Tucker-2 conv of its kernels (and so has a dense kernel).
+  if activation is None:
+    x = random_input()
+    factors = layer.factors
+    assert isinstance(factors, efficonv.Tucker2)
+    y, expected = run_compiled(
+      lambda x: (layer(x), factors.conv(x, precision="highest") + layer.bias[...].reshape(1, 1, 1, -1)), x
+    )
+    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(layer.to_dense()), np.asarray(factors.to_dense()), rtol=1e-6)
+
+
+def test_bottleneck_width_defaults_to_a_quarter_and_may_exceed_the_channels() -> None:
+  layer = nnx.eval_shape(lambda: enn.Bottleneck(16, 32, 3, rngs=nnx.Rngs(0)))
+  assert layer.width == (8, 8) and layer.core.shape == (3, 3, 8, 8)
+  wide = nnx.eval_shape(lambda: enn.Bottleneck(4, 4, 3, width=(16, 8), rngs=nnx.Rngs(0)))  # an inverted bottleneck
+  assert (wide.first.shape, wide.core.shape, wide.last.shape) == ((4, 16), (3, 3, 16, 8), (8, 4))
+
+
+@pytest.mark.parametrize("activation", [nnx.relu, None], ids=["relu", "linear"])
+def test_bottleneck_cost(activation: Any) -> None:
+  """Parameters: three kernels and their biases; MACs: 1×1 at the input size, k×k and 1×1 at the output size."""
+  layer = nnx.eval_shape(
+    lambda: enn.Bottleneck(6, 4, (3, 2), (2, 1), width=(3, 5), activation=activation, padding="VALID", rngs=nnx.Rngs(0))
+  )
+  biases = (3 + 5 + 4) if activation else 4
+  assert layer.cost_params() == 6 * 3 + 3 * 2 * 3 * 5 + 5 * 4 + biases
+  assert efficonv.cost.params(layer) == layer.cost_params()
+  n, h, w = 2, 10, 9
+  ho, wo = (h - 3) // 2 + 1, (w - 2) // 1 + 1
+  expected = n * h * w * 6 * 3 + n * ho * wo * (3 * 2 * 3 * 5 + 5 * 4)
+  assert layer.cost_macs((n, h, w, 6)) == expected
+  assert efficonv.cost.macs(layer, (n, h, w, 6)) == expected
 
 
 def test_from_format_param_dtype_and_no_bias() -> None:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from efficonv.planning import tuning as autotune
 from efficonv.formats import CP, Separable, Tucker2
 from efficonv.nnx import CPConv, SeparableConv, set_objective
+from efficonv.planning import tuning as autotune
 
 SHAPE = (2, 8, 8, 8)
 

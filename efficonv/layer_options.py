@@ -1,0 +1,223 @@
+"""What the NNX and Linen layers share: option types and checks, default initializers, input handling.
+
+Both :mod:`efficonv.nnx` and :mod:`efficonv.linen` validate their arguments
+and prepare their inputs here, so a layer raises the same ``ValueError`` and
+promotes dtypes the same way in either API.
+
+Example:
+  >>> from efficonv.layer_options import check_options, tucker_rank
+  >>> check_options(8, 16, 3, 2, "SAME", 1, "auto", "auto")
+  ((3, 3), (2, 2), (1, 1))
+  >>> tucker_rank(4)
+  (4, 4)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# The one import of the planner's option types: they move with the planning code, and only this line follows.
+from efficonv.formats import TT
+from efficonv.formats.init import Initializer as Initializer
+from efficonv.kernels import _options as opt
+from efficonv.kernels._options import PaddingLike as PaddingLike
+from efficonv.kernels.depthwise import _DEPTHWISE_IMPLS as DEPTHWISE_IMPLEMENTATIONS
+from efficonv.kernels.depthwise import DepthwiseImpl as DepthwiseImplementation
+from efficonv.planning import IMPLEMENTATIONS as IMPLEMENTATIONS
+from efficonv.planning import OBJECTIVES as OBJECTIVES
+from efficonv.planning import Implementation as Implementation
+from efficonv.planning import Objective as Objective
+from efficonv.typing import Array, Dtype
+
+ActivationFn = Callable[[Array], Array]
+
+# As flax.nnx.Conv: zero biases, LeCun-normal kernels (for the layers whose convs are drawn one by one).
+default_bias_init: Initializer = jax.nn.initializers.zeros
+default_kernel_init: Initializer = jax.nn.initializers.lecun_normal()
+
+__all__ = [
+  "DEPTHWISE_IMPLEMENTATIONS",
+  "IMPLEMENTATIONS",
+  "OBJECTIVES",
+  "ActivationFn",
+  "DepthwiseImplementation",
+  "Implementation",
+  "Initializer",
+  "Objective",
+  "PaddingLike",
+  "batch_inputs",
+  "bottleneck_widths",
+  "check_features",
+  "check_geometry",
+  "check_options",
+  "default_bias_init",
+  "default_kernel_init",
+  "promote_tree",
+  "tt_modes",
+  "tucker_rank",
+]
+
+
+def check_features(**features: int | None) -> None:
+  """Checks channel counts given by keyword (``None`` is skipped: an optional count left to its default).
+
+  Raises:
+    ValueError: naming the first keyword whose value is not a positive int.
+
+  Example:
+    >>> check_features(in_features=8, out_features=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: out_features must be a positive int, got 0
+  """
+  for name, value in features.items():
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+      raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_geometry(
+  kernel_size: int | Sequence[int],
+  strides: int | Sequence[int],
+  padding: PaddingLike,
+  kernel_dilation: int | Sequence[int],
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+  """Checks the conv geometry every layer takes.
+
+  Returns:
+    ``(kernel_size, strides, kernel_dilation)`` as pairs.
+
+  Raises:
+    ValueError: naming the offending argument.
+  """
+  ks = opt.pair(kernel_size, "kernel_size")
+  s = opt.pair(strides, "strides")
+  d = opt.pair(kernel_dilation, "kernel_dilation")
+  # Checks the padding's form now; whether it fits the input is checked per call.
+  opt.resolve_padding(padding, (10**6, 10**6), ks, s, d)
+  return ks, s, d
+
+
+def check_options(
+  in_features: int,
+  out_features: int,
+  kernel_size: int | Sequence[int],
+  strides: int | Sequence[int],
+  padding: PaddingLike,
+  kernel_dilation: int | Sequence[int],
+  implementation: str,
+  depthwise_implementation: str,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+  """Validates the constructor arguments of a layer built around a format.
+
+  Returns:
+    ``(kernel_size, strides, kernel_dilation)`` as pairs.
+
+  Raises:
+    ValueError: naming the offending argument.
+  """
+  check_features(in_features=in_features, out_features=out_features)
+  geometry = check_geometry(kernel_size, strides, padding, kernel_dilation)
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+  if depthwise_implementation not in DEPTHWISE_IMPLEMENTATIONS:
+    raise ValueError(
+      f"depthwise_implementation must be one of {DEPTHWISE_IMPLEMENTATIONS}, got {depthwise_implementation!r}"
+    )
+  return geometry
+
+
+def tucker_rank(rank: int | Sequence[int]) -> tuple[int, int]:
+  """A Tucker-2 ``rank`` as ``(R1, R2)``; an int means both.
+
+  Raises:
+    ValueError: naming ``rank`` when it is neither an int nor a pair.
+  """
+  if isinstance(rank, bool):
+    raise ValueError(f"rank must be an int or a pair (R1, R2), got {rank!r}")
+  if isinstance(rank, int):
+    return rank, rank
+  try:
+    r1, r2 = (int(r) for r in rank)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"rank must be an int or a pair (R1, R2), got {rank!r}") from e
+  return r1, r2
+
+
+def bottleneck_widths(out_features: int, width: int | Sequence[int] | None) -> tuple[int, int]:
+  """A bottleneck's ``width`` as ``(w1, w2)``, the channels after the squeeze and after the ``k×k`` conv.
+
+  ``None`` means ``max(1, out_features // 4)`` for both (ResNet's ratio), an int both.
+
+  Raises:
+    ValueError: naming ``width`` when it is not one or two positive ints.
+  """
+  if width is None:
+    width = max(1, out_features // 4)
+  widths = (width, width) if isinstance(width, int) else tuple(width) if isinstance(width, Sequence) else ()
+  if len(widths) != 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+    raise ValueError(f"width must be a positive int or a pair of them (w1, w2), got {width!r}")
+  return int(widths[0]), int(widths[1])
+
+
+def tt_modes(
+  in_features: int, out_features: int, in_modes: Sequence[int] | None, out_modes: Sequence[int] | None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """Fills in default TT modes and checks them (:meth:`efficonv.TT.scheme_options`, the one place of the defaults).
+
+  Raises:
+    ValueError: naming ``in_modes``/``out_modes`` when their product is not the channel count.
+
+  Example:
+    >>> tt_modes(64, 32, None, None)
+    ((8, 8), (8, 4))
+  """
+  modes = TT.scheme_options((1, 1, in_features, out_features), in_modes=in_modes, out_modes=out_modes)
+  return modes["in_modes"], modes["out_modes"]
+
+
+def batch_inputs(inputs: Array, in_features: int | None) -> tuple[Array, bool]:
+  """Checks layer ``inputs`` and gives unbatched ones a batch axis (as :class:`flax.nnx.Conv` accepts them).
+
+  Args:
+    inputs: ``(N, H, W, in_features)`` or unbatched ``(H, W, in_features)``.
+    in_features: the channels the layer expects (``None``: any, for layers that infer them).
+
+  Returns:
+    ``(inputs as (N, H, W, in_features), whether the batch axis was added)``.
+
+  Raises:
+    ValueError: naming ``inputs`` when it is not rank 3 or 4 or has the wrong channel count.
+  """
+  ndim = getattr(inputs, "ndim", None)
+  if ndim not in (3, 4):
+    raise ValueError(
+      f"inputs must be NHWC (rank 4) or unbatched HWC (rank 3), got shape {getattr(inputs, 'shape', type(inputs))}"
+    )
+  unbatched = ndim == 3
+  if unbatched and in_features is not None and inputs.shape[-1] != in_features:
+    # Checked before adding the axis so the message shows the shape the caller passed.
+    raise ValueError(f"inputs must have {in_features} channels in its last axis (HWC), got shape {inputs.shape}")
+  inputs = inputs[None] if unbatched else inputs
+  opt.check_input(inputs, "inputs", in_features)
+  return inputs, unbatched
+
+
+def promote_tree(tree: Any, dtype: Dtype | None) -> Any:
+  """Casts every inexact array leaf of ``tree`` to ``dtype``.
+
+  With ``dtype=None`` the common result type of all leaves is used (as
+  :func:`flax.nnx.nn.dtypes.promote_dtype`, which takes only flat tuples).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x, (w, b) = promote_tree((jnp.ones(2, jnp.bfloat16), (jnp.ones(2), None)), None)
+    >>> x.dtype, w.dtype, b
+    (dtype('float32'), dtype('float32'), None)
+  """
+  leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if leaf is not None]
+  target = dtype if dtype is not None else jnp.result_type(*leaves)
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, target), tree)
