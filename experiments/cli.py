@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from experiments.config import DEFAULT_CONFIG, PRESETS, ExperimentConfig, load, override
+from experiments.common.config import DEFAULT_CONFIG, PRESETS, ExperimentConfig, load, override
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

@@ -63,7 +63,7 @@ from efficonv.nnx import (
   TuckerConv,
 )
 from efficonv.nnx.tt import tt_modes
-from experiments.config import ModelConfig
+from experiments.common.config import ModelConfig
 
 SCHEMES: tuple[str, ...] = (
   "dense",

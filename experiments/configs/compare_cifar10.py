@@ -2,8 +2,8 @@
 
 Command::
 
-  python -m experiments.compare --config compare_cifar10                  # preset quick
-  python -m experiments.compare --config compare_cifar10 --preset full --workdir results/cifar_full
+  python -m experiments.claims.compare --config compare_cifar10                  # preset quick
+  python -m experiments.claims.compare --config compare_cifar10 --preset full --workdir results/cifar_full
 
 Needs the CIFAR-10 binary files (downloaded on first use, or see :mod:`experiments.data.locate`).
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.config import (
+from experiments.common.config import (
   BenchConfig,
   DataConfig,
   ExperimentConfig,

@@ -2,8 +2,8 @@
 
 Command::
 
-  python -m experiments.compare                                   # preset quick, results/compare_fashion_mnist_quick
-  python -m experiments.compare --preset full --workdir results/fmnist_full
+  python -m experiments.claims.compare                                   # preset quick, results/compare_fashion_mnist_quick
+  python -m experiments.claims.compare --preset full --workdir results/fmnist_full
 
 Network: stem 3×3 conv (1→32, dense in every scheme), two stages of two 3×3 convs (32, 64 channels) with
 BatchNorm, ReLU and 2×2 max-pooling, flatten, linear classifier; the scheme replaces the four stage convs.
@@ -13,7 +13,7 @@ Expected results:
 
 * ``full`` (60 000 training images, 3 epochs = 1 407 steps, batch 128, widths 32/64, warm-up + cosine):
   the dense baseline is to reach ≥ 92% test accuracy. Measured: 92.87% for ``dense``
-  (``python -m experiments.compare --preset full --schemes dense --set train.epochs=3``, the same settings,
+  (``python -m experiments.claims.compare --preset full --schemes dense --set train.epochs=3``, the same settings,
   run before the preset's epochs came down from 15 to 3; about 4.5 minutes per epoch on 2 CPU cores shared
   with other jobs; ``experiments/results/compare_fashion_mnist_full_dense_3ep/``). All 13 schemes take
   about 2–3 hours on such a CPU. On a CPU, expect the schemes with depthwise steps (``separable4/8``,
@@ -22,7 +22,7 @@ Expected results:
 * medium (not a preset; the run behind ``experiments/README.md``'s verdicts): the quick widths on all
   60 000 images for 2 epochs, 1 072 steps per scheme::
 
-    python -m experiments.compare --preset quick --set data.train_examples=60000 \
+    python -m experiments.claims.compare --preset quick --set data.train_examples=60000 \
       --set data.test_examples=10000 --set train.epochs=2 --set train.batch_size=112 \
       --set train.log_every_steps=100 --set train.checkpoint_every_steps=500 --set train.progress=False \
       --workdir experiments/results/compare_fashion_mnist_medium
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.config import (
+from experiments.common.config import (
   BenchConfig,
   DataConfig,
   ExperimentConfig,

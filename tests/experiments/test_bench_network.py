@@ -9,10 +9,10 @@ import pytest
 from flax import nnx
 
 from efficonv import cost
-from experiments import bench_network
-from experiments.bench_network import Network, dense_variants, make_records, parse_schemes, scheme_variants
-from experiments.config import load
-from experiments.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS, dense_methods
+from experiments.bench import network as bench_network
+from experiments.bench.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS, dense_methods
+from experiments.bench.network import Network, dense_variants, make_records, parse_schemes, scheme_variants
+from experiments.common.config import load
 from experiments.models import build_model
 
 
@@ -28,7 +28,7 @@ def test_results_structure_and_files(tiny_run: tuple[dict, pathlib.Path]) -> Non
   payload, out = tiny_run
   assert (out / "results.md").read_text().startswith("# Whole-network throughput: compare_fashion_mnist tiny, vgg")
   assert (out / bench_network.PLOT_NAME).stat().st_size > 0
-  assert payload["command"].startswith("python -m experiments.bench_network --preset tiny --schemes cp")
+  assert payload["command"].startswith("python -m experiments.bench.network --preset tiny --schemes cp")
   assert payload["machine"]["command"] == payload["command"]
   assert payload["machine"]["device_kind"] and payload["machine"]["jax"]
   assert payload["machine"]["compiler_options"] == {

@@ -14,7 +14,7 @@ from flax import nnx
 
 from efficonv import cost
 from efficonv.nnx import CPConv, SpatialConv, TuckerConv
-from experiments.config import ModelConfig
+from experiments.common.config import ModelConfig
 from experiments.models import VGG, ResNet, build_model, stage_layout
 from experiments.schemes import SCHEMES, STEM_FACTORIZABLE, base_scheme, reference_of, scheme_conv, stem_conv, widen
 

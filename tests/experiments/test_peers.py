@@ -1,4 +1,4 @@
-"""Tests of :mod:`experiments.peers` and the efficonv-versus-peers ratios (no timing assertions).
+"""Tests of :mod:`experiments.bench.peers` and the efficonv-versus-peers ratios (no timing assertions).
 
 Every peer computes the *same* function as the efficonv layer it is compared
 with (same weights), so the benchmark compares like with like.
@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import peers
-from experiments.bench_cases import SCHEMES, Shape
-from experiments.bench_report import markdown, peer_ratios, summary_text
+from experiments.bench import peers
+from experiments.bench.cases import SCHEMES, Shape
+from experiments.bench.layers_report import markdown, peer_ratios, summary_text
 
 SHAPE_K3 = Shape(1, 8, 8, 8, 3)
 SHAPE_K5 = Shape(1, 8, 8, 8, 5)  # the only kind of shape with a "stacked" scheme

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import pytest
 
-from experiments.timing import compile_fn, measure, summarize
+from experiments.common.timing import compile_fn, measure, summarize
 
 
 def test_summarize_gives_quartiles_in_milliseconds() -> None:

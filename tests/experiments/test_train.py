@@ -1,12 +1,12 @@
-"""experiments.train's helpers (whole runs are tested in test_resume.py, test_data_parallel.py, test_compare.py)."""
+"""experiments.training.train's helpers (whole runs are tested in test_resume.py, test_data_parallel.py, test_compare.py)."""
 
 import dataclasses
 import json
 
 import pytest
 
-from experiments import config
-from experiments.train import _check_or_write_config, load_datasets
+from experiments.common import config
+from experiments.training.train import _check_or_write_config, load_datasets
 
 
 def test_workdir_refuses_a_run_that_trains_differently(tmp_path):

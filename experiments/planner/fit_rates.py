@@ -1,7 +1,7 @@
 """Fits the cost-model rates of ``efficonv.formats._base._RATES`` to measured layer timings.
 
-Run as ``python -m experiments.fit_rates [RESULTS_JSON ...]`` (default: the
-quick ``bench_layers`` results; :mod:`experiments.auto_sweep` output is accepted too,
+Run as ``python -m experiments.planner.fit_rates [RESULTS_JSON ...]`` (default: the
+quick ``bench_layers`` results; :mod:`experiments.planner.auto_sweep` output is accepted too,
 and several files are pooled). The model :meth:`efficonv.Format.plan` uses is
 
 .. math:: t \\approx \\sum_{\\text{steps}} \\Big(\\frac{\\text{MACs}_s}{\\text{rate}_{k(s)}} + t_\\text{step}\\Big)
@@ -28,12 +28,14 @@ import numpy as np
 from scipy.optimize import nnls
 
 from efficonv.formats._base import _RATES, _TRAINING_FACTOR, geometry
-from experiments.bench_cases import SCHEMES, Shape
+from experiments.bench.cases import SCHEMES, Shape
 
 KINDS = ("conv", "dot", "depthwise_shift", "depthwise_xla")
 # Training factors: forward+backward over forward time, per kind (see efficonv.formats._base._TRAINING_FACTOR).
 FACTOR_KINDS = ("conv", "dot", "depthwise_shift", "depthwise_shift_multiplier", "depthwise_xla", "step")
-DEFAULT_RESULTS = os.path.join(os.path.dirname(__file__), "results", "bench_layers_quick", "results.json")
+DEFAULT_RESULTS = os.path.join(
+  os.path.dirname(os.path.dirname(__file__)), "results", "bench_layers_quick", "results.json"
+)
 
 
 def _shape(record: Mapping[str, Any]) -> Shape:
@@ -63,7 +65,7 @@ def format_steps(fmt: Any, shape: Shape, implementation: str, depthwise: str | N
 def step_macs(record: Mapping[str, Any], formats: Mapping[tuple[str, str], Any]) -> tuple[dict[str, int], int] | None:
   """``({kind: MACs}, number of steps)`` of the computation a forward record timed, or ``None``.
 
-  Records that carry ``steps``/``n_steps`` (:mod:`experiments.auto_sweep`) give them directly.
+  Records that carry ``steps``/``n_steps`` (:mod:`experiments.planner.auto_sweep`) give them directly.
   """
   if "steps" in record:
     return dict(record["steps"]), int(record["n_steps"])

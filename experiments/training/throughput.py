@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments.config import BenchConfig
-from experiments.steps import Parallel, State, make_parallel, replicate, shard_batch
+from experiments.common.config import BenchConfig
+from experiments.training.steps import Parallel, State, make_parallel, replicate, shard_batch
 
 
 @dataclasses.dataclass
@@ -56,10 +56,10 @@ class Subject:
     params: parameters.
     rest: BatchNorm statistics.
     opt_state: optimizer state for ``train_step``.
-    train_step: a step from :func:`experiments.steps.make_train_step` (reusing the training run's own jitted
+    train_step: a step from :func:`experiments.training.steps.make_train_step` (reusing the training run's own jitted
       step saves its compilation); it runs on its ``parallel`` mesh.
     parallel: the mesh of ``train_step``; the timed training batch is sharded over it.
-    predict: a function from :func:`experiments.steps.make_predict` (the run's own saves compiling it again
+    predict: a function from :func:`experiments.training.steps.make_predict` (the run's own saves compiling it again
       at the training batch size).
   """
 

@@ -28,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from efficonv._typing import Array
 from efficonv.nnx import set_objective
 from experiments import data
-from experiments.config import ModelConfig
+from experiments.common.config import ModelConfig
 from experiments.models import build_model
 
 State = Any

@@ -80,7 +80,7 @@ class DataConfig:
 
   Attributes:
     name: ``"fashion_mnist"``, ``"mnist"``, ``"cifar10"`` (read by :func:`experiments.data.load`) or
-      ``"synthetic"`` (:mod:`experiments.synthetic`, for tests).
+      ``"synthetic"`` (:mod:`experiments.data.synthetic`, for tests).
     train_examples: use only the first this many training examples (``None``: all).
     test_examples: use only the first this many test examples (``None``: all).
     augment: random crop (4-pixel zero padding) and horizontal flip of each training image.
@@ -158,7 +158,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-  """Throughput measurement (:mod:`experiments.benchmark`).
+  """Throughput measurement (:mod:`experiments.training.throughput`).
 
   Attributes:
     batch_size: batch of the inference and training throughput measurements (``None``: the training batch
@@ -187,12 +187,12 @@ class ExperimentConfig:
   Attributes:
     name: the config's name (its module in :mod:`experiments.configs`).
     preset: the preset it was built with.
-    model: :class:`ModelConfig` (``model.scheme`` is set per run by :mod:`experiments.compare`).
+    model: :class:`ModelConfig` (``model.scheme`` is set per run by :mod:`experiments.claims.compare`).
     data: :class:`DataConfig`.
     optim: :class:`OptimConfig`.
     train: :class:`TrainConfig`.
     bench: :class:`BenchConfig`.
-    schemes: schemes :mod:`experiments.compare` trains, in table order.
+    schemes: schemes :mod:`experiments.claims.compare` trains, in table order.
     baseline: the scheme the others are compared with.
     expected: the expected outcome, for the report header.
   """

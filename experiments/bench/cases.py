@@ -1,4 +1,4 @@
-"""What :mod:`experiments.bench_layers` times: the shapes, the schemes, their variants.
+"""What :mod:`experiments.bench.layers` times: the shapes, the schemes, their variants.
 
 Ranks are chosen per scheme so that the factorized MACs are roughly 4–16×
 below the dense conv's (where the scheme allows it):

@@ -1,4 +1,4 @@
-"""Markdown tables, the auto-versus-best and efficonv-versus-peers checks, and the plot of :mod:`experiments.bench_layers`."""
+"""Markdown tables, the auto-versus-best and efficonv-versus-peers checks, and the plot of :mod:`experiments.bench.layers`."""
 
 from __future__ import annotations
 
@@ -95,9 +95,9 @@ def peer_ratios(records: Sequence[dict[str, Any]], peer_records: Sequence[dict[s
   """efficonv's default layer against every peer of the same scheme, shape and pass.
 
   Args:
-    records: :mod:`experiments.bench_layers` records (``scheme``,
+    records: :mod:`experiments.bench.layers` records (``scheme``,
       ``implementation``, ``shape_label``, ``pass``, ``median_ms``).
-    peer_records: :func:`experiments.peers.run` records (``peer``, ``scheme``, ...).
+    peer_records: :func:`experiments.bench.peers.run` records (``peer``, ``scheme``, ...).
 
   Returns:
     One dict per matched peer record: ``shape_label``, ``pass``, ``scheme``,

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import optax
 
-from experiments.config import OptimConfig
+from experiments.common.config import OptimConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 

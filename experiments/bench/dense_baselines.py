@@ -35,7 +35,7 @@ EIGEN_CONV_OPTIONS: dict[str, str] = {
 # XLA:CPU with no YNNPACK library fusion at all. Its default fuses a reduction (a max-pool, say) with the
 # elementwise ops that produce it, and for that materializes every shifted slice of a shift-and-add
 # depthwise conv: a separable network at widths 16/32 ran 25 ms per batch of 64 by default and 4.8 ms
-# with these options (the dense network 9.7 and 9.1 ms). `experiments.bench_network` times every network
+# with these options (the dense network 9.7 and 9.1 ms). `experiments.bench.network` times every network
 # both ways.
 NO_YNN_FUSION_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 

@@ -2,19 +2,19 @@
 
 Usage::
 
-  python -m experiments.gpu_suite [--out experiments/results/gpu_<device>/] [--budget-s 270]
+  python -m experiments.bench.gpu_suite [--out experiments/results/gpu_<device>/] [--budget-s 270]
                                   [--parts depthwise layers network] [--allow-cpu] [--smoke]
 
 Meant for one GPU: on JAX's CPU backend it refuses unless ``--allow-cpu`` is given (``--allow-cpu --smoke``:
 tiny shapes, well under a minute, for the tests). The parts, in order:
 
 1. ``depthwise``: :func:`efficonv.kernels.depthwise` through XLA's grouped convolution (``"xla"``) and
-   shift-and-add (``"shift"``), forward and forward+backward (:func:`experiments.dense_baselines.with_pass`),
+   shift-and-add (``"shift"``), forward and forward+backward (:func:`experiments.bench.dense_baselines.with_pass`),
    on N ∈ {8, 64} × 32×32×64, 16×16×128, 8×8×256, 3×3, depth multipliers 1 and 4, float32 and bfloat16; both
-   paths of a case timed interleaved (:func:`experiments.timing.measure`) → ``depthwise.json``, ``depthwise.md``.
-2. ``layers``: :func:`experiments.bench_layers.run` on the N = 8 and N = 64 shapes (every spatial shape at both
+   paths of a case timed interleaved (:func:`experiments.common.timing.measure`) → ``depthwise.json``, ``depthwise.md``.
+2. ``layers``: :func:`experiments.bench.layers.run` on the N = 8 and N = 64 shapes (every spatial shape at both
    batch sizes before the next shape), no PyTorch peers → ``bench_layers/results.{json,md}`` and plot.
-3. ``network``: :mod:`experiments.bench_network`, quick preset, every scheme → ``bench_network/…``.
+3. ``network``: :mod:`experiments.bench.network`, quick preset, every scheme → ``bench_network/…``.
 
 Every part's JSON carries ``device_kind``, ``versions`` (jax, jaxlib, ...), ``command`` and ``wall_s``;
 ``suite.json`` lists the parts with ``status`` (``done``, ``partial``: the budget cut it short, ``skipped``,
@@ -47,14 +47,15 @@ import jax
 import jax.numpy as jnp
 
 from efficonv import kernels
-from experiments import bench_layers, bench_network
-from experiments.bench_cases import SCHEMES as LAYER_SCHEMES
-from experiments.bench_cases import SPATIAL_SHAPES, Shape
-from experiments.config import load
-from experiments.dense_baselines import PASSES, pass_args, with_pass
-from experiments.machine import machine_info
+from experiments.bench import layers as bench_layers
+from experiments.bench import network as bench_network
+from experiments.bench.cases import SCHEMES as LAYER_SCHEMES
+from experiments.bench.cases import SPATIAL_SHAPES, Shape
+from experiments.bench.dense_baselines import PASSES, pass_args, with_pass
+from experiments.common.config import load
+from experiments.common.environment import machine_info
+from experiments.common.timing import compile_fn, measure
 from experiments.schemes import SCHEMES as NETWORK_SCHEMES
-from experiments.timing import compile_fn, measure
 
 PARTS = ("depthwise", "layers", "network")
 SHARES = {"depthwise": 0.25, "layers": 0.60, "network": 1.0}
@@ -72,7 +73,7 @@ class Settings:
   Attributes:
     depthwise_shapes: ``(N, H, W, C)`` inputs of the depthwise part (3×3 kernels).
     layer_shapes: shapes of the layer part.
-    layer_schemes: names of :data:`experiments.bench_cases.SCHEMES` timed in the layer part.
+    layer_schemes: names of :data:`experiments.bench.cases.SCHEMES` timed in the layer part.
     network_preset: preset of ``compare_fashion_mnist`` for the network part.
     network_schemes: schemes of the network part.
     network_batch_sizes: inference batch sizes of the network part (``None``: the preset's).
@@ -210,7 +211,7 @@ def depthwise_part(s: Settings, deadline: float, command: str, out_dir: str) -> 
 
 
 def layers_part(s: Settings, deadline: float, command: str, out_dir: str) -> tuple[str, list[str]]:
-  """The layer benchmark (:func:`experiments.bench_layers.run`) on the suite's shapes.
+  """The layer benchmark (:func:`experiments.bench.layers.run`) on the suite's shapes.
 
   Returns:
     ``(status, files written)``.
@@ -235,7 +236,7 @@ def layers_part(s: Settings, deadline: float, command: str, out_dir: str) -> tup
 
 
 def network_part(s: Settings, deadline: float, command: str, out_dir: str) -> tuple[str, list[str]]:
-  """The whole-network benchmark (:func:`experiments.bench_network.run`).
+  """The whole-network benchmark (:func:`experiments.bench.network.run`).
 
   Returns:
     ``(status, files written)``.
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ValueError: naming ``--budget-s`` when it is not positive.
   """
   start = time.perf_counter()
-  parser = argparse.ArgumentParser(prog="python -m experiments.gpu_suite", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m experiments.bench.gpu_suite", description=__doc__.split("\n")[0])
   parser.add_argument("--out", default=None, help="output directory (default experiments/results/gpu_<device>)")
   parser.add_argument("--budget-s", type=float, default=270.0, help="time budget of all parts (default 270)")
   parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default all)")
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
   if not args.budget_s > 0:
     raise ValueError(f"--budget-s must be positive, got {args.budget_s}")
-  command = shlex.join(["python", "-m", "experiments.gpu_suite", *(sys.argv[1:] if argv is None else argv)])
+  command = shlex.join(["python", "-m", "experiments.bench.gpu_suite", *(sys.argv[1:] if argv is None else argv)])
   out_dir = args.out or default_out()
   os.makedirs(out_dir, exist_ok=True)
   s = settings(args.smoke)

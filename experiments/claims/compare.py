@@ -2,19 +2,19 @@
 
 Usage::
 
-  python -m experiments.compare [--config NAME] [--preset tiny|quick|full] [--workdir results/<run>]
+  python -m experiments.claims.compare [--config NAME] [--preset tiny|quick|full] [--workdir results/<run>]
                                 [--schemes dense,cp,...] [--set section.field=value ...]
 
 Defaults: ``--config compare_fashion_mnist --preset quick --workdir results/<config>_<preset>``. The quick
 preset takes about 5 minutes on 2 CPU cores; ``full`` gives the real numbers (see the config's header).
 
 For each scheme in ``config.schemes`` (every convolution after the first built by that scheme, see
-:mod:`experiments.schemes`) it trains the model (:func:`experiments.train.train`, in ``<workdir>/<scheme>``,
+:mod:`experiments.schemes`) it trains the model (:func:`experiments.training.train.train`, in ``<workdir>/<scheme>``,
 resumable: rerunning the command continues killed runs and skips finished ones), then counts its parameters
 and MACs (:mod:`efficonv.cost`, traced forward pass) and its test accuracy. After all are trained, it times
 inference throughput, batch-1 latency and training throughput of all models in the same process, round-robin
-(:mod:`experiments.benchmark`), and writes ``compare.md``, ``compare.json``, ``pareto.png`` and
-``curves.png`` into the workdir (:mod:`experiments.report`).
+(:mod:`experiments.training.throughput`), and writes ``compare.md``, ``compare.json``, ``pareto.png`` and
+``curves.png`` into the workdir (:mod:`experiments.claims.report`).
 """
 
 from __future__ import annotations
@@ -32,20 +32,20 @@ from typing import Any
 import jax
 
 from efficonv import cost
-from experiments.benchmark import Subject, benchmark
+from experiments.claims.report import add_ratios, write_report
 from experiments.cli import add_config_arguments, config_from_args, setup_logging
-from experiments.config import ExperimentConfig, override
-from experiments.machine import machine_info
-from experiments.report import add_ratios, write_report
+from experiments.common.config import ExperimentConfig, override
+from experiments.common.environment import machine_info
 from experiments.schemes import check_scheme, reference_of
-from experiments.steps import merge
-from experiments.train import config_dict, load_datasets, train
+from experiments.training.steps import merge
+from experiments.training.throughput import Subject, benchmark
+from experiments.training.train import config_dict, load_datasets, train
 
-logger = logging.getLogger("experiments.compare")
+logger = logging.getLogger("experiments.claims.compare")
 
 
 def environment(command: str | None = None) -> dict[str, Any]:
-  """Where the numbers were measured: :func:`experiments.machine.machine_info` plus date and device kind."""
+  """Where the numbers were measured: :func:`experiments.common.environment.machine_info` plus date and device kind."""
   return {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     "device_kind": jax.devices()[0].device_kind,
@@ -136,7 +136,7 @@ def _reference(scheme: str, cfg: ExperimentConfig) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m experiments.compare", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m experiments.claims.compare", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--workdir", default=None, help="default: results/<config>_<preset>")
   parser.add_argument("--schemes", default=None, help="comma-separated subset of the config's schemes")
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.schemes is not None:
     cfg = override(cfg, [f"schemes={tuple(s.strip() for s in args.schemes.split(',') if s.strip())!r}"])
   workdir = args.workdir or os.path.join("results", f"{args.config}_{args.preset}")
-  command = shlex.join(["python", "-m", "experiments.compare", *(sys.argv[1:] if argv is None else argv)])
+  command = shlex.join(["python", "-m", "experiments.claims.compare", *(sys.argv[1:] if argv is None else argv)])
   payload = run(cfg, workdir, command=command)
   print((Path(workdir) / "compare.md").read_text())
   return payload

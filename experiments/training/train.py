@@ -2,10 +2,10 @@
 
 Usage::
 
-  python -m experiments.train --config compare_fashion_mnist --preset quick --scheme cp --workdir results/cp
+  python -m experiments.training.train --config compare_fashion_mnist --preset quick --scheme cp --workdir results/cp
 
-The workdir receives ``config.json``, ``metrics.jsonl`` (JSON lines, :mod:`experiments.metrics`) and
-``checkpoints/<step>/`` (Orbax, :mod:`experiments.checkpoint`). A checkpoint is saved every
+The workdir receives ``config.json``, ``metrics.jsonl`` (JSON lines, :mod:`experiments.training.metrics`) and
+``checkpoints/<step>/`` (Orbax, :mod:`experiments.training.checkpoint`). A checkpoint is saved every
 ``train.checkpoint_every_steps`` steps and at the end of every epoch.
 
 Resuming: run the same command with the same workdir. Training restarts from the latest complete checkpoint
@@ -15,7 +15,7 @@ epoch and skips the batches already seen (:func:`experiments.data.batches` order
 uninterrupted one does. A workdir holding a run of a different config is refused.
 
 Data parallelism: the global batch is sharded over a 1-D mesh ``("data",)`` of all local devices (or the
-first ``train.num_devices``), parameters are replicated (:mod:`experiments.steps`). To try it on a CPU, fake
+first ``train.num_devices``), parameters are replicated (:mod:`experiments.training.steps`). To try it on a CPU, fake
 devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
 
 Multi-host: start the same command on every host with :func:`jax.distributed.initialize` called first (on
@@ -44,12 +44,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from experiments import data
-from experiments.checkpoint import Checkpointer
 from experiments.cli import add_config_arguments, config_from_args, setup_logging
-from experiments.config import DataConfig, ExperimentConfig
-from experiments.metrics import MetricsLog, Progress
-from experiments.optim import learning_rate_schedule, make_optimizer
-from experiments.steps import (
+from experiments.common.config import DataConfig, ExperimentConfig
+from experiments.data.synthetic import synthetic_datasets
+from experiments.training.checkpoint import Checkpointer
+from experiments.training.metrics import MetricsLog, Progress
+from experiments.training.optim import learning_rate_schedule, make_optimizer
+from experiments.training.steps import (
   Parallel,
   State,
   evaluate,
@@ -60,9 +61,8 @@ from experiments.steps import (
   replicate,
   shard_batch,
 )
-from experiments.synthetic import synthetic_datasets
 
-logger = logging.getLogger("experiments.train")
+logger = logging.getLogger("experiments.training.train")
 
 # Fields that may differ between the run in a workdir and the command resuming it.
 _RESUMABLE_DIFFERENCES = ("progress", "num_devices")
@@ -82,8 +82,8 @@ class TrainResult:
     elapsed_s: training wall time in total (over all resumptions, evaluation excluded).
     parallel: the mesh the run used.
     opt_state: the final optimizer state.
-    train_step: the run's jitted training step (:func:`experiments.steps.make_train_step`).
-    predict: the run's jitted inference function (:func:`experiments.steps.make_predict`).
+    train_step: the run's jitted training step (:func:`experiments.training.steps.make_train_step`).
+    predict: the run's jitted inference function (:func:`experiments.training.steps.make_predict`).
   """
 
   graphdef: nnx.GraphDef
@@ -294,7 +294,7 @@ def _check_or_write_config(cfg: ExperimentConfig, path: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m experiments.training.train", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--scheme", default=None, help="overrides model.scheme")
   parser.add_argument("--workdir", default=None, help="default: results/train/<config>_<preset>_<scheme>")

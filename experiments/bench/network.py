@@ -2,29 +2,29 @@
 
 Usage::
 
-  python -m experiments.bench_network [--preset tiny|quick|full] [--arch vgg|resnet] [--schemes cp tt ...]
+  python -m experiments.bench.network [--preset tiny|quick|full] [--arch vgg|resnet] [--schemes cp tt ...]
                                       [--batch-sizes 1 64] [--train-batch-sizes 64] [--out DIR]
                                       [--config NAME] [--set section.field=value ...]
 
-The networks are those of :mod:`experiments.compare` (:func:`experiments.models.build_model` with the
+The networks are those of :mod:`experiments.claims.compare` (:func:`experiments.models.build_model` with the
 config's model, default ``compare_fashion_mnist``; ``--arch resnet`` swaps the VGG for the ResNet), freshly
 initialized: timing does not depend on the weights, so nothing is trained and no data is read. For the dense
 baseline and every scheme of ``--schemes`` (default: all of :data:`experiments.schemes.SCHEMES`) it times
 
-* ``inference_b<B>``: the jitted inference pass (:func:`experiments.steps.make_predict`) on ``B`` images,
+* ``inference_b<B>``: the jitted inference pass (:func:`experiments.training.steps.make_predict`) on ``B`` images,
   for every ``B`` of ``--batch-sizes`` (default: ``bench.latency_batch_size`` and the training batch size;
   at ``B = 1`` this is the latency);
-* ``train_b<B>``: the real training step (:func:`experiments.steps.make_train_step` with the config's
+* ``train_b<B>``: the real training step (:func:`experiments.training.steps.make_train_step` with the config's
   optimizer, schedule and augmentation: forward, backward, update), for every ``B`` of
   ``--train-batch-sizes`` (default: the batch sizes above 1).
 
 On a CPU every network is also compiled without YNNPACK library fusion (``<scheme>/no_ynn``,
-:data:`experiments.dense_baselines.NO_YNN_FUSION_OPTIONS`), and the dense network a third time with
-:data:`experiments.dense_baselines.EIGEN_CONV_OPTIONS` (``dense/eigen``). Per measurement the fastest dense
+:data:`experiments.bench.dense_baselines.NO_YNN_FUSION_OPTIONS`), and the dense network a third time with
+:data:`experiments.bench.dense_baselines.EIGEN_CONV_OPTIONS` (``dense/eigen``). Per measurement the fastest dense
 build is the baseline of every speedup (``fastest dense ms / ms``); the MAC ratio is ``dense MACs / scheme MACs`` (forward MACs per image, :func:`efficonv.cost.macs`; the
 training step does about three times the forward's MACs in every network alike). Everything runs on one
 device and is timed round-robin, the fastest of ``bench.rounds`` rounds counting
-(:func:`experiments.benchmark.round_robin`, with the preset's ``bench`` warm-up, iterations and
+(:func:`experiments.training.throughput.round_robin`, with the preset's ``bench`` warm-up, iterations and
 ``min_seconds``).
 
 Writes into ``--out`` (default ``experiments/results/bench_network_<preset>``, ``_resnet`` appended for the
@@ -57,20 +57,28 @@ import numpy as np
 
 from efficonv import cost
 from experiments import data
-from experiments.benchmark import Subject, round_robin
+from experiments.bench.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS
 from experiments.cli import add_config_arguments, config_from_args, setup_logging
-from experiments.config import DEFAULT_CONFIG, DataConfig, ExperimentConfig
-from experiments.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS
-from experiments.machine import load_average, machine_info
+from experiments.common.config import DEFAULT_CONFIG, DataConfig, ExperimentConfig
+from experiments.common.environment import load_average, machine_info
+from experiments.common.timing import compile_fn
 from experiments.models import ARCHS
-from experiments.optim import learning_rate_schedule, make_optimizer
 from experiments.schemes import SCHEMES, reference_of
-from experiments.steps import init_model, make_parallel, make_predict, make_train_step, merge, replicate, shard_batch
-from experiments.timing import compile_fn
+from experiments.training.optim import learning_rate_schedule, make_optimizer
+from experiments.training.steps import (
+  init_model,
+  make_parallel,
+  make_predict,
+  make_train_step,
+  merge,
+  replicate,
+  shard_batch,
+)
+from experiments.training.throughput import Subject, round_robin
 
-logger = logging.getLogger("experiments.bench_network")
+logger = logging.getLogger("experiments.bench.network")
 
-DEFAULT_RESULTS = os.path.join(os.path.dirname(__file__), "results")
+DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results")
 PLOT_NAME = "speedup_vs_mac_ratio.png"
 # Length of the learning-rate schedule the timed step is built with; the step's cost does not depend on it.
 NOMINAL_STEPS = 1000
@@ -152,7 +160,7 @@ class Network:
 
 
 def build_network(cfg: ExperimentConfig, scheme: str) -> Network:
-  """Initializes ``cfg``'s model with ``scheme`` and builds its steps as :func:`experiments.train.train` does.
+  """Initializes ``cfg``'s model with ``scheme`` and builds its steps as :func:`experiments.training.train.train` does.
 
   Args:
     cfg: the experiment config (model, optimizer, augmentation, seed).
@@ -230,7 +238,7 @@ def make_records(
   """One record per timed variant × measurement, with speedups against the fastest dense variant.
 
   Args:
-    rounds: variant → label → seconds per call of every round (:func:`experiments.benchmark.round_robin`).
+    rounds: variant → label → seconds per call of every round (:func:`experiments.training.throughput.round_robin`).
     networks: variant → ``(network, compiler options)``; the dense variants have scheme ``dense``.
 
   Returns:
@@ -443,7 +451,7 @@ def default_out(config: str, preset: str, arch: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """The command line; returns the payload written."""
-  parser = argparse.ArgumentParser(prog="python -m experiments.bench_network", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m experiments.bench.network", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--arch", choices=ARCHS, default=None, help="default: the config's (vgg)")
   parser.add_argument("--schemes", nargs="+", default=None, help="schemes besides dense (default: all)")
@@ -455,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   cfg = config_from_args(args)
   if args.arch is not None:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=args.arch))
-  command = shlex.join(["python", "-m", "experiments.bench_network", *(sys.argv[1:] if argv is None else argv)])
+  command = shlex.join(["python", "-m", "experiments.bench.network", *(sys.argv[1:] if argv is None else argv)])
   payload = run(
     cfg,
     schemes=parse_schemes(args.schemes),

@@ -1,10 +1,10 @@
 """Quick check of the headline speedups on one 8×32×32×64 → 64, 3×3 convolution.
 
-Run as ``python -m experiments.quick_timing [--json PATH] [--repeats N]``.
+Run as ``python -m experiments.bench.quick_timing [--json PATH] [--repeats N]``.
 
-Times, interleaved in one run (see :mod:`experiments.timing`):
+Times, interleaved in one run (see :mod:`experiments.common.timing`):
 
-* every dense implementation of :mod:`experiments.dense_baselines`; the
+* every dense implementation of :mod:`experiments.bench.dense_baselines`; the
   fastest is the baseline of every speedup;
 * :class:`efficonv.nnx.CPConv` at rank 16 with ``implementation="auto"``
   (and, for reference, forced ``"factorized"`` / ``"reconstructed"``), with
@@ -35,10 +35,10 @@ from flax import nnx
 
 from efficonv import kernels
 from efficonv.nnx import CPConv, SeparableConv
-from experiments.dense_baselines import dense_methods
-from experiments.functional import as_pure_function
-from experiments.machine import load_average, machine_info
-from experiments.timing import Stats, compile_fn, measure
+from experiments.bench.dense_baselines import dense_methods
+from experiments.bench.functional import as_pure_function
+from experiments.common.environment import load_average, machine_info
+from experiments.common.timing import Stats, compile_fn, measure
 
 INPUT_SHAPE = (8, 32, 32, 64)
 OUT_FEATURES = 64
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   stats = measure({c.name: (c.fn, c.args) for c in candidates}, repeats=args.repeats, warmup=args.warmup)
   summary = summarize(candidates, stats)
   print(format_report(summary, plans))
-  command = "python -m experiments.quick_timing " + " ".join(sys.argv[1:] if argv is None else argv)
+  command = "python -m experiments.bench.quick_timing " + " ".join(sys.argv[1:] if argv is None else argv)
   result = {
     "machine": {**machine_info(command=command.strip()), "load_average_before": load_before},
     "config": {

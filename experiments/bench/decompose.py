@@ -1,6 +1,6 @@
 """Wall time and error of efficonv's decompositions against TensorLy on one conv kernel.
 
-Run as ``python -m experiments.bench_decompose [--out PATH] [--repeats N] [--no-tensorly-jax]``.
+Run as ``python -m experiments.bench.decompose [--out PATH] [--repeats N] [--no-tensorly-jax]``.
 
 For a ``3×3×64×64`` kernel — a trained-like one (a decaying-weight CP structure of rank 48 plus 20%
 Gaussian noise, He-scaled) and a pure Gaussian one — this measures:
@@ -16,7 +16,7 @@ Gaussian noise, He-scaled) and a pure Gaussian one — this measures:
 * Spatial (rank 32) and Separable (multiplier 2), efficonv only (TensorLy has no such fit);
 * CP by Levenberg–Marquardt (``method="lm"``, 1 ALS sweep + 99 steps), efficonv only.
 
-efficonv and the NumPy TensorLy runs are timed interleaved (round-robin, :mod:`experiments.timing`) so
+efficonv and the NumPy TensorLy runs are timed interleaved (round-robin, :mod:`experiments.common.timing`) so
 that load from other processes hits both alike; the machine's load average is recorded. Prints a table
 and writes JSON (default ``experiments/results/bench_decompose.json``) with machine information.
 TensorLy is skipped, with a printed reason, when it is not installed.
@@ -45,10 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficonv.decompose import cp, separable, spatial, tt, tucker2
-from experiments.machine import load_average, machine_info
-from experiments.timing import Stats, measure, summarize
+from experiments.common.environment import load_average, machine_info
+from experiments.common.timing import Stats, measure, summarize
 
-DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results", "bench_decompose.json")
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "bench_decompose.json")
 SHAPE = (3, 3, 64, 64)
 CP_RANK, CP_SWEEPS = 32, 100
 TUCKER_RANKS, TUCKER_SWEEPS = (32, 32), 10
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "seed": args.seed,
     },
     "machine": {
-      **machine_info(command=" ".join(["python -m experiments.bench_decompose", *sys.argv[1:]])),
+      **machine_info(command=" ".join(["python -m experiments.bench.decompose", *sys.argv[1:]])),
       "tensorly": tensorly_version,
       "numpy": np.__version__,
       # BLAS threading changes both sides: TensorLy's NumPy calls and the LAPACK kernels jaxlib uses.

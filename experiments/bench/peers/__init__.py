@@ -1,6 +1,6 @@
 """Optional CPU peers of efficonv's layers: PyTorch sequences, TensorLy-Torch and Keras 3 (JAX backend).
 
-Used by :mod:`experiments.bench_layers` (``--peers torch,tltorch,keras``,
+Used by :mod:`experiments.bench.layers` (``--peers torch,tltorch,keras``,
 default all); not a script of its own. A quick check of one small shape::
 
   python -c "from experiments import peers, bench_cases as b; \\
@@ -11,7 +11,7 @@ input and of every weight, from a fixed cotangent), float32, no biases,
 all cores:
 
 * ``torch`` and ``torch_channels_last``: the plain PyTorch sequence of
-  every factorized scheme of :data:`experiments.bench_cases.SCHEMES` that
+  every factorized scheme of :data:`experiments.bench.cases.SCHEMES` that
   applies to the shape, with the ranks of efficonv's layer (the sequence is
   built *from* that layer, see :func:`torch_sequence`), plus the dense
   ``Conv2d``; in the default (NCHW) and the ``channels_last`` memory format.
@@ -32,7 +32,7 @@ records and a note with the reason (printed too).
 
 Each record has ``peer`` (``torch``, ``torch_channels_last``, ``tltorch``,
 ``keras_jax``), ``scheme`` (a scheme name of
-:mod:`experiments.bench_cases`, or ``"dense"``), ``implementation``,
+:mod:`experiments.bench.cases`, or ``"dense"``), ``implementation``,
 ``layout``, ``shape_label``, ``pass``, the timing statistics and
 ``speedup_vs_torch_dense`` (the PyTorch dense conv in the same memory layout,
 ``None`` when PyTorch was not timed).
@@ -49,8 +49,8 @@ from typing import Any
 
 import numpy as np
 
-from experiments.bench_cases import SCHEMES, Shape
-from experiments.timing import Stats, summarize
+from experiments.bench.cases import SCHEMES, Shape
+from experiments.common.timing import Stats, summarize
 
 PEERS: tuple[str, ...] = ("torch", "tltorch", "keras")
 """Peer groups :func:`run` can time (``torch`` covers both memory formats)."""
@@ -217,7 +217,7 @@ def torch_sequence(torch: Any, scheme: str, source: Any) -> Any:
 
   Args:
     torch: the imported ``torch`` module.
-    scheme: a scheme name of :data:`experiments.bench_cases.SCHEMES`, or
+    scheme: a scheme name of :data:`experiments.bench.cases.SCHEMES`, or
       ``"dense"``.
     source: the efficonv layer of that scheme (built with ``use_bias=False``,
       ``SAME`` padding, stride 1, odd kernel), or for ``"dense"`` an HWIO kernel.
@@ -504,8 +504,8 @@ def _run_keras(shape: Shape, layers: dict[str, Any], timer: Callable[[Callable[[
   import jax
   import jax.numpy as jnp
 
-  from experiments.dense_baselines import PASSES, pass_args, with_pass
-  from experiments.timing import compile_fn
+  from experiments.bench.dense_baselines import PASSES, pass_args, with_pass
+  from experiments.common.timing import compile_fn
 
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal(shape.input_shape, np.float32))

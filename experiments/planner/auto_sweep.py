@@ -1,6 +1,6 @@
 """Does ``implementation="auto"`` pick the faster path near the crossover? A rank sweep.
 
-Run as ``python -m experiments.auto_sweep [--json PATH] [--repeats N]``.
+Run as ``python -m experiments.planner.auto_sweep [--json PATH] [--repeats N]``.
 
 The layer benchmark uses compressive ranks, where the factorized path wins
 by a wide margin. This sweep raises the ranks (CP, Tucker-2, spatial) and
@@ -9,8 +9,8 @@ the dense reconstruction wins, and times the forward pass of both forced
 implementations (interleaved, in one run) next to what :meth:`plan` picks.
 ``choice/best`` is the chosen path's median over the faster one's; the
 target is ≤ 1.10 everywhere. Its records have the fields of
-:mod:`experiments.bench_layers` records, so :mod:`experiments.fit_rates` can
-fit the cost model to them (``python -m experiments.fit_rates PATH``).
+:mod:`experiments.bench.layers` records, so :mod:`experiments.planner.fit_rates` can
+fit the cost model to them (``python -m experiments.planner.fit_rates PATH``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 
 import efficonv
-from experiments.bench_cases import Shape
-from experiments.fit_rates import format_steps
-from experiments.machine import machine_info
-from experiments.timing import compile_fn, measure
+from experiments.bench.cases import Shape
+from experiments.common.environment import machine_info
+from experiments.common.timing import compile_fn, measure
+from experiments.planner.fit_rates import format_steps
 
 SHAPES = (Shape(8, 16, 16, 128, 3), Shape(8, 32, 32, 64, 3))
 
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       f"{d['reconstructed_ms']:8.3f} {d['estimated_factorized_ms']:6.2f}/{d['estimated_reconstructed_ms']:6.2f}  "
       f"{d['auto_choice']} -> {d['choice_over_best']:.2f}{flag}"
     )
-  command = "python -m experiments.auto_sweep " + " ".join(sys.argv[1:] if argv is None else argv)
+  command = "python -m experiments.planner.auto_sweep " + " ".join(sys.argv[1:] if argv is None else argv)
   result = {"machine": machine_info(command=command.strip()), "records": records, "decisions": rows}
   if args.json:
     with open(args.json, "w") as f:

@@ -1,11 +1,11 @@
 """Forward and forward+backward timings of every scheme × implementation against the dense conv.
 
-Run as ``python -m experiments.bench_layers [--quick] [--out DIR] [--peers torch,tltorch,keras|none]``.
+Run as ``python -m experiments.bench.layers [--quick] [--out DIR] [--peers torch,tltorch,keras|none]``.
 
 For each shape (N ∈ {1, 8, 64} × 32×32×64, 16×16×128, 8×8×256 at 3×3 and
 16×16×128 at 5×5, ``c → c``, SAME; ``--quick``: N = 8 only) and each pass, all
-variants of :mod:`experiments.bench_cases` and every dense implementation of
-:mod:`experiments.dense_baselines` are compiled and timed *in the same
+variants of :mod:`experiments.bench.cases` and every dense implementation of
+:mod:`experiments.bench.dense_baselines` are compiled and timed *in the same
 interleaved run*; the fastest dense one is the baseline of that shape and
 pass. ``forward_backward`` is ``jax.vjp`` plus the pullback of a fixed random
 cotangent: the output and the gradients with respect to the input and every
@@ -14,7 +14,7 @@ parameter.
 Writes under ``experiments/results/<name>/`` (``--out`` to change):
 ``results.json`` (one record per measurement plus machine information),
 ``results.md`` (tables, including ``auto``'s choice against the measured
-best, and efficonv against the peers of :mod:`experiments.peers`) and
+best, and efficonv against the peers of :mod:`experiments.bench.peers`) and
 ``speedup_vs_mac_ratio.png``.
 """
 
@@ -32,14 +32,15 @@ import jax
 import jax.numpy as jnp
 
 from efficonv.nnx import set_objective
-from experiments import bench_report, peers
-from experiments.bench_cases import BATCHES_FULL, BATCHES_QUICK, SCHEMES, Scheme, Shape, Variant, shapes, variants_for
-from experiments.dense_baselines import PASSES, dense_methods, pass_args, with_pass
-from experiments.functional import as_pure_function
-from experiments.machine import load_average, machine_info
-from experiments.timing import Stats, compile_fn, measure
+from experiments.bench import layers_report as bench_report
+from experiments.bench import peers
+from experiments.bench.cases import BATCHES_FULL, BATCHES_QUICK, SCHEMES, Scheme, Shape, Variant, shapes, variants_for
+from experiments.bench.dense_baselines import PASSES, dense_methods, pass_args, with_pass
+from experiments.bench.functional import as_pure_function
+from experiments.common.environment import load_average, machine_info
+from experiments.common.timing import Stats, compile_fn, measure
 
-DEFAULT_RESULTS = os.path.join(os.path.dirname(__file__), "results")
+DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results")
 # Backward passes do about twice the forward's MACs (input and weight gradients).
 PASS_MAC_FACTOR = {"forward": 1, "forward_backward": 3}
 XLA_BACKWARD_SKIP_REASON = (
@@ -202,8 +203,8 @@ def run(
     slow_seconds: a function whose first call takes longer is timed once more only.
     skip_xla_depthwise_backward: leave out XLA's grouped depthwise backward (slow on CPU).
     command: the command line, recorded.
-    with_peers: also time the peers (:mod:`experiments.peers`).
-    peer_names: which peers of :data:`experiments.peers.PEERS` to time (missing ones are skipped with a note).
+    with_peers: also time the peers (:mod:`experiments.bench.peers`).
+    peer_names: which peers of :data:`experiments.bench.peers.PEERS` to time (missing ones are skipped with a note).
     schemes: the schemes whose variants are timed.
     deadline: a :func:`time.perf_counter` value after which no further shape starts (the first always runs;
       the others are listed in ``skipped``).
@@ -211,7 +212,7 @@ def run(
 
   Returns:
     ``{"machine", "config", "records", "skipped", "peers", "peer_ratios"}``, as written by :func:`write`
-    (``peer_ratios``: :func:`experiments.bench_report.peer_ratios`).
+    (``peer_ratios``: :func:`experiments.bench.layers_report.peer_ratios`).
   """
   machine = {
     **machine_info(command=command.strip()),
@@ -316,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     max_seconds=args.max_seconds or (0.5 if args.quick else 1.0),
     slow_seconds=args.slow_seconds or (3.0 if args.quick else 30.0),
     skip_xla_depthwise_backward=args.quick,
-    command="python -m experiments.bench_layers " + " ".join(sys.argv[1:] if argv is None else argv),
+    command="python -m experiments.bench.layers " + " ".join(sys.argv[1:] if argv is None else argv),
     with_peers=not args.no_peers and bool(peer_names),
     peer_names=peer_names,
     config={"quick": args.quick, "peers": list(peer_names) if not args.no_peers else []},

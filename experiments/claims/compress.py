@@ -2,21 +2,21 @@
 
 Usage::
 
-  python -m experiments.compress [--config NAME] [--preset tiny|quick|full] [--workdir results/<run>]
+  python -m experiments.claims.compress [--config NAME] [--preset tiny|quick|full] [--workdir results/<run>]
                                  [--variants cp_mac4,tucker2_vbmf,...] [--set section.field=value ...]
 
 Defaults: ``--config compare_fashion_mnist --preset quick --workdir results/compress_<config>_<preset>``.
 
 The pipeline (Lebedev et al. 2014; Kim et al. 2016):
 
-1. Train the dense baseline with :func:`experiments.train.train` in ``<workdir>/dense`` (resumable: a
+1. Train the dense baseline with :func:`experiments.training.train.train` in ``<workdir>/dense`` (resumable: a
    workdir that already holds the finished run only restores its last checkpoint).
 2. For each variant (a decomposition scheme and a rank rule from :mod:`efficonv.rank`), replace every conv
    after the stem with :func:`efficonv.compress` (which clones the model, so BatchNorm statistics and the
    other layers are kept), measure the test accuracy, fine-tune the whole network for a few steps with the
-   training run's own step (:func:`experiments.steps.make_train_step`), and measure it again.
+   training run's own step (:func:`experiments.training.steps.make_train_step`), and measure it again.
 3. Time inference of the dense model and every compressed one in the same process, round-robin
-   (:mod:`experiments.benchmark`), and count whole-network MACs (:func:`efficonv.cost.macs`).
+   (:mod:`experiments.training.throughput`), and count whole-network MACs (:func:`efficonv.cost.macs`).
 4. Write ``compress.md`` and ``compress.json`` into the workdir.
 """
 
@@ -41,16 +41,16 @@ from efficonv import cost
 from efficonv import rank as rank_lib
 from efficonv.compress import Policy, compress
 from experiments import data
-from experiments.benchmark import Subject, benchmark
+from experiments.claims.compare import environment
+from experiments.claims.report import write_json
 from experiments.cli import add_config_arguments, config_from_args, setup_logging
-from experiments.compare import environment
-from experiments.config import PRESETS, ExperimentConfig
-from experiments.optim import learning_rate_schedule, make_optimizer
-from experiments.report import write_json
-from experiments.steps import evaluate, make_predict, make_train_step, merge, replicate, shard_batch
-from experiments.train import config_dict, load_datasets, train
+from experiments.common.config import PRESETS, ExperimentConfig
+from experiments.training.optim import learning_rate_schedule, make_optimizer
+from experiments.training.steps import evaluate, make_predict, make_train_step, merge, replicate, shard_batch
+from experiments.training.throughput import Subject, benchmark
+from experiments.training.train import config_dict, load_datasets, train
 
-logger = logging.getLogger("experiments.compress")
+logger = logging.getLogger("experiments.claims.compress")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +107,7 @@ def settings_for(preset: str) -> CompressSettings:
     fine-tuning steps.
 
   Raises:
-    ValueError: naming ``preset`` when it is not one of :data:`experiments.config.PRESETS`.
+    ValueError: naming ``preset`` when it is not one of :data:`experiments.common.config.PRESETS`.
   """
   if preset == "full":
     extra = (
@@ -375,7 +375,7 @@ def markdown(payload: dict[str, Any], command: str = "") -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m experiments.compress", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m experiments.claims.compress", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--workdir", default=None, help="default: results/compress_<config>_<preset>")
   parser.add_argument("--variants", default=None, help="comma-separated subset of the preset's variants")
@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       raise ValueError(f"--variants must name variants of preset {args.preset!r} ({sorted(known)}), got {unknown}")
     settings = dataclasses.replace(settings, variants=tuple(known[w] for w in wanted))
   workdir = args.workdir or os.path.join("results", f"compress_{args.config}_{args.preset}")
-  command = shlex.join(["python", "-m", "experiments.compress", *(sys.argv[1:] if argv is None else argv)])
+  command = shlex.join(["python", "-m", "experiments.claims.compress", *(sys.argv[1:] if argv is None else argv)])
   payload = run(cfg, settings, workdir, command=command)
   print((Path(workdir) / "compress.md").read_text().split("## Per-layer")[0])
   print(json.dumps({r["variant"]: round(r["accuracy_after_ft"], 4) for r in payload["results"]}))
