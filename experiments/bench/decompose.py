@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficonv.decompose import cp, separable, spatial, tt, tucker2
+from experiments.cli import command_line
 from experiments.common.environment import load_average, machine_info
 from experiments.common.timing import Stats, measure, summarize
 
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "seed": args.seed,
     },
     "machine": {
-      **machine_info(command=" ".join(["python -m experiments.bench.decompose", *sys.argv[1:]])),
+      **machine_info(command=command_line(__spec__.name, argv)),
       "tensorly": tensorly_version,
       "numpy": np.__version__,
       # BLAS threading changes both sides: TensorLy's NumPy calls and the LAPACK kernels jaxlib uses.

@@ -36,7 +36,6 @@ import dataclasses
 import json
 import os
 import re
-import shlex
 import sys
 import time
 import traceback
@@ -52,6 +51,7 @@ from experiments.bench import network as bench_network
 from experiments.bench.cases import SCHEMES as LAYER_SCHEMES
 from experiments.bench.cases import SPATIAL_SHAPES, Shape
 from experiments.bench.dense_baselines import PASSES, pass_args, with_pass
+from experiments.cli import command_line
 from experiments.common.config import load
 from experiments.common.environment import machine_info
 from experiments.common.timing import compile_fn, measure
@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ValueError: naming ``--budget-s`` when it is not positive.
   """
   start = time.perf_counter()
-  parser = argparse.ArgumentParser(prog="python -m experiments.bench.gpu_suite", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
   parser.add_argument("--out", default=None, help="output directory (default experiments/results/gpu_<device>)")
   parser.add_argument("--budget-s", type=float, default=270.0, help="time budget of all parts (default 270)")
   parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default all)")
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
   if not args.budget_s > 0:
     raise ValueError(f"--budget-s must be positive, got {args.budget_s}")
-  command = shlex.join(["python", "-m", "experiments.bench.gpu_suite", *(sys.argv[1:] if argv is None else argv)])
+  command = command_line(__spec__.name, argv)
   out_dir = args.out or default_out()
   os.makedirs(out_dir, exist_ok=True)
   s = settings(args.smoke)

@@ -37,6 +37,7 @@ from experiments.bench import peers
 from experiments.bench.cases import BATCHES_FULL, BATCHES_QUICK, SCHEMES, Scheme, Shape, Variant, shapes, variants_for
 from experiments.bench.dense_baselines import PASSES, dense_methods, pass_args, with_pass
 from experiments.bench.functional import as_pure_function
+from experiments.cli import command_line
 from experiments.common.environment import load_average, machine_info
 from experiments.common.timing import Stats, compile_fn, measure
 
@@ -317,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     max_seconds=args.max_seconds or (0.5 if args.quick else 1.0),
     slow_seconds=args.slow_seconds or (3.0 if args.quick else 30.0),
     skip_xla_depthwise_backward=args.quick,
-    command="python -m experiments.bench.layers " + " ".join(sys.argv[1:] if argv is None else argv),
+    command=command_line(__spec__.name, argv),
     with_peers=not args.no_peers and bool(peer_names),
     peer_names=peer_names,
     config={"quick": args.quick, "peers": list(peer_names) if not args.no_peers else []},

@@ -45,8 +45,6 @@ import json
 import logging
 import math
 import os
-import shlex
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -58,7 +56,7 @@ import numpy as np
 from efficonv import cost
 from experiments import data
 from experiments.bench.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS
-from experiments.cli import add_config_arguments, config_from_args, setup_logging
+from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common.config import DEFAULT_CONFIG, DataConfig, ExperimentConfig
 from experiments.common.environment import load_average, machine_info
 from experiments.common.timing import compile_fn
@@ -451,7 +449,7 @@ def default_out(config: str, preset: str, arch: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """The command line; returns the payload written."""
-  parser = argparse.ArgumentParser(prog="python -m experiments.bench.network", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--arch", choices=ARCHS, default=None, help="default: the config's (vgg)")
   parser.add_argument("--schemes", nargs="+", default=None, help="schemes besides dense (default: all)")
@@ -463,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   cfg = config_from_args(args)
   if args.arch is not None:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=args.arch))
-  command = shlex.join(["python", "-m", "experiments.bench.network", *(sys.argv[1:] if argv is None else argv)])
+  command = command_line(__spec__.name, argv)
   payload = run(
     cfg,
     schemes=parse_schemes(args.schemes),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ from efficonv import kernels
 from efficonv.nnx import CPConv, SeparableConv
 from experiments.bench.dense_baselines import dense_methods
 from experiments.bench.functional import as_pure_function
+from experiments.cli import command_line
 from experiments.common.environment import load_average, machine_info
 from experiments.common.timing import Stats, compile_fn, measure
 
@@ -237,9 +237,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   stats = measure({c.name: (c.fn, c.args) for c in candidates}, repeats=args.repeats, warmup=args.warmup)
   summary = summarize(candidates, stats)
   print(format_report(summary, plans))
-  command = "python -m experiments.bench.quick_timing " + " ".join(sys.argv[1:] if argv is None else argv)
+  command = command_line(__spec__.name, argv)
   result = {
-    "machine": {**machine_info(command=command.strip()), "load_average_before": load_before},
+    "machine": {**machine_info(command=command), "load_average_before": load_before},
     "config": {
       "input_shape": INPUT_SHAPE,
       "out_features": OUT_FEATURES,

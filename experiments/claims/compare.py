@@ -23,8 +23,6 @@ import argparse
 import datetime
 import logging
 import os
-import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ import jax
 
 from efficonv import cost
 from experiments.claims.report import add_ratios, write_report
-from experiments.cli import add_config_arguments, config_from_args, setup_logging
+from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common.config import ExperimentConfig, override
 from experiments.common.environment import machine_info
 from experiments.schemes import check_scheme, reference_of
@@ -136,7 +134,7 @@ def _reference(scheme: str, cfg: ExperimentConfig) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m experiments.claims.compare", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--workdir", default=None, help="default: results/<config>_<preset>")
   parser.add_argument("--schemes", default=None, help="comma-separated subset of the config's schemes")
@@ -151,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.schemes is not None:
     cfg = override(cfg, [f"schemes={tuple(s.strip() for s in args.schemes.split(',') if s.strip())!r}"])
   workdir = args.workdir or os.path.join("results", f"{args.config}_{args.preset}")
-  command = shlex.join(["python", "-m", "experiments.claims.compare", *(sys.argv[1:] if argv is None else argv)])
+  command = command_line(__spec__.name, argv)
   payload = run(cfg, workdir, command=command)
   print((Path(workdir) / "compare.md").read_text())
   return payload

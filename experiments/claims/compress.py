@@ -27,8 +27,6 @@ import dataclasses
 import json
 import logging
 import os
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +41,7 @@ from efficonv.compress import Policy, compress
 from experiments import data
 from experiments.claims.compare import environment
 from experiments.claims.report import write_json
-from experiments.cli import add_config_arguments, config_from_args, setup_logging
+from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common.config import PRESETS, ExperimentConfig
 from experiments.training.optim import learning_rate_schedule, make_optimizer
 from experiments.training.steps import evaluate, make_predict, make_train_step, merge, replicate, shard_batch
@@ -375,7 +373,7 @@ def markdown(payload: dict[str, Any], command: str = "") -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m experiments.claims.compress", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--workdir", default=None, help="default: results/compress_<config>_<preset>")
   parser.add_argument("--variants", default=None, help="comma-separated subset of the preset's variants")
@@ -396,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       raise ValueError(f"--variants must name variants of preset {args.preset!r} ({sorted(known)}), got {unknown}")
     settings = dataclasses.replace(settings, variants=tuple(known[w] for w in wanted))
   workdir = args.workdir or os.path.join("results", f"compress_{args.config}_{args.preset}")
-  command = shlex.join(["python", "-m", "experiments.claims.compress", *(sys.argv[1:] if argv is None else argv)])
+  command = command_line(__spec__.name, argv)
   payload = run(cfg, settings, workdir, command=command)
   print((Path(workdir) / "compress.md").read_text().split("## Per-layer")[0])
   print(json.dumps({r["variant"]: round(r["accuracy_after_ft"], 4) for r in payload["results"]}))

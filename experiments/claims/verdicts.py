@@ -36,11 +36,11 @@ import argparse
 import dataclasses
 import json
 import math
-import shlex
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from experiments.cli import command_line
 
 HOLDS = "holds"
 FAILS = "does not hold here"
@@ -732,7 +732,7 @@ def markdown(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m experiments.claims.verdicts", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
   parser.add_argument("--compare", nargs="+", action="extend", default=[], help="compare.json files or directories")
   parser.add_argument("--compress", nargs="+", action="extend", default=[], help="compress.json files or directories")
   parser.add_argument("--out", default="experiments/README.md", help="the Markdown to write")
@@ -754,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> list[Verdict]:
   compare_runs = [load_run(p, "compare") for p in find_files(args.compare, "compare.json", "--compare")]
   compress_runs = [load_run(p, "compress") for p in find_files(args.compress, "compress.json", "--compress")]
   verdicts = evaluate_all(compare_runs, compress_runs, rules)
-  command = shlex.join(["python", "-m", "experiments.claims.verdicts", *(sys.argv[1:] if argv is None else argv)])
+  command = command_line(__spec__.name, argv)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(markdown(verdicts, compare_runs, compress_runs, rules, command))

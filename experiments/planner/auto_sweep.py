@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 
 import efficonv
 from experiments.bench.cases import Shape
+from experiments.cli import command_line
 from experiments.common.environment import machine_info
 from experiments.common.timing import compile_fn, measure
 from experiments.planner.fit_rates import format_steps
@@ -145,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       f"{d['reconstructed_ms']:8.3f} {d['estimated_factorized_ms']:6.2f}/{d['estimated_reconstructed_ms']:6.2f}  "
       f"{d['auto_choice']} -> {d['choice_over_best']:.2f}{flag}"
     )
-  command = "python -m experiments.planner.auto_sweep " + " ".join(sys.argv[1:] if argv is None else argv)
-  result = {"machine": machine_info(command=command.strip()), "records": records, "decisions": rows}
+  command = command_line(__spec__.name, argv)
+  result = {"machine": machine_info(command=command), "records": records, "decisions": rows}
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1, default=str)

@@ -294,7 +294,7 @@ def _check_or_write_config(cfg: ExperimentConfig, path: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m experiments.training.train", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--scheme", default=None, help="overrides model.scheme")
   parser.add_argument("--workdir", default=None, help="default: results/train/<config>_<preset>_<scheme>")
