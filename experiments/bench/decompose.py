@@ -16,8 +16,9 @@ Gaussian noise, He-scaled) and a pure Gaussian one — this measures:
 * Spatial (rank 32) and Separable (multiplier 2), efficonv only (TensorLy has no such fit);
 * CP by Levenberg–Marquardt (``method="lm"``, 1 ALS sweep + 99 steps), efficonv only.
 
-efficonv and the NumPy TensorLy runs are timed interleaved (round-robin, :mod:`experiments.common.timing`) so
-that load from other processes hits both alike; the machine's load average is recorded. Prints a table
+efficonv and the NumPy TensorLy runs are timed interleaved (:func:`experiments.common.timing.measure`: warm-up,
+then the median of the timed calls) so that load from other processes hits both alike; the TensorLy side is
+:mod:`experiments.bench.peers.tensorly_decompositions`; the machine's load average is recorded. Prints a table
 and writes JSON (default ``experiments/results/bench_decompose.json``) with machine information.
 TensorLy is skipped, with a printed reason, when it is not installed.
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import sys
@@ -45,9 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficonv.decompose import cp, separable, spatial, tt, tucker2
+from experiments.bench.peers import tensorly_decompositions
 from experiments.cli import command_line
 from experiments.common.environment import load_average, machine_info
-from experiments.common.timing import Stats, measure, summarize
+from experiments.common.timing import measure
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "bench_decompose.json")
 SHAPE = (3, 3, 64, 64)
@@ -80,70 +81,11 @@ def kernels(seed: int) -> dict[str, np.ndarray]:
   }
 
 
-def _rel_err(kernel: np.ndarray, approx: Any) -> float:
-  kernel = np.asarray(kernel, np.float64)
-  return float(np.linalg.norm(kernel - np.asarray(approx, np.float64)) / np.linalg.norm(kernel))
-
-
 def _compiled(fn: Callable[[jax.Array], Any], kernel: np.ndarray) -> tuple[Callable[..., Any], float]:
   """AOT-compiles ``fn`` for ``kernel``; returns the executable and the compile time (s)."""
   start = time.perf_counter()
   exe = jax.jit(fn).lower(jnp.asarray(kernel)).compile()
   return exe, time.perf_counter() - start
-
-
-def _tensorly_cases(kernel: np.ndarray) -> dict[str, tuple[Callable[[], Any], Callable[[Any], float]]]:
-  """TensorLy (NumPy backend) calls equivalent to the efficonv ones: ``name -> (call, error_of_result)``."""
-  import tensorly as tl
-  from tensorly.decomposition import parafac, partial_tucker, tensor_train
-
-  tl.set_backend("numpy")
-  k64 = kernel.astype(np.float64)
-  (c_in, c_out) = TT_MODES
-  reordered = kernel.reshape(9, *c_in, *c_out).transpose(0, 1, 3, 2, 4).reshape(9, c_in[0] * c_out[0], -1)
-
-  def parafac_call(w: np.ndarray) -> Callable[[], Any]:
-    return lambda: parafac(w, CP_RANK, n_iter_max=CP_SWEEPS, tol=0, init="svd")
-
-  def tucker_call() -> Any:
-    return partial_tucker(kernel, rank=list(TUCKER_RANKS), modes=[2, 3], n_iter_max=TUCKER_SWEEPS, tol=0)
-
-  def tucker_err(result: Any) -> float:
-    (core, factors), _ = result
-    return _rel_err(kernel, tl.tenalg.multi_mode_dot(core, factors, modes=[2, 3]))
-
-  return {
-    "cp/tensorly-numpy-f32": (parafac_call(kernel), lambda r: _rel_err(kernel, tl.cp_to_tensor(r))),
-    "cp/tensorly-numpy-f64": (parafac_call(k64), lambda r: _rel_err(kernel, tl.cp_to_tensor(r))),
-    "tucker2/tensorly-numpy-f32": (tucker_call, tucker_err),
-    "tt/tensorly-numpy-f32": (
-      lambda: tensor_train(reordered, rank=[1, *TT_RANKS, 1]),
-      lambda r: _rel_err(reordered, tl.tt_to_tensor(r)),
-    ),
-  }
-
-
-def _tensorly_jax_parafac(kernel: np.ndarray, repeats: int) -> tuple[Stats, float]:
-  """TensorLy's ``parafac`` on its JAX backend (eager; it cannot be jitted).
-
-  The first call is untimed: eager JAX compiles every new primitive/shape once (seconds), later calls hit
-  that cache, so the timed calls are TensorLy-on-JAX at its steady state.
-  """
-  import tensorly as tl
-  from tensorly.decomposition import parafac
-
-  tl.set_backend("jax")
-  try:
-    times, result = [], None
-    for call in range(repeats + 1):
-      start = time.perf_counter()
-      result = parafac(tl.tensor(kernel), CP_RANK, n_iter_max=CP_SWEEPS, tol=0, init="svd")
-      jax.block_until_ready(result.factors)
-      if call > 0:
-        times.append(time.perf_counter() - start)
-    return summarize(times), _rel_err(kernel, tl.cp_to_tensor(result))
-  finally:
-    tl.set_backend("numpy")
 
 
 def bench_kernel(name: str, kernel: np.ndarray, *, repeats: int, tensorly_jax_repeats: int) -> dict[str, Any]:
@@ -171,7 +113,7 @@ def bench_kernel(name: str, kernel: np.ndarray, *, repeats: int, tensorly_jax_re
     }
     _log(f"[{name}] compiled {label} in {compile_s:.2f}s, error {float(info.relative_error):.5f}")
 
-  have_tensorly = importlib.util.find_spec("tensorly") is not None
+  have_tensorly = tensorly_decompositions.version() is not None
   skipped = None if have_tensorly else "tensorly is not installed (pip install tensorly): TensorLy columns skipped"
   if skipped:
     print(skipped)
@@ -179,7 +121,16 @@ def bench_kernel(name: str, kernel: np.ndarray, *, repeats: int, tensorly_jax_re
     with warnings.catch_warnings():
       # parafac's SVD init warns that the 3-long spatial modes have fewer than 32 singular vectors.
       warnings.simplefilter("ignore", UserWarning)
-      for label, (call, err) in _tensorly_cases(kernel).items():
+      cases = tensorly_decompositions.numpy_cases(
+        kernel,
+        cp_rank=CP_RANK,
+        cp_sweeps=CP_SWEEPS,
+        tucker_ranks=TUCKER_RANKS,
+        tucker_sweeps=TUCKER_SWEEPS,
+        tt_modes=TT_MODES,
+        tt_ranks=TT_RANKS,
+      )
+      for label, (call, err) in cases.items():
         result = call()
         records[label] = {"relative_error": err(result)}
         candidates[label] = (call, ())
@@ -188,9 +139,9 @@ def bench_kernel(name: str, kernel: np.ndarray, *, repeats: int, tensorly_jax_re
   for label, s in stats.items():
     records[label].update(s.as_dict())
   if have_tensorly and tensorly_jax_repeats > 0:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", UserWarning)
-      s, err = _tensorly_jax_parafac(kernel, tensorly_jax_repeats)
+    s, err = tensorly_decompositions.jax_parafac(
+      kernel, cp_rank=CP_RANK, cp_sweeps=CP_SWEEPS, repeats=tensorly_jax_repeats
+    )
     records["cp/tensorly-jax-f32"] = {"relative_error": err, **s.as_dict()}
     _log(f"[{name}] cp/tensorly-jax-f32: {s.median_ms:.0f} ms, error {err:.5f}")
   return {
@@ -211,18 +162,9 @@ def _cp_seed_spread(kernel: np.ndarray, have_tensorly: bool) -> dict[str, list[f
   fit = jax.jit(lambda w, key: cp(w, CP_RANK, n_iter=CP_SWEEPS, tol=0.0, init="svd", key=key)[1].relative_error)
   spread = {"efficonv": [float(fit(jnp.asarray(kernel), jax.random.key(seed))) for seed in SEEDS]}
   if have_tensorly:
-    import tensorly as tl
-    from tensorly.decomposition import parafac
-
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", UserWarning)
-      spread["tensorly-numpy-f32"] = [
-        _rel_err(
-          kernel,
-          tl.cp_to_tensor(parafac(kernel, CP_RANK, n_iter_max=CP_SWEEPS, tol=0, init="svd", random_state=seed)),
-        )
-        for seed in SEEDS
-      ]
+    spread["tensorly-numpy-f32"] = tensorly_decompositions.cp_errors_over_seeds(
+      kernel, cp_rank=CP_RANK, cp_sweeps=CP_SWEEPS, seeds=SEEDS
+    )
   return spread
 
 
@@ -286,11 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     print(_table(result) + f"\nCP error over {len(SEEDS)} init seeds: {spread}\n", flush=True)
     results.append(result)
-  tensorly_version = None
-  if importlib.util.find_spec("tensorly") is not None:
-    import tensorly
-
-    tensorly_version = tensorly.__version__
+  tensorly_version = tensorly_decompositions.version()
   report = {
     "benchmark": "bench_decompose",
     "shape": SHAPE,

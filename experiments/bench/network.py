@@ -23,15 +23,15 @@ On a CPU every network is also compiled without YNNPACK library fusion (``<schem
 :data:`experiments.bench.dense_baselines.EIGEN_CONV_OPTIONS` (``dense/eigen``). Per measurement the fastest dense
 build is the baseline of every speedup (``fastest dense ms / ms``); the MAC ratio is ``dense MACs / scheme MACs`` (forward MACs per image, :func:`efficonv.cost.macs`; the
 training step does about three times the forward's MACs in every network alike). Everything runs on one
-device and is timed round-robin, the fastest of ``bench.rounds`` rounds counting
-(:func:`experiments.training.throughput.round_robin`, with the preset's ``bench`` warm-up, iterations and
-``min_seconds``).
+device and every function of every network is timed together, interleaved, the median call counting
+(:func:`experiments.training.throughput.time_calls`, :mod:`experiments.common.timing`, with the preset's
+``bench`` warm-up, repeats and ``min_seconds``).
 
 Writes into ``--out`` (default ``experiments/results/bench_network_<preset>``, ``_resnet`` appended for the
 ResNet): ``results.json`` (one record per network × measurement, plus command, machine and library
 versions), ``results.md`` (a table per measurement) and ``speedup_vs_mac_ratio.png``.
 
-The quick preset (widths 16/32, batches 1 and 64, every scheme and two dense builds, 2 rounds) is meant to take
+The quick preset (widths 16/32, batches 1 and 64, every scheme and two dense builds) is meant to take
 2–4 minutes on 2 CPU cores, most of it compiling (measured: about 5 s per network at load 1, 11 s at load 4).
 """
 
@@ -59,7 +59,7 @@ from experiments.bench.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common.config import DEFAULT_CONFIG, DataConfig, ExperimentConfig
 from experiments.common.environment import load_average, machine_info
-from experiments.common.timing import compile_fn
+from experiments.common.timing import Stats, compile_fn
 from experiments.models import ARCHS
 from experiments.schemes import SCHEMES, reference_of
 from experiments.training.optim import learning_rate_schedule, make_optimizer
@@ -72,7 +72,7 @@ from experiments.training.steps import (
   replicate,
   shard_batch,
 )
-from experiments.training.throughput import Subject, round_robin
+from experiments.training.throughput import Subject, time_calls
 
 logger = logging.getLogger("experiments.bench.network")
 
@@ -230,13 +230,13 @@ def make_inputs(
 
 
 def make_records(
-  rounds: Mapping[str, Mapping[str, Sequence[float]]],
+  stats: Mapping[str, Mapping[str, Stats]],
   networks: Mapping[str, tuple[Network, Mapping[str, str]]],
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
   """One record per timed variant × measurement, with speedups against the fastest dense variant.
 
   Args:
-    rounds: variant → label → seconds per call of every round (:func:`experiments.training.throughput.round_robin`).
+    stats: variant → label → timing statistics (:func:`experiments.training.throughput.time_calls`).
     networks: variant → ``(network, compiler options)``; the dense variants have scheme ``dense``.
 
   Returns:
@@ -245,8 +245,8 @@ def make_records(
   dense_names = [n for n, (net, _) in networks.items() if net.scheme == "dense"]
   dense_macs = networks[dense_names[0]][0].macs
   records, fastest = [], {}
-  for label in next(iter(rounds.values())):
-    seconds = {name: min(r[label]) for name, r in rounds.items()}
+  for label in next(iter(stats.values())):
+    seconds = {name: 1e-3 * s[label].median_ms for name, s in stats.items()}
     fastest[label] = min(dense_names, key=lambda n: seconds[n])
     dense_s = seconds[fastest[label]]
     kind, batch = label.rsplit("_b", 1)
@@ -265,10 +265,10 @@ def make_records(
           "label": label,
           "params": net.params,
           "macs": net.macs,
-          "ms": 1e3 * s,
+          "ms": stats[name][label].median_ms,
           "ms_per_image": 1e3 * s / int(batch),
           "images_per_s": int(batch) / s,
-          "rounds_ms": [1e3 * t for t in rounds[name][label]],
+          **stats[name][label].as_dict(),
           "dense_variant": fastest[label],
           "dense_ms": 1e3 * dense_s,
           "speedup": dense_s / s,
@@ -299,7 +299,7 @@ def run(
     train_batch_sizes: training-step batch sizes (default: ``batch_sizes`` above 1).
     command: the command line, recorded.
     deadline: a :func:`time.perf_counter` value after which no further network is built and no further
-      timing round starts (the networks left out are listed in ``skipped``).
+      round of timed calls starts (the networks left out are listed in ``skipped``).
 
   Returns:
     The payload of ``results.json``.
@@ -333,9 +333,8 @@ def run(
       calls[name] = measurement_calls(net.subject, options, inputs)
       networks[name] = (net, options)
     logger.info("%s: %d params, %d MACs/image, built in %.1f s", scheme, net.params, net.macs, time.perf_counter() - t0)
-  logger.info("Timing %d networks × %d measurements, %d rounds", len(calls), len(inputs), cfg.bench.rounds)
-  rounds = round_robin(calls, cfg.bench, deadline)
-  records, fastest = make_records(rounds, networks)
+  logger.info("Timing %d networks × %d measurements", len(calls), len(inputs))
+  records, fastest = make_records(time_calls(calls, cfg.bench, deadline), networks)
   return {
     "command": command,
     "machine": {
@@ -376,7 +375,8 @@ def markdown(payload: dict[str, Any]) -> str:
     f"{m['load_average_before']} → {m['load_average_after']}; {versions}; wall {payload['wall_s']:.0f} s.",
     "",
     "Speedup = fastest dense ms / ms (same measurement); MAC ratio = dense MACs / MACs (forward, per image); "
-    f"best of {c['bench']['rounds']} round-robin rounds.",
+    f"ms = median of at least {c['bench']['repeats']} calls and {c['bench']['min_seconds']} s, all networks "
+    "interleaved (`experiments.common.timing`).",
   ]
   if payload["skipped"]:
     lines += ["", "Skipped: " + "; ".join(payload["skipped"])]

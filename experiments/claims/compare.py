@@ -12,7 +12,7 @@ For each scheme in ``config.schemes`` (every convolution after the first built b
 :mod:`experiments.schemes`) it trains the model (:func:`experiments.training.train.train`, in ``<workdir>/<scheme>``,
 resumable: rerunning the command continues killed runs and skips finished ones), then counts its parameters
 and MACs (:mod:`efficonv.cost`, traced forward pass) and its test accuracy. After all are trained, it times
-inference throughput, batch-1 latency and training throughput of all models in the same process, round-robin
+inference throughput, batch-1 latency and training throughput of all models in the same process, interleaved
 (:mod:`experiments.training.throughput`), and writes ``compare.md``, ``compare.json``, ``pareto.png`` and
 ``curves.png`` into the workdir (:mod:`experiments.claims.report`).
 """
@@ -103,7 +103,7 @@ def run(cfg: ExperimentConfig, workdir: str | os.PathLike[str], *, command: str 
     subjects[scheme] = Subject(
       result.graphdef, result.params, result.rest, result.opt_state, result.train_step, result.parallel, result.predict
     )
-  logger.info("Timing %d models (%d rounds)", len(subjects), cfg.bench.rounds)
+  logger.info("Timing %d models (at least %d calls each)", len(subjects), cfg.bench.repeats)
   bench_batch = cfg.bench.batch_size or cfg.train.batch_size
   timings = benchmark(subjects, cfg.bench, image_shape, bench_batch)
   for row in rows:
@@ -113,7 +113,7 @@ def run(cfg: ExperimentConfig, workdir: str | os.PathLike[str], *, command: str 
       inference_ms_per_image=t.inference_ms_per_image,
       latency_ms=t.latency_ms,
       train_images_per_s=t.train_images_per_s,
-      bench_rounds=t.rounds,
+      bench_stats=t.stats,
     )
   add_ratios(rows)
   payload = {

@@ -15,7 +15,7 @@ The pipeline (Lebedev et al. 2014; Kim et al. 2016):
    after the stem with :func:`efficonv.compress` (which clones the model, so BatchNorm statistics and the
    other layers are kept), measure the test accuracy, fine-tune the whole network for a few steps with the
    training run's own step (:func:`experiments.training.steps.make_train_step`), and measure it again.
-3. Time inference of the dense model and every compressed one in the same process, round-robin
+3. Time inference of the dense model and every compressed one in the same process, interleaved
    (:mod:`experiments.training.throughput`), and count whole-network MACs (:func:`efficonv.cost.macs`).
 4. Write ``compress.md`` and ``compress.json`` into the workdir.
 """
@@ -298,14 +298,14 @@ def run(
       graphdef, tuned["params"], tuned["rest"], tuned["opt_state"], tuned["train_step"], parallel, predict
     )
 
-  logger.info("Timing %d models (%d rounds)", len(subjects), cfg.bench.rounds)
+  logger.info("Timing %d models (at least %d calls each)", len(subjects), cfg.bench.repeats)
   bench_batch = cfg.bench.batch_size or cfg.train.batch_size
   timings = benchmark(subjects, cfg.bench, image_shape, bench_batch)
   dense_t = timings["dense"]
   dense_row.update(
     inference_images_per_s=dense_t.inference_images_per_s,
     latency_ms=dense_t.latency_ms,
-    bench_rounds=dense_t.rounds,
+    bench_stats=dense_t.stats,
   )
   for row in rows:
     t = timings[row["variant"]]
@@ -314,7 +314,7 @@ def run(
       latency_ms=t.latency_ms,
       inference_speedup=t.inference_images_per_s / dense_t.inference_images_per_s,
       latency_speedup=dense_t.latency_ms / t.latency_ms,
-      bench_rounds=t.rounds,
+      bench_stats=t.stats,
     )
   payload = {
     "config": config_dict(cfg),
@@ -354,7 +354,7 @@ def markdown(payload: dict[str, Any], command: str = "") -> str:
     "",
     f"Measured on {env.get('device_kind', '?')} ({env.get('date', '?')}); MAC ratio is whole-network "
     "(`efficonv.cost.macs` of the dense model / of the compressed one); speedup is measured inference "
-    "throughput of the compressed model / of the dense model, timed in the same process, round-robin.",
+    "throughput of the compressed model / of the dense model, timed in the same process, interleaved (median calls).",
     "",
     "| variant | scheme | rule | MAC ratio | measured inference speedup | acc dense | acc before FT | "
     "acc after FT | drop (points) |",

@@ -1,7 +1,7 @@
 """The comparison's outputs: ``compare.json``, ``compare.md`` and two plots.
 
-* ``compare.json``: config, environment, and one record per scheme (costs, accuracy, timings, every
-  benchmark round, the metrics history).
+* ``compare.json``: config, environment, and one record per scheme (costs, accuracy, timings, the timing
+  statistics of every measurement, the metrics history).
 * ``compare.md``: the table, with each scheme's ratios against its reference (``dense``, or ``dense5`` for
   ``stacked``).
 * ``pareto.png``: test accuracy against inference time per image, and against batch-1 latency, with the
@@ -127,8 +127,9 @@ How to read it:
   throughput (latency: reference / scheme); above 1× is faster.
 - MACs per image from `efficonv.cost.macs` (traced forward pass, the factorized layers as they run with
   `implementation="{cfg["model"]["implementation"]}"`); params include BatchNorm and biases.
-- Timings: jitted, one device, after compilation and warm-up; models measured round-robin over
-  {bench["rounds"]} round(s) of {bench["iterations"]} calls, best round (other processes share this machine).
+- Timings: jitted, one device, after compilation and {bench["warmup"]} warm-up call(s); the median of at least
+  {bench["repeats"]} calls and {bench["min_seconds"]} s per function, all models interleaved (other processes
+  share this machine; `experiments.common.timing`).
   Training throughput times a full step (forward, backward, optimizer update).
 - Test accuracy after the last epoch, one seed ({train["seed"]}); differences below a few tenths of a point
   are within seed noise.

@@ -424,7 +424,7 @@ CLAIMS: tuple[Claim, ...] = (
     ("wide", "dense"),
     (),
     "`wide` (each pair of convs at one resolution merged into one conv √2× as wide) against `dense`; "
-    "throughput is batched inference images/s, timed round-robin in the same process.",
+    "throughput is batched inference images/s, timed interleaved in the same process (median calls).",
     "holds when the run widens by {wide_factor:.4f} with pairs merged, `wide`'s inference throughput is above "
     "`dense`'s by more than the timing band (±{timing_band:.0%}; ±{loaded_timing_band:.0%} when the machine was "
     "loaded beyond its cores) and `wide` is at most {accuracy_tolerance:.2f} points less accurate (after ≥ "

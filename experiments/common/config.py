@@ -158,26 +158,23 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-  """Throughput measurement (:mod:`experiments.training.throughput`).
+  """Throughput measurement (:mod:`experiments.training.throughput`, timed by :mod:`experiments.common.timing`).
 
   Attributes:
     batch_size: batch of the inference and training throughput measurements (``None``: the training batch
       size, whose compiled training step is then reused).
     latency_batch_size: batch of the latency measurement (1: one image at a time).
-    iterations: calls timed back to back per round, at least.
-    min_seconds: time each measurement for at least this long (fast calls are repeated more often than
-      ``iterations``, so their timings are not dominated by timer and scheduling noise).
-    warmup: untimed calls before each round.
-    rounds: rounds, run round-robin over all models so that load from other processes hits all alike; the
-      best round counts.
+    warmup: untimed calls of each function before its timed ones (at least 1 when ``min_seconds > 0``).
+    repeats: timed calls of each function, at least.
+    min_seconds: each function's timed calls add up to at least this long (fast calls are repeated more
+      often than ``repeats``, so their timings are not dominated by timer and scheduling noise).
   """
 
   batch_size: int | None = None
   latency_batch_size: int = 1
-  iterations: int = 10
-  min_seconds: float = 0.2
   warmup: int = 2
-  rounds: int = 3
+  repeats: int = 30
+  min_seconds: float = 0.6
 
 
 @dataclasses.dataclass(frozen=True)

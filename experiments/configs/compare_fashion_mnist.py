@@ -66,7 +66,7 @@ def get_config(preset: str = "quick") -> ExperimentConfig:
     data=DataConfig(name="fashion_mnist"),
     optim=OptimConfig(name="adamw", learning_rate=2e-3, weight_decay=0.05, warmup_fraction=0.05),
     train=TrainConfig(epochs=3, batch_size=128, log_every_steps=50, checkpoint_every_steps=500),
-    bench=BenchConfig(iterations=10, rounds=3),
+    bench=BenchConfig(repeats=30, min_seconds=0.6),
     schemes=SCHEMES,
     expected="dense baseline ≥ 92% test accuracy (full preset)",
   )
@@ -79,7 +79,7 @@ def get_config(preset: str = "quick") -> ExperimentConfig:
       data=dataclasses.replace(cfg.data, train_examples=4096, test_examples=2000),
       optim=dataclasses.replace(cfg.optim, learning_rate=5e-3),
       train=dataclasses.replace(cfg.train, epochs=1, batch_size=64, log_every_steps=8, checkpoint_every_steps=32),
-      bench=BenchConfig(iterations=3, warmup=1, rounds=2, min_seconds=0.2),
+      bench=BenchConfig(warmup=1, repeats=6, min_seconds=0.4),
       expected="≈ 80% test accuracy for dense after 64 steps on 4 096 images; most factorized schemes lower",
     )
   if preset == "tiny":
@@ -96,7 +96,7 @@ def get_config(preset: str = "quick") -> ExperimentConfig:
         checkpoint_every_steps=4,
         progress=False,
       ),
-      bench=BenchConfig(iterations=2, warmup=1, rounds=1, min_seconds=0.0),
+      bench=BenchConfig(warmup=1, repeats=2, min_seconds=0.0),
       schemes=("dense", "cp", "wide"),
       expected="a falling loss on the synthetic classes",
     )

@@ -1,21 +1,17 @@
-"""Throughput and latency of whole networks, measured fairly on a shared machine.
+"""Throughput and latency of whole networks, timed with the one statistic of :mod:`experiments.common.timing`.
 
 For each model three jitted functions are timed: inference on a batch of ``batch_size`` (throughput) and on
 ``bench.latency_batch_size`` images (latency), both on one device, and the training run's own step (forward,
 backward, optimizer update; on the training mesh) on a batch of ``batch_size`` — ``bench.batch_size``, or the
 training batch size when that is ``None``. Every function is compiled and called once before any timing;
-each measurement then runs ``warmup`` untimed calls and times at least ``iterations`` calls, and at least
-``min_seconds``, back to back, waiting for each result.
-
-Other processes on the machine slow some measurements down. So the models are measured round-robin, every
-model once per round, ``rounds`` times, and the fastest round counts: load spikes hit all models alike, and
-the best round is the one least disturbed (as :mod:`timeit` recommends).
+then all functions of all models are timed together by :func:`experiments.common.timing.measure` (``bench``
+warm-up, at least ``bench.repeats`` calls and ``bench.min_seconds`` each, interleaved so that load from
+other processes hits all models alike), and each one's median call counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,26 +21,28 @@ import numpy as np
 from flax import nnx
 
 from experiments.common.config import BenchConfig
+from experiments.common.timing import Stats, measure
 from experiments.training.steps import Parallel, State, make_parallel, replicate, shard_batch
 
 
 @dataclasses.dataclass
 class Timing:
-  """Best-round timings of one model.
+  """Timings of one model (median calls).
 
   Attributes:
     inference_images_per_s: inference throughput at ``batch_size``.
     inference_ms_per_image: ``1000 / inference_images_per_s``.
     latency_ms: time of one inference call on ``latency_batch_size`` images.
     train_images_per_s: training-step throughput at ``batch_size``.
-    rounds: every round's seconds per call, ``{"inference": [...], "latency": [...], "train": [...]}``.
+    stats: the timing statistics of each measurement, ``{"inference": ..., "latency": ..., "train": ...}``
+      (:meth:`experiments.common.timing.Stats.as_dict`).
   """
 
   inference_images_per_s: float
   inference_ms_per_image: float
   latency_ms: float
   train_images_per_s: float
-  rounds: dict[str, list[float]]
+  stats: dict[str, dict[str, float | int]]
 
 
 @dataclasses.dataclass
@@ -72,50 +70,46 @@ class Subject:
   predict: Callable[..., Any]
 
 
-def _seconds_per_call(fn: Callable[[], Any], warmup: int, iterations: int, min_seconds: float) -> float:
-  for _ in range(warmup):
-    jax.block_until_ready(fn())
-  calls, start = 0, time.perf_counter()
-  while calls < iterations or time.perf_counter() - start < min_seconds:
-    jax.block_until_ready(fn())
-    calls += 1
-  return (time.perf_counter() - start) / calls
-
-
-def round_robin(
+def time_calls(
   calls: Mapping[str, Mapping[str, Callable[[], Any]]], cfg: BenchConfig, deadline: float | None = None
-) -> dict[str, dict[str, list[float]]]:
-  """Calls every function once (compiling it), then times them all round-robin, ``cfg.rounds`` rounds.
+) -> dict[str, dict[str, Stats]]:
+  """Calls every function once (compiling it), then times them all together with :func:`measure`.
 
   Args:
     calls: name → measurement → a function of no arguments (its result is waited for).
-    cfg: warm-up, iterations, ``min_seconds`` and rounds.
-    deadline: a :func:`time.perf_counter` value after which no further round starts (the first always runs).
+    cfg: warm-up, repeats and ``min_seconds``.
+    deadline: a :func:`time.perf_counter` value after which no further round of timed calls starts (each
+      function keeps at least one timed call).
 
   Returns:
-    name → measurement → seconds per call in each round that ran.
+    name → measurement → :class:`~experiments.common.timing.Stats`.
   """
   for fns in calls.values():  # compile everything before any timing
     for fn in fns.values():
       jax.block_until_ready(fn())
-  rounds: dict[str, dict[str, list[float]]] = {name: {k: [] for k in fns} for name, fns in calls.items()}
-  for index in range(cfg.rounds):
-    if index and deadline is not None and time.perf_counter() > deadline:
-      break
-    for name, fns in calls.items():
-      for kind, fn in fns.items():
-        rounds[name][kind].append(_seconds_per_call(fn, cfg.warmup, cfg.iterations, cfg.min_seconds))
-  return rounds
+  flat = {(name, kind): fn for name, fns in calls.items() for kind, fn in fns.items()}
+  keys = {f"{i}:{name}/{kind}": (name, kind) for i, (name, kind) in enumerate(flat)}  # unique labels
+  stats = measure(
+    {label: (flat[key], ()) for label, key in keys.items()},
+    repeats=cfg.repeats,
+    warmup=cfg.warmup,
+    min_seconds=cfg.min_seconds,
+    deadline=deadline,
+  )
+  out: dict[str, dict[str, Stats]] = {name: {} for name in calls}
+  for label, (name, kind) in keys.items():
+    out[name][kind] = stats[label]
+  return out
 
 
 def benchmark(
   subjects: Mapping[str, Subject], cfg: BenchConfig, image_shape: Sequence[int], batch_size: int
 ) -> dict[str, Timing]:
-  """Times every subject (round-robin, best round; see the module docstring).
+  """Times every subject (median calls, all interleaved; see the module docstring).
 
   Args:
     subjects: name → :class:`Subject`.
-    cfg: latency batch size, warm-up, iterations and rounds.
+    cfg: latency batch size, warm-up, repeats and ``min_seconds``.
     image_shape: ``(H, W, C)`` of one image.
     batch_size: batch of the throughput measurements (the training batch size reuses the compiled step).
 
@@ -128,8 +122,7 @@ def benchmark(
   for name, value in (
     ("batch_size", batch_size),
     ("bench.latency_batch_size", cfg.latency_batch_size),
-    ("bench.iterations", cfg.iterations),
-    ("bench.rounds", cfg.rounds),
+    ("bench.repeats", cfg.repeats),
   ):
     if value < 1:
       raise ValueError(f"{name} must be positive, got {value}")
@@ -154,15 +147,15 @@ def benchmark(
         s.params, s.rest, s.opt_state, *batch, replicate(s.parallel, key), 0
       ),
     }
-  rounds = round_robin(calls, cfg)
+  stats = time_calls(calls, cfg)
   out = {}
-  for name, r in rounds.items():
-    inference = batch_size / min(r["inference"])
+  for name, s in stats.items():
+    inference = batch_size / (s["inference"].median_ms * 1e-3)
     out[name] = Timing(
       inference_images_per_s=inference,
       inference_ms_per_image=1e3 / inference,
-      latency_ms=1e3 * min(r["latency"]),
-      train_images_per_s=batch_size / min(r["train"]),
-      rounds=r,
+      latency_ms=s["latency"].median_ms,
+      train_images_per_s=batch_size / (s["train"].median_ms * 1e-3),
+      stats={kind: v.as_dict() for kind, v in s.items()},
     )
   return out
