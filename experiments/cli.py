@@ -1,7 +1,7 @@
 """The command line: the list of entry points, and the pieces they share (config arguments, logging).
 
-Every module of :mod:`experiments` that ends in ``if __name__ == "__main__":`` is an entry point, run as
-``python -m <module>``; :func:`commands` finds them by reading the source (nothing is imported, so listing
+Every module of :mod:`experiments` that ends in ``if __name__ == "__main__":`` (and every package with such a
+``__main__.py``) is an entry point, run as ``python -m <module>``; :func:`commands` finds them by reading the source (nothing is imported, so listing
 them is instant) and takes each one's description from the first line of its module docstring, so the list
 cannot drift from the modules. ``python -m experiments`` prints it.
 
@@ -57,12 +57,16 @@ def commands(root: Path = PACKAGE_DIR) -> list[tuple[str, str]]:
   """
   out = []
   for path in sorted(root.rglob("*.py")):
-    if path.name in ("__init__.py", "__main__.py") or "results" in path.relative_to(root).parts:
+    parts = path.relative_to(root).with_suffix("").parts
+    if path.name == "__init__.py" or "results" in parts or parts == ("__main__",):
       continue
     tree = ast.parse(path.read_text(), str(path))
     if not _is_entry_point(tree):
       continue
-    module = ".".join((root.name, *path.relative_to(root).with_suffix("").parts))
+    if path.name == "__main__.py":  # a package run with -m: its name, and its __init__'s docstring
+      parts = parts[:-1]
+      tree = ast.parse((path.parent / "__init__.py").read_text())
+    module = ".".join((root.name, *parts))
     doc = ast.get_docstring(tree)
     if not doc:
       raise ValueError(f"entry point {module} must have a module docstring (its description), it has none")

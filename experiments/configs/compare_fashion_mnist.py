@@ -16,7 +16,7 @@ Expected results:
   (``python -m experiments.claims.compare --preset full --schemes dense --set train.epochs=3``, the same settings,
   run before the preset's epochs came down from 15 to 3; about 4.5 minutes per epoch on 2 CPU cores shared
   with other jobs; ``experiments/results/compare_fashion_mnist_full_dense_3ep/``). All 13 schemes take
-  about 2–3 hours on such a CPU. On a CPU, expect the schemes with depthwise steps (``separable4/8``,
+  about 2–3 hours on such a CPU. On a CPU, expect the schemes with depthwise steps (``separable_m4``/``_m8``,
   ``tt``) to save far fewer seconds than MACs or to be slower than ``dense`` at these widths — the point
   of measuring the whole network.
 * medium (not a preset; the run behind ``experiments/README.md``'s verdicts): the quick widths on all

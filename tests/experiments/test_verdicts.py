@@ -1,7 +1,7 @@
 """Verdicts on the claims: hand-made payloads make each claim hold, not hold and be inconclusive.
 
-Every payload carries only the fields :mod:`experiments.claims.verdicts` reads, with distinctive numbers, so the
-tests can check that the Markdown shows the payload's numbers.
+Every payload carries the fields of its schema (:mod:`experiments.common.results`), those the verdicts read
+with distinctive numbers, so the tests can check that the Markdown shows the payload's numbers.
 """
 
 import json
@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from experiments.claims import verdicts
-from experiments.claims.verdicts import FAILS, HOLDS, INCONCLUSIVE, Rules, Run, evaluate_all, markdown
+from experiments.claims.verdicts import FAILS, HOLDS, INCONCLUSIVE, Rules, Run, evaluate_all
+from experiments.claims.verdicts.markdown import markdown
+from experiments.common import results
 
 REPO = Path(__file__).resolve().parents[2]
 COMMAND = "python -m experiments.claims.compare --preset full --schemes dense,wide"
@@ -21,6 +23,11 @@ COMMAND = "python -m experiments.claims.compare --preset full --schemes dense,wi
 def _row(scheme: str, **overrides: float) -> dict:
   row = {
     "scheme": scheme,
+    "reference": "dense",
+    "test_loss": 0.3,
+    "train_elapsed_s": 10.0,
+    "history": [],
+    "inference_ms_per_image": 1.0,
     "params": 10_000,
     "macs": 1_000_000,
     "test_accuracy": 0.90,
@@ -47,6 +54,7 @@ def _compare(rows: dict[str, dict], *, steps: int = 2000, load: float = 0.5, wid
     "bench_batch_size": 64,
     "results": [_row(s, **{"train_steps": steps, **o}) for s, o in rows.items()],
   }
+  results.validate(payload, "compare")
   return Run("runs/handmade/compare.json", "compare", payload)
 
 
@@ -55,6 +63,7 @@ def _compress(variants: dict[str, tuple[str, float, float]], *, steps: int = 200
   payload = {
     "config": {"name": "handmade", "preset": "full"},
     "compress": {"finetune_steps": 300},
+    "bench_batch_size": 64,
     "environment": {
       "command": "python -m experiments.claims.compress --preset full",
       "date": "2030-01-02 05:06 UTC",
@@ -69,6 +78,7 @@ def _compress(variants: dict[str, tuple[str, float, float]], *, steps: int = 200
       "test_accuracy_after_ft": 0.9050,
       "train_steps": steps,
       "inference_images_per_s": 1234.0,
+      "latency_ms": 2.0,
     },
     "results": [
       {
@@ -80,10 +90,18 @@ def _compress(variants: dict[str, tuple[str, float, float]], *, steps: int = 200
         "inference_speedup": speedup,
         "accuracy_before_ft": 0.1111,
         "accuracy_after_ft": acc,
+        "params": 1000,
+        "accuracy_dense": 0.9012,
+        "drop_points": 100 * (0.9012 - acc),
+        "finetune_steps": 300,
+        "inference_images_per_s": 1234.0 * speedup,
+        "latency_ms": 2.0 / speedup,
+        "latency_speedup": speedup,
       }
       for name, (scheme, speedup, acc) in variants.items()
     ],
   }
+  results.validate(payload, "compress")
   return Run("runs/handmade/compress.json", "compress", payload)
 
 
@@ -206,29 +224,29 @@ def test_claim4_does_not_hold_when_wide_is_faster_but_much_less_accurate():
 def test_claim5_holds_when_separable1_trails_the_wider_multipliers():
   run = _compare(
     {
-      "separable1": {"test_accuracy": 0.80},
-      "separable4": {"test_accuracy": 0.85},
-      "separable8": {"test_accuracy": 0.84},
+      "separable_m1": {"test_accuracy": 0.80},
+      "separable_m4": {"test_accuracy": 0.85},
+      "separable_m8": {"test_accuracy": 0.84},
     }
   )
   v = _verdict(5, [run])
-  assert v.verdict == HOLDS and v.checks[0].measured == "+5.00 points" and "separable4" in v.checks[0].name
+  assert v.verdict == HOLDS and v.checks[0].measured == "+5.00 points" and "separable_m4" in v.checks[0].name
 
 
 def test_claim5_does_not_hold_when_separable1_trains_as_well():
   run = _compare(
     {
-      "separable1": {"test_accuracy": 0.845},
-      "separable4": {"test_accuracy": 0.85},
-      "separable8": {"test_accuracy": 0.84},
+      "separable_m1": {"test_accuracy": 0.845},
+      "separable_m4": {"test_accuracy": 0.85},
+      "separable_m8": {"test_accuracy": 0.84},
     }
   )
   assert _verdict(5, [run]).verdict == FAILS
 
 
 def test_claim5_is_inconclusive_without_separable8():
-  v = _verdict(5, [_compare({"separable1": {}, "separable4": {}})])
-  assert v.verdict == INCONCLUSIVE and v.missing == ("separable8",)
+  v = _verdict(5, [_compare({"separable_m1": {}, "separable_m4": {}})])
+  assert v.verdict == INCONCLUSIVE and v.missing == ("separable_m8",)
 
 
 # --- Claim 6: CP + fine-tuning --------------------------------------------------------------------------------
