@@ -38,8 +38,8 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv._typing import Array
 from experiments.common.config import ModelConfig
+from experiments.common.library import Array
 from experiments.schemes import check_scheme, scheme_conv, stem_conv, widen
 
 ARCHS = ("vgg", "resnet")

@@ -48,9 +48,10 @@ from efficonv.decompose import cp, separable, spatial, tt, tucker2
 from experiments.bench.peers import tensorly_decompositions
 from experiments.cli import command_line
 from experiments.common.environment import load_average, machine_info
+from experiments.common.results import RESULTS_DIR
 from experiments.common.timing import measure
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results", "bench_decompose.json")
+DEFAULT_OUT = os.path.join(RESULTS_DIR, "bench_decompose.json")
 SHAPE = (3, 3, 64, 64)
 CP_RANK, CP_SWEEPS = 32, 100
 TUCKER_RANKS, TUCKER_SWEEPS = (32, 32), 10

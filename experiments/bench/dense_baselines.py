@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from efficonv import kernels
-from efficonv._typing import Array
+from experiments.common.library import Array
 
 # Routes dots and reductions to YNNPACK but leaves convolutions to XLA's own
 # emitter (the default list also holds LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION).

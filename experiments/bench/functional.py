@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
-from efficonv._typing import Array
+from experiments.common.library import Array
 
 
 def as_pure_function(layer: nnx.Module) -> tuple[Callable[[Array, list[Array]], Array], list[Array]]:

@@ -39,9 +39,10 @@ from experiments.bench.dense_baselines import PASSES, dense_methods, pass_args, 
 from experiments.bench.functional import as_pure_function
 from experiments.cli import command_line
 from experiments.common.environment import load_average, machine_info
+from experiments.common.results import RESULTS_DIR
 from experiments.common.timing import Stats, compile_fn, measure
 
-DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results")
+DEFAULT_RESULTS = str(RESULTS_DIR)
 # Backward passes do about twice the forward's MACs (input and weight gradients).
 PASS_MAC_FACTOR = {"forward": 1, "forward_backward": 3}
 XLA_BACKWARD_SKIP_REASON = (

@@ -59,6 +59,7 @@ from experiments.bench.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common.config import DEFAULT_CONFIG, DataConfig, ExperimentConfig
 from experiments.common.environment import load_average, machine_info
+from experiments.common.results import RESULTS_DIR
 from experiments.common.timing import Stats, compile_fn
 from experiments.models import ARCHS
 from experiments.schemes import SCHEMES, reference_of
@@ -76,7 +77,7 @@ from experiments.training.throughput import Subject, time_calls
 
 logger = logging.getLogger("experiments.bench.network")
 
-DEFAULT_RESULTS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "results")
+DEFAULT_RESULTS = str(RESULTS_DIR)
 PLOT_NAME = "speedup_vs_mac_ratio.png"
 # Length of the learning-rate schedule the timed step is built with; the step's cost does not depend on it.
 NOMINAL_STEPS = 1000

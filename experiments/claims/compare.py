@@ -20,35 +20,24 @@ inference throughput, batch-1 latency and training throughput of all models in t
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from efficonv import cost
 from experiments.claims.report import add_ratios, write_report
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common.config import ExperimentConfig, override
-from experiments.common.environment import machine_info
+from experiments.common.environment import environment
+from experiments.common.results import ComparePayload, CompareRow
 from experiments.schemes import check_scheme, reference_of
 from experiments.training.steps import merge
 from experiments.training.throughput import Subject, benchmark
 from experiments.training.train import config_dict, load_datasets, train
 
 logger = logging.getLogger("experiments.claims.compare")
-
-
-def environment(command: str | None = None) -> dict[str, Any]:
-  """Where the numbers were measured: :func:`experiments.common.environment.machine_info` plus date and device kind."""
-  return {
-    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    "device_kind": jax.devices()[0].device_kind,
-    **machine_info(command=command),
-  }
 
 
 def run(cfg: ExperimentConfig, workdir: str | os.PathLike[str], *, command: str = "") -> dict[str, Any]:
@@ -75,13 +64,14 @@ def run(cfg: ExperimentConfig, workdir: str | os.PathLike[str], *, command: str 
   workdir.mkdir(parents=True, exist_ok=True)
   datasets = load_datasets(cfg.data, cfg.model.num_classes)
   image_shape = datasets[0].images.shape[1:]
-  rows, subjects = [], {}
+  rows: list[CompareRow] = []
+  subjects = {}
   for scheme in cfg.schemes:
     run_cfg = cfg.with_scheme(scheme)
     result = train(run_cfg, workdir / scheme, datasets=datasets)
     model = merge(result.graphdef, result.params, result.rest)
     rows.append(
-      {
+      {  # type: ignore[typeddict-item]  # the timings are added below
         "scheme": scheme,
         "reference": _reference(scheme, cfg),
         "params": cost.params(model),
@@ -116,7 +106,7 @@ def run(cfg: ExperimentConfig, workdir: str | os.PathLike[str], *, command: str 
       bench_stats=t.stats,
     )
   add_ratios(rows)
-  payload = {
+  payload: ComparePayload = {
     "config": config_dict(cfg),
     "environment": environment(command or None),
     "bench_batch_size": bench_batch,

@@ -39,10 +39,11 @@ from efficonv import cost
 from efficonv import rank as rank_lib
 from efficonv.compress import Policy, compress
 from experiments import data
-from experiments.claims.compare import environment
-from experiments.claims.report import write_json
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
+from experiments.common import results
 from experiments.common.config import PRESETS, ExperimentConfig
+from experiments.common.environment import environment
+from experiments.common.results import CompressDense, CompressPayload, CompressRow
 from experiments.training.optim import learning_rate_schedule, make_optimizer
 from experiments.training.steps import evaluate, make_predict, make_train_step, merge, replicate, shard_batch
 from experiments.training.throughput import Subject, benchmark
@@ -224,7 +225,7 @@ def run(
   dense_macs = cost.macs(dense_model, input_shape)
   dense_acc = evaluate(base.predict, base.params, base.rest, test_set, eval_batch, parallel)["accuracy"]
   logger.info("dense: test accuracy %.4f, %d MACs/image", dense_acc, dense_macs)
-  dense_row = {
+  dense_row: CompressDense = {  # type: ignore[typeddict-item]  # the timings are added below
     "params": cost.params(dense_model),
     "macs": dense_macs,
     "test_accuracy": dense_acc,
@@ -249,7 +250,7 @@ def run(
     base.predict, control["params"], control["rest"], test_set, eval_batch, parallel
   )["accuracy"]
 
-  rows = []
+  rows: list[CompressRow] = []
   for variant in settings.variants:
     start = time.perf_counter()
     policy = Policy(scheme=variant.scheme, rank=variant.rule, implementation=settings.implementation)
@@ -263,7 +264,7 @@ def run(
     )
     after = evaluate(predict, tuned["params"], tuned["rest"], test_set, eval_batch, parallel)
     macs = cost.macs(model, input_shape)
-    row = {
+    row: CompressRow = {  # type: ignore[typeddict-item]  # the timings are added below
       "variant": variant.name,
       "scheme": variant.scheme,
       "rule": rule_label(variant.rule),
@@ -316,7 +317,7 @@ def run(
       latency_speedup=dense_t.latency_ms / t.latency_ms,
       bench_stats=t.stats,
     )
-  payload = {
+  payload: CompressPayload = {
     "config": config_dict(cfg),
     "compress": {
       "variants": [{"name": v.name, "scheme": v.scheme, "rule": rule_label(v.rule)} for v in settings.variants],
@@ -329,13 +330,13 @@ def run(
     "dense": dense_row,
     "results": rows,
   }
-  write_json(workdir / "compress.json", payload)
+  results.write(workdir / "compress.json", payload)
   (workdir / "compress.md").write_text(markdown(payload, command))
   logger.info("Wrote %s and %s", workdir / "compress.md", workdir / "compress.json")
   return payload
 
 
-def markdown(payload: dict[str, Any], command: str = "") -> str:
+def markdown(payload: CompressPayload, command: str = "") -> str:
   """The report: the summary table, then every variant's per-layer compression report."""
   cfg, env, dense = payload["config"], payload["environment"], payload["dense"]
   settings = payload["compress"]

@@ -11,19 +11,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-Row = dict[str, Any]
+from experiments.common import results
+from experiments.common.results import ComparePayload, CompareRow
+
+Row = CompareRow
 
 
 def add_ratios(rows: list[Row]) -> list[Row]:
@@ -67,16 +68,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
   return sorted(front, key=lambda i: points[i][0])
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-  path.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
-
-
-def _jsonable(value: Any) -> Any:
-  if hasattr(value, "tolist"):
-    return value.tolist()
-  raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def _fmt_ratio(value: float | None) -> str:
   return "—" if value is None or not math.isfinite(value) else f"{value:.2f}×"
 
@@ -101,7 +92,7 @@ def markdown_table(rows: Sequence[Row], batch_size: int, latency_batch_size: int
   return "\n".join(lines)
 
 
-def write_markdown(path: Path, payload: dict[str, Any], command: str) -> None:
+def write_markdown(path: Path, payload: ComparePayload, command: str) -> None:
   """Writes ``compare.md``: what was run, where, the table and how to read it."""
   cfg, env, rows = payload["config"], payload["environment"], payload["results"]
   train, data, bench = cfg["train"], cfg["data"], cfg["bench"]
@@ -208,13 +199,12 @@ def plot_curves(path: Path, rows: Sequence[Row]) -> None:
   plt.close(fig)
 
 
-def write_report(workdir: str | os.PathLike[str], payload: dict[str, Any], command: str) -> dict[str, Path]:
+def write_report(workdir: str | os.PathLike[str], payload: ComparePayload, command: str) -> dict[str, Path]:
   """Writes all outputs into ``workdir``.
 
   Args:
     workdir: the comparison's directory.
-    payload: ``{"config", "environment", "bench_batch_size", "results"}``; ``results`` rows need ``scheme``, ``reference``,
-      ``params``, ``macs``, ``test_accuracy``, the timing fields and ``history``.
+    payload: the :class:`~experiments.common.results.ComparePayload`.
     command: the command line, for the report header.
 
   Returns:
@@ -227,7 +217,7 @@ def write_report(workdir: str | os.PathLike[str], payload: dict[str, Any], comma
     "pareto": workdir / "pareto.png",
     "curves": workdir / "curves.png",
   }
-  write_json(paths["json"], payload)
+  results.write(paths["json"], payload)
   write_markdown(paths["markdown"], payload, command)
   plot_pareto(paths["pareto"], payload["results"])
   plot_curves(paths["curves"], payload["results"])

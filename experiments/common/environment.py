@@ -1,7 +1,8 @@
-"""What a timing ran on: platform, cores, library versions, XLA flags, load."""
+"""What a timing ran on: platform, cores, library versions, XLA flags, load; plus date and device for a run."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import sys
@@ -68,4 +69,20 @@ def machine_info(compiler_options: dict[str, Any] | None = None, command: str | 
     "compiler_options": compiler_options or {},
     "load_average": load_average(),
     "command": command if command is not None else " ".join([os.path.basename(sys.executable), *sys.argv]),
+  }
+
+
+def environment(command: str | None = None) -> dict[str, Any]:
+  """Where a run's numbers were measured: :func:`machine_info` plus ``date`` (UTC) and ``device_kind``.
+
+  Args:
+    command: the command line of the run (see :func:`machine_info`).
+
+  Returns:
+    The JSON-ready :class:`experiments.common.results.MachineInfo` of the run.
+  """
+  return {
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "device_kind": jax.devices()[0].device_kind,
+    **machine_info(command=command),
   }

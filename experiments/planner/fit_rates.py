@@ -1,4 +1,4 @@
-"""Fits the cost-model rates of ``efficonv.formats._base._RATES`` to measured layer timings.
+"""Fits the cost-model rates (``RATES``, :mod:`experiments.common.library`) to measured layer timings.
 
 Run as ``python -m experiments.planner.fit_rates [RESULTS_JSON ...]`` (default: the
 quick ``bench_layers`` results; :mod:`experiments.planner.auto_sweep` output is accepted too,
@@ -19,7 +19,6 @@ that choice's measured time over the best one's.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,15 +26,16 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from efficonv.formats._base import _RATES, _TRAINING_FACTOR, geometry
 from experiments.bench.cases import SCHEMES, Shape
+from experiments.common import results
+from experiments.common.library import RATES, TRAINING_FACTORS
+from experiments.common.library import format_steps as library_steps
+from experiments.common.results import RESULTS_DIR
 
 KINDS = ("conv", "dot", "depthwise_shift", "depthwise_xla")
-# Training factors: forward+backward over forward time, per kind (see efficonv.formats._base._TRAINING_FACTOR).
+# Training factors: forward+backward over forward time, per kind (see experiments.common.library.TRAINING_FACTORS).
 FACTOR_KINDS = ("conv", "dot", "depthwise_shift", "depthwise_shift_multiplier", "depthwise_xla", "step")
-DEFAULT_RESULTS = os.path.join(
-  os.path.dirname(os.path.dirname(__file__)), "results", "bench_layers_quick", "results.json"
-)
+DEFAULT_RESULTS = str(RESULTS_DIR / "bench_layers_quick" / "results.json")
 
 
 def _shape(record: Mapping[str, Any]) -> Shape:
@@ -53,9 +53,8 @@ def format_steps(fmt: Any, shape: Shape, implementation: str, depthwise: str | N
   if implementation == "reconstructed":
     kh, kw = fmt.kernel_size
     return {"conv": shape.dense_macs, "dot": fmt.params() * kh * kw}, 2
-  g = geometry(shape.input_shape, fmt.kernel_size, fmt.in_features, 1, "SAME", 1)
   macs: dict[str, int] = {}
-  steps = fmt._steps(g)
+  steps = library_steps(fmt, shape.input_shape)
   for kind, m in steps:
     kind = f"depthwise_{depthwise}" if kind.startswith("depthwise") else kind
     macs[kind] = macs.get(kind, 0) + m
@@ -194,9 +193,8 @@ def forward_times(
       "conv": shape.dense_macs / rates["conv"],
       "dot": fmt.params() * kh * kw / rates["dot"] + 2 * rates["step"],
     }
-  g = geometry(shape.input_shape, fmt.kernel_size, fmt.in_features, 1, "SAME", 1)
   out: dict[str, float] = {}
-  for kind, m in fmt._steps(g):
+  for kind, m in library_steps(fmt, shape.input_shape):
     rate_kind = f"depthwise_{record['depthwise']}" if kind.startswith("depthwise") else kind
     factor_kind = rate_kind + (
       "_multiplier" if kind == "depthwise_multiplier" and rate_kind == "depthwise_shift" else ""
@@ -226,7 +224,7 @@ def fit_training_factors(records: Sequence[Mapping[str, Any]], rates: Mapping[st
     targets.append(1.0)
   a = np.asarray(rows, np.float64)
   factors, _ = nnls(a, np.asarray(targets))
-  current = _TRAINING_FACTOR["cpu"]
+  current = TRAINING_FACTORS["cpu"]
   return {k: (float(factors[i]) if a[:, i].any() else current[k]) for i, k in enumerate(FACTOR_KINDS)}
 
 
@@ -262,22 +260,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   records = []
   for path in paths:
     with open(path) as f:
-      records.extend(json.load(f)["records"])
+      kind = "auto_sweep" if "decisions" in json.load(f) else "bench_layers"
+    records.extend(results.load(path, kind)["records"])
   fitted = fit(records)
   print("fitted CPU rates: " + ", ".join(f"{k}={v:.3g}" for k, v in fitted.items()))
-  print("current CPU rates: " + ", ".join(f"{k}={v:.3g}" for k, v in _RATES["cpu"].items()))
-  result: dict[str, Any] = {"fitted": fitted, "current": dict(_RATES["cpu"])}
-  for name, rates in (("current", _RATES["cpu"]), ("fitted", fitted)):
+  print("current CPU rates: " + ", ".join(f"{k}={v:.3g}" for k, v in RATES["cpu"].items()))
+  result: dict[str, Any] = {"fitted": fitted, "current": dict(RATES["cpu"])}
+  for name, rates in (("current", RATES["cpu"]), ("fitted", fitted)):
     rows = decisions(records, rates)
     _print_choices(f"auto with the {name} rates (forward)", rows)
     result[name] = {"rates": dict(rates), "decisions": rows}
   if any(r["pass"] == "forward_backward" for r in records):
-    factors = fit_training_factors(records, _RATES["cpu"])
+    factors = fit_training_factors(records, RATES["cpu"])
     print("\nfitted CPU training factors: " + ", ".join(f"{k}={v:.3g}" for k, v in factors.items()))
-    print("current CPU training factors: " + ", ".join(f"{k}={v:.3g}" for k, v in _TRAINING_FACTOR["cpu"].items()))
-    result["training"] = {"fitted": factors, "current": dict(_TRAINING_FACTOR["cpu"])}
-    for name, f in (("current", _TRAINING_FACTOR["cpu"]), ("fitted", factors)):
-      rows = training_decisions(records, _RATES["cpu"], f)
+    print("current CPU training factors: " + ", ".join(f"{k}={v:.3g}" for k, v in TRAINING_FACTORS["cpu"].items()))
+    result["training"] = {"fitted": factors, "current": dict(TRAINING_FACTORS["cpu"])}
+    for name, f in (("current", TRAINING_FACTORS["cpu"]), ("fitted", factors)):
+      rows = training_decisions(records, RATES["cpu"], f)
       _print_choices(f"auto with the {name} training factors (forward+backward)", rows)
       result["training"][name + "_decisions"] = rows
   return result

@@ -25,10 +25,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from efficonv._typing import Array
 from efficonv.nnx import set_objective
 from experiments import data
 from experiments.common.config import ModelConfig
+from experiments.common.library import Array
 from experiments.models import build_model
 
 State = Any

@@ -45,3 +45,18 @@ def test_command_line_records_the_module_and_its_arguments():
   assert cli.command_line("experiments.bench.layers", ["--quick", "--out", "a b"]) == (
     "python -m experiments.bench.layers --quick --out 'a b'"
   )
+
+
+def test_only_the_library_adapter_imports_private_efficonv_names():
+  private = []
+  for path in (REPO / "experiments").rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("efficonv"):
+        names = [*node.module.split("."), *(a.name for a in node.names)]
+      elif isinstance(node, ast.Import):
+        names = [p for a in node.names if a.name.startswith("efficonv") for p in a.name.split(".")]
+      else:
+        continue
+      if any(n.startswith("_") for n in names):
+        private.append(str(path.relative_to(REPO)))
+  assert sorted(set(private)) == ["experiments/common/library.py"]
