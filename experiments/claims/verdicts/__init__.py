@@ -145,7 +145,3 @@ def main(argv: Sequence[str] | None = None) -> list[Verdict]:
     print(f"{v.claim.number}. {v.claim.title}: {v.verdict}")
   print(f"Wrote {out}")
   return verdicts
-
-
-if __name__ == "__main__":
-  main()
