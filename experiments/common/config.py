@@ -6,7 +6,7 @@ fields with ``--set section.field=value`` (the value is parsed as a Python liter
 model.stage_features=16,32`` gives a tuple and ``--set train.num_devices=None`` gives ``None``).
 
 Example:
-  >>> from experiments import config
+  >>> from experiments.common import config
   >>> cfg = config.load("compare_fashion_mnist", "quick")
   >>> cfg = config.override(cfg, ["train.epochs=2", "model.scheme=cp"])
   >>> cfg.train.epochs, cfg.model.scheme
