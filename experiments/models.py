@@ -24,7 +24,7 @@ the convs and how ``wide`` merges them.
 Example:
   >>> import jax.numpy as jnp
   >>> from flax import nnx
-  >>> from experiments.config import ModelConfig
+  >>> from experiments.common.config import ModelConfig
   >>> from experiments.models import build_model
   >>> model = build_model(ModelConfig(scheme="cp", stage_features=(16, 32)), (28, 28, 1), rngs=nnx.Rngs(0))
   >>> model(jnp.zeros((2, 28, 28, 1))).shape
@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from efficonv.typing import Array
-from experiments.config import ModelConfig
+from experiments.common.config import ModelConfig
 from experiments.schemes import check_scheme, scheme_conv, stem_conv, widen
 
 ARCHS = ("vgg", "resnet")

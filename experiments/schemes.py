@@ -15,9 +15,11 @@ scheme            layer                                               MACs / pix
 ``spatial``       ``SpatialConv`` k×1 then 1×k, rank ``C/2``          ``3C²``
 ``spatial_stem``  ``spatial``, the stem a ``SpatialConv`` too         as ``spatial`` (vs ``spatial``)
 ``bottleneck``    ``Bottleneck`` 1×1 → k×k → 1×1, ReLU, width ``C/2``  ``3.25C²``
-``separable1/4/8``  ``SeparableConv``, depth multiplier 1/4/8         ``9mC + mC²``
+``separable_m1``  ``SeparableConv``, depth multiplier m = 1             ``9mC + mC²``
+``separable_m4``  ``SeparableConv``, depth multiplier m = 4             ``9mC + mC²``
+``separable_m8``  ``SeparableConv``, depth multiplier m = 8             ``9mC + mC²``
 ``cp``            ``CPConv``, rank ``C``                              ``≈2C²``
-``tucker``        ``TuckerConv`` (linear), ranks ``(C/2, C/2)``       ``3.25C²``
+``tucker2``       ``TuckerConv`` (linear), ranks ``(C/2, C/2)``       ``3.25C²``
 ``tt``            ``TTConv``, ranks ``(3, C/4)``, two channel modes   ``≈9C²`` (compresses params)
 ``wide``          ``nnx.Conv``; pairs of convs merged, ``√2×`` wider  as ``dense``, half the layers
 ================  ==================================================  ==============================
@@ -63,7 +65,7 @@ from efficonv.nnx import (
   TTConv,
   TuckerConv,
 )
-from experiments.config import ModelConfig
+from experiments.common.config import ModelConfig
 
 SCHEMES: tuple[str, ...] = (
   "dense",
@@ -72,11 +74,11 @@ SCHEMES: tuple[str, ...] = (
   "spatial",
   "spatial_stem",
   "bottleneck",
-  "separable1",
-  "separable4",
-  "separable8",
+  "separable_m1",
+  "separable_m4",
+  "separable_m8",
   "cp",
-  "tucker",
+  "tucker2",
   "tt",
   "wide",
 )
@@ -88,13 +90,13 @@ REFERENCE: dict[str, str] = {"stacked": "dense5", "spatial_stem": "spatial"}
 STEM_VARIANTS: dict[str, str] = {"spatial_stem": "spatial"}
 """Schemes that are another scheme (the value) with the stem factorized too."""
 
-STEM_FACTORIZABLE: tuple[str, ...] = ("spatial", "cp", "tucker")
+STEM_FACTORIZABLE: tuple[str, ...] = ("spatial", "cp", "tucker2")
 """Schemes whose layer may replace the stem (``ModelConfig.factorize_stem``): linear factorizations of a
 3×3 kernel that take any number of input channels. Not ``dense``/``dense5``/``wide`` (nothing factorized),
 ``stacked`` (a 5×5 field), ``bottleneck`` (nonlinear), ``separable*`` (a 1-channel depthwise step is a dense
 conv) or ``tt`` (its channel modes need factorable channel counts)."""
 
-_SEPARABLE_PREFIX = "separable"
+_SEPARABLE_PREFIX = "separable_m"
 
 
 def check_scheme(scheme: str) -> str:
@@ -218,7 +220,7 @@ def scheme_conv(
     return SeparableConv(in_features, out_features, k, depth_multiplier=multiplier, **factorized)
   if scheme == "cp":
     return CPConv(in_features, out_features, k, rank=fraction_rank(cfg.cp_rank, out_features), **factorized)
-  if scheme == "tucker":
+  if scheme == "tucker2":
     r = fraction_rank(cfg.tucker_rank, out_features)
     return TuckerConv(in_features, out_features, k, rank=(min(r, in_features), r), **factorized)
   if scheme == "tt":

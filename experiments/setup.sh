@@ -2,11 +2,11 @@
 # One-step set-up on a fresh machine: a virtual environment with efficonv, its
 # test and experiment dependencies, and the Fashion-MNIST data.
 #
-#   bash experiments/setup.sh            # then: .venv/bin/python -m experiments.compare
+#   bash experiments/setup.sh            # then: .venv/bin/python -m experiments.claims.compare
 #
 # Data: the Debian package `dataset-fashion-mnist` (files in
 # /usr/share/datasets/fashion-mnist) where apt is available and we are root;
-# otherwise experiments/data.py downloads and SHA-256-verifies it on first use.
+# otherwise experiments/data/download.py downloads and SHA-256-verifies it on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"

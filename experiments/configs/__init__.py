@@ -1,4 +1,4 @@
 """Experiment configs, one module per experiment, each with ``get_config(preset="quick")``.
 
-Load one with :func:`experiments.config.load` (``--config NAME --preset PRESET`` on the command lines).
+Load one with :func:`experiments.common.config.load` (``--config NAME --preset PRESET`` on the command lines).
 """

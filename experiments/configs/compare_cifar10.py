@@ -2,8 +2,8 @@
 
 Command::
 
-  python -m experiments.compare --config compare_cifar10                  # preset quick
-  python -m experiments.compare --config compare_cifar10 --preset full --workdir results/cifar_full
+  python -m experiments.claims.compare --config compare_cifar10                  # preset quick
+  python -m experiments.claims.compare --config compare_cifar10 --preset full --workdir results/cifar_full
 
 Needs the CIFAR-10 binary files (downloaded on first use, or see :mod:`experiments.data.locate`).
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.config import (
+from experiments.common.config import (
   BenchConfig,
   DataConfig,
   ExperimentConfig,
@@ -52,7 +52,7 @@ def get_config(preset: str = "quick") -> ExperimentConfig:
     data=DataConfig(name="cifar10", augment=True),
     optim=OptimConfig(name="sgd", learning_rate=0.1, weight_decay=5e-4, momentum=0.9, nesterov=True),
     train=TrainConfig(epochs=30, batch_size=128, log_every_steps=50, checkpoint_every_steps=500),
-    bench=BenchConfig(iterations=10, rounds=3),
+    bench=BenchConfig(repeats=30, min_seconds=0.6),
     schemes=SCHEMES,
     expected="dense ResNet-20 ≈ 91% test accuracy (full preset)",
   )
@@ -64,7 +64,7 @@ def get_config(preset: str = "quick") -> ExperimentConfig:
       model=dataclasses.replace(cfg.model, stage_depth=1),
       data=dataclasses.replace(cfg.data, train_examples=5000, test_examples=2000),
       train=dataclasses.replace(cfg.train, epochs=1, log_every_steps=10, checkpoint_every_steps=100),
-      bench=BenchConfig(iterations=3, warmup=1, rounds=2, min_seconds=0.2),
+      bench=BenchConfig(warmup=1, repeats=6, min_seconds=0.4),
       expected="≈ 30–45% test accuracy after one epoch on 5 000 images",
     )
   if preset == "tiny":
@@ -83,7 +83,7 @@ def get_config(preset: str = "quick") -> ExperimentConfig:
         checkpoint_every_steps=4,
         progress=False,
       ),
-      bench=BenchConfig(iterations=2, warmup=1, rounds=1, min_seconds=0.0),
+      bench=BenchConfig(warmup=1, repeats=2, min_seconds=0.0),
       schemes=("dense", "cp", "wide"),
       expected="a falling loss on the synthetic classes",
     )

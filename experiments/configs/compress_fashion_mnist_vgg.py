@@ -2,7 +2,7 @@
 
 Command::
 
-  python -m experiments.compress --config compress_fashion_mnist_vgg --preset full \
+  python -m experiments.claims.compress --config compress_fashion_mnist_vgg --preset full \
     --workdir experiments/results/compress_fashion_mnist_vgg
 
 Network (VGG-11's layout without its last, 1×1 stage): stem 3×3 conv 1→64 at 28×28, 2×2 max-pool; 128 at
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments.config import BenchConfig, DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
+from experiments.common.config import BenchConfig, DataConfig, ExperimentConfig, ModelConfig, OptimConfig, TrainConfig
 
 
 def get_config(preset: str = "full") -> ExperimentConfig:

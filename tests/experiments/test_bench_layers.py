@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.bench_cases import SCHEMES, Shape, variants_for
-from experiments.bench_report import auto_vs_best, markdown, plot
-from experiments.functional import as_pure_function
+from experiments.bench.cases import SCHEMES, Shape, variants_for
+from experiments.bench.functional import as_pure_function
+from experiments.bench.layers_report import auto_vs_best, markdown, plot
 
 
 def test_variants_of_a_scheme_compute_the_same_function() -> None:

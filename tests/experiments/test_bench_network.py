@@ -9,10 +9,11 @@ import pytest
 from flax import nnx
 
 from efficonv import cost
-from experiments import bench_network
-from experiments.bench_network import Network, dense_variants, make_records, parse_schemes, scheme_variants
-from experiments.config import load
-from experiments.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS, dense_methods
+from experiments.bench import network as bench_network
+from experiments.bench.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS, dense_methods
+from experiments.bench.network import Network, dense_variants, make_records, parse_schemes, scheme_variants
+from experiments.common.config import load
+from experiments.common.timing import summarize
 from experiments.models import build_model
 
 
@@ -28,7 +29,7 @@ def test_results_structure_and_files(tiny_run: tuple[dict, pathlib.Path]) -> Non
   payload, out = tiny_run
   assert (out / "results.md").read_text().startswith("# Whole-network throughput: compare_fashion_mnist tiny, vgg")
   assert (out / bench_network.PLOT_NAME).stat().st_size > 0
-  assert payload["command"].startswith("python -m experiments.bench_network --preset tiny --schemes cp")
+  assert payload["command"].startswith("python -m experiments.bench.network --preset tiny --schemes cp")
   assert payload["machine"]["command"] == payload["command"]
   assert payload["machine"]["device_kind"] and payload["machine"]["jax"]
   assert payload["machine"]["compiler_options"] == {
@@ -51,7 +52,7 @@ def test_results_structure_and_files(tiny_run: tuple[dict, pathlib.Path]) -> Non
   for r in records:
     assert r["measurement"] == r["label"].split("_")[0]
     assert r["batch_size"] == int(r["label"].rsplit("_b", 1)[1])
-    assert len(r["rounds_ms"]) == 1 and r["ms"] == min(r["rounds_ms"]) > 0
+    assert r["repeats"] >= 2 and r["ms"] == r["median_ms"] > 0 and r["q1_ms"] <= r["ms"] <= r["q3_ms"]
     assert r["images_per_s"] == pytest.approx(1e3 * r["batch_size"] / r["ms"])
     want = {"dense/eigen": EIGEN_CONV_OPTIONS}.get(
       r["variant"], NO_YNN_FUSION_OPTIONS if "no_ynn" in r["variant"] else {}
@@ -96,13 +97,13 @@ def test_make_records_picks_the_fastest_dense_and_the_reference() -> None:
     "dense5": (net("dense5", 2500), {}),
     "stacked": (net("stacked", 1800), {}),
   }
-  rounds = {
-    "dense": {"train_b8": [0.5, 0.4]},
-    "dense/eigen": {"train_b8": [0.2, 0.3]},
-    "dense5": {"train_b8": [1.0]},
-    "stacked": {"train_b8": [0.8]},
+  stats = {
+    "dense": {"train_b8": summarize([0.4, 0.4, 0.5])},
+    "dense/eigen": {"train_b8": summarize([0.2, 0.3, 0.2])},
+    "dense5": {"train_b8": summarize([1.0])},
+    "stacked": {"train_b8": summarize([0.8])},
   }
-  records, fastest = make_records(rounds, networks)
+  records, fastest = make_records(stats, networks)
   assert fastest == {"train_b8": "dense/eigen"}
   by = {r["variant"]: r for r in records}
   assert by["dense"]["speedup"] == pytest.approx(0.2 / 0.4)

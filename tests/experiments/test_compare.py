@@ -1,4 +1,4 @@
-"""``python -m experiments.compare`` end to end on the tiny synthetic preset."""
+"""``python -m experiments.claims.compare`` end to end on the tiny synthetic preset."""
 
 import json
 
@@ -7,7 +7,7 @@ from experiment_subprocess import run
 
 def test_compare_writes_report_for_every_scheme(tmp_path):
   workdir = tmp_path / "run"
-  result = run(["-m", "experiments.compare", "--preset", "tiny", "--workdir", str(workdir)], timeout=300)
+  result = run(["-m", "experiments.claims.compare", "--preset", "tiny", "--workdir", str(workdir)], timeout=300)
   payload = json.loads((workdir / "compare.json").read_text())
   rows = {r["scheme"]: r for r in payload["results"]}
   assert list(rows) == ["dense", "cp", "wide"]
@@ -29,7 +29,8 @@ def test_compare_writes_report_for_every_scheme(tmp_path):
 
   # Rerunning finds every run finished (resumes at the last checkpoint, trains nothing) and reports the same.
   run(
-    ["-m", "experiments.compare", "--preset", "tiny", "--workdir", str(workdir), "--schemes", "dense,cp"], timeout=300
+    ["-m", "experiments.claims.compare", "--preset", "tiny", "--workdir", str(workdir), "--schemes", "dense,cp"],
+    timeout=300,
   )
   again = {r["scheme"]: r for r in json.loads((workdir / "compare.json").read_text())["results"]}
   assert list(again) == ["dense", "cp"]

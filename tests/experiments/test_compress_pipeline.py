@@ -1,4 +1,4 @@
-"""``python -m experiments.compress`` end to end on the tiny synthetic preset."""
+"""``python -m experiments.claims.compress`` end to end on the tiny synthetic preset."""
 
 import json
 
@@ -8,8 +8,8 @@ from flax import nnx
 
 from efficonv import cost
 from efficonv.compression import Policy, compress
-from experiments.compress import settings_for
-from experiments.config import load
+from experiments.claims.compress import settings_for
+from experiments.common.config import load
 from experiments.models import build_model
 
 ROW_KEYS = {
@@ -30,7 +30,7 @@ ROW_KEYS = {
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("compress") / "run"
-  result = run(["-m", "experiments.compress", "--preset", "tiny", "--workdir", str(workdir)], timeout=120)
+  result = run(["-m", "experiments.claims.compress", "--preset", "tiny", "--workdir", str(workdir)], timeout=120)
   return workdir, json.loads((workdir / "compress.json").read_text()), result
 
 

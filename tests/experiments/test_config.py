@@ -2,7 +2,7 @@
 
 import pytest
 
-from experiments import config
+from experiments.common import config
 from experiments.schemes import SCHEMES
 
 

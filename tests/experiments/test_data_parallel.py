@@ -10,8 +10,9 @@ SCRIPT = """
 import json, sys
 import jax
 import numpy as np
-from experiments import config, train
-from experiments.checkpoint import read_checkpoint
+from experiments.common import config
+from experiments.training import train
+from experiments.training.checkpoint import read_checkpoint
 
 assert jax.device_count() == 4, jax.devices()
 cfg = config.override(config.load("compare_cifar10", "tiny"), ["data.synthetic_train=128", "train.epochs=1"])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from efficonv import kernels
-from experiments.dense_baselines import dense_methods, pass_args, with_pass
+from experiments.bench.dense_baselines import dense_methods, pass_args, with_pass
 
 
 def _normal(seed: int, shape: tuple[int, ...]) -> jax.Array:

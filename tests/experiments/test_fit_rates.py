@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.fit_rates import _formats, decisions, fit, fit_training_factors, forward_times, training_decisions
+from experiments.planner.fit_rates import (
+  _formats,
+  decisions,
+  fit,
+  fit_training_factors,
+  forward_times,
+  training_decisions,
+)
 
 RATES = {"conv": 5e10, "dot": 8e10, "depthwise_shift": 6e9, "depthwise_xla": 4e8, "step": 1e-4}
 

@@ -8,7 +8,7 @@ import pathlib
 import jax
 import pytest
 
-from experiments import gpu_suite
+from experiments.bench import gpu_suite
 from experiments.schemes import SCHEMES
 
 
@@ -22,7 +22,7 @@ def _check_stamp(part: dict, command: str) -> None:
 def test_smoke_run_writes_every_part(tmp_path: pathlib.Path) -> None:
   argv = ["--allow-cpu", "--smoke", "--out", str(tmp_path)]
   suite = gpu_suite.main(argv)
-  command = "python -m experiments.gpu_suite " + " ".join(argv)
+  command = "python -m experiments.bench.gpu_suite " + " ".join(argv)
   assert json.loads((tmp_path / "suite.json").read_text()) == suite
   _check_stamp(suite, command)
   assert (suite["backend"], suite["smoke"], suite["budget_s"]) == ("cpu", True, 270.0)

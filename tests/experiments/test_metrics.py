@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from experiments.metrics import MetricsLog, Progress
+from experiments.training.metrics import MetricsLog, Progress
 
 
 def test_resume_drops_records_after_the_checkpoint(tmp_path):

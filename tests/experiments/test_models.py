@@ -14,7 +14,7 @@ from flax import nnx
 
 from efficonv import cost
 from efficonv.nnx import CPConv, SpatialConv, TuckerConv
-from experiments.config import ModelConfig
+from experiments.common.config import ModelConfig
 from experiments.models import VGG, ResNet, build_model, stage_layout
 from experiments.schemes import SCHEMES, STEM_FACTORIZABLE, base_scheme, reference_of, scheme_conv, stem_conv, widen
 
@@ -72,7 +72,7 @@ def test_spatial_stem_factorizes_the_stem_too_and_differs_from_spatial_only_ther
   assert big.stem.conv.kernel_size == (3, 3) and big.layers[0].conv.kernel_size == (5, 5)
 
 
-@pytest.mark.parametrize(("scheme", "layer"), [("spatial", SpatialConv), ("cp", CPConv), ("tucker", TuckerConv)])
+@pytest.mark.parametrize(("scheme", "layer"), [("spatial", SpatialConv), ("cp", CPConv), ("tucker2", TuckerConv)])
 @pytest.mark.parametrize(
   ("arch", "image_shape", "stages"),
   [("vgg", (28, 28, 1), (8, 16)), ("resnet", (32, 32, 3), (8, 16))],
@@ -143,11 +143,11 @@ def _per_pixel_macs(scheme: str, channels: int) -> float:
     ("dense5", 25 * 16**2),
     ("spatial", 3 * 8 * 16 + 3 * 8 * 16),
     ("bottleneck", 16 * 8 + 9 * 8 * 8 + 8 * 16),
-    ("tucker", 16 * 8 + 9 * 8 * 8 + 8 * 16),
+    ("tucker2", 16 * 8 + 9 * 8 * 8 + 8 * 16),
     ("cp", 16 * 16 + 3 * 16 + 3 * 16 + 16 * 16),
-    ("separable1", 9 * 16 + 16 * 16),
-    ("separable4", 9 * 4 * 16 + 4 * 16 * 16),
-    ("separable8", 9 * 8 * 16 + 8 * 16 * 16),
+    ("separable_m1", 9 * 16 + 16 * 16),
+    ("separable_m4", 9 * 4 * 16 + 4 * 16 * 16),
+    ("separable_m8", 9 * 8 * 16 + 8 * 16 * 16),
   ],
 )
 def test_scheme_costs_match_the_documented_table(scheme, expected):
@@ -161,7 +161,7 @@ def test_stacked_costs_18_of_the_25_of_a_dense_5x5():
   assert reference_of("cp") == "dense"
 
 
-@pytest.mark.parametrize("scheme", ["spatial", "cp", "tucker", "tt", "separable4", "bottleneck", "stacked"])
+@pytest.mark.parametrize("scheme", ["spatial", "cp", "tucker2", "tt", "separable_m4", "bottleneck", "stacked"])
 def test_scheme_conv_strides(scheme):
   layer = nnx.eval_shape(lambda: scheme_conv(scheme, 8, 16, strides=2, cfg=ModelConfig(), rngs=nnx.Rngs(0)))
   assert _output_shape(layer, (2, 9, 9, 8)) == (2, 5, 5, 16)

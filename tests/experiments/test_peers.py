@@ -1,4 +1,4 @@
-"""Tests of :mod:`experiments.peers` and the efficonv-versus-peers ratios (no timing assertions).
+"""Tests of :mod:`experiments.bench.peers` and the efficonv-versus-peers ratios (no timing assertions).
 
 Every peer computes the *same* function as the efficonv layer it is compared
 with (same weights), so the benchmark compares like with like.
@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import peers
-from experiments.bench_cases import SCHEMES, Shape
-from experiments.bench_report import markdown, peer_ratios, summary_text
+from experiments.bench import peers
+from experiments.bench.cases import SCHEMES, Shape
+from experiments.bench.layers_report import markdown, peer_ratios, summary_text
+from experiments.bench.peers import keras_separable, tltorch_convs, torch_sequences
 
 SHAPE_K3 = Shape(1, 8, 8, 8, 3)
 SHAPE_K5 = Shape(1, 8, 8, 8, 5)  # the only kind of shape with a "stacked" scheme
@@ -62,7 +63,7 @@ def test_torch_sequences_compute_the_efficonv_layers(layers: dict[str, Any]) -> 
   for name, layer in layers.items():
     x = _x(_shape_of(name))
     expected = np.asarray(layer(jnp.asarray(x)))
-    module = peers.torch_sequence(torch, name, layer)
+    module = torch_sequences.torch_sequence(torch, name, layer)
     for channels_last in (False, True):
       _close(_torch_nhwc(torch, module, x, channels_last), expected)
 
@@ -75,7 +76,7 @@ def test_torch_sequences_have_the_efficonv_input_gradient(layers: dict[str, Any]
     _, pullback = jax.vjp(layer, jnp.asarray(x))
     (expected,) = pullback(jnp.asarray(cot))
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_(True)
-    peers.torch_sequence(torch, name, layer)(xt).backward(torch.from_numpy(cot.transpose(0, 3, 1, 2).copy()))
+    torch_sequences.torch_sequence(torch, name, layer)(xt).backward(torch.from_numpy(cot.transpose(0, 3, 1, 2).copy()))
     _close(xt.grad.permute(0, 2, 3, 1).numpy(), np.asarray(expected))
 
 
@@ -86,7 +87,7 @@ def test_torch_dense_is_the_same_conv() -> None:
   expected = jax.lax.conv_general_dilated(
     jnp.asarray(x), jnp.asarray(kernel), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
-  _close(_torch_nhwc(torch, peers.torch_sequence(torch, "dense", kernel), x, True), np.asarray(expected))
+  _close(_torch_nhwc(torch, torch_sequences.torch_sequence(torch, "dense", kernel), x, True), np.asarray(expected))
 
 
 def test_torch_sequence_rejects_unknown_schemes_and_biased_layers(layers: dict[str, Any]) -> None:
@@ -96,10 +97,10 @@ def test_torch_sequence_rejects_unknown_schemes_and_biased_layers(layers: dict[s
   from efficonv.nnx import CPConv
 
   with pytest.raises(ValueError, match="scheme"):
-    peers.torch_sequence(torch, "nope", layers["cp"])
+    torch_sequences.torch_sequence(torch, "nope", layers["cp"])
   biased = CPConv(8, 8, 3, rank=2, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="use_bias=False"):
-    peers.torch_sequence(torch, "cp", biased)
+    torch_sequences.torch_sequence(torch, "cp", biased)
 
 
 def test_tltorch_convs_compute_the_efficonv_layers(layers: dict[str, Any]) -> None:
@@ -108,13 +109,13 @@ def test_tltorch_convs_compute_the_efficonv_layers(layers: dict[str, Any]) -> No
   pytest.importorskip("tltorch", reason="TensorLy-Torch is an optional peer (bench extra)")
   # The import above set TensorLy's backend to PyTorch; the peers' own import must leave it alone.
   tl.set_backend("numpy")
-  tltorch, _ = peers._import_tltorch()
+  tltorch, _ = tltorch_convs.import_tltorch()
   assert tl.get_backend() == "numpy"
   x = _x(SHAPE_K3)
   xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
   with tl.backend_context("pytorch"):
-    for scheme, implementation in peers.TLTORCH_CASES:
-      module = peers.tltorch_conv(tltorch, torch, scheme, layers[scheme], implementation)
+    for scheme, implementation in tltorch_convs.TLTORCH_CASES:
+      module = tltorch_convs.tltorch_conv(tltorch, torch, scheme, layers[scheme], implementation)
       with torch.no_grad():
         got = module(xt).permute(0, 2, 3, 1).numpy()
       _close(got, np.asarray(layers[scheme](jnp.asarray(x))))
@@ -128,8 +129,8 @@ def test_keras_separable_computes_the_efficonv_layers(monkeypatch: pytest.Monkey
   if keras.backend.backend() != "jax":
     pytest.skip(f"keras runs the {keras.backend.backend()} backend, the peer needs jax")
   x = jnp.asarray(_x(SHAPE_K3))
-  for scheme in peers.KERAS_SCHEMES:
-    k = peers.keras_separable(keras, layers[scheme], SHAPE_K3.input_shape)
+  for scheme in keras_separable.KERAS_SCHEMES:
+    k = keras_separable.keras_separable(keras, layers[scheme], SHAPE_K3.input_shape)
     _close(np.asarray(k(x)), np.asarray(layers[scheme](x)))
 
 

@@ -1,6 +1,6 @@
 """The comparison report: ratios against references and the Pareto front."""
 
-from experiments.report import add_ratios, markdown_table, pareto_front
+from experiments.claims.report import add_ratios, markdown_table, pareto_front
 
 
 def _row(scheme, reference, macs, accuracy, images_per_s):

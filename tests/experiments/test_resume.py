@@ -9,8 +9,8 @@ import jax
 import numpy as np
 from experiment_subprocess import run, start
 
-from experiments.checkpoint import read_checkpoint
-from experiments.metrics import TIMING_FIELDS
+from experiments.training.checkpoint import read_checkpoint
+from experiments.training.metrics import TIMING_FIELDS
 
 # 192 synthetic images in batches of 32: 6 steps per epoch, 2 epochs; a checkpoint every 2 steps.
 ARGS = [
@@ -30,11 +30,11 @@ ARGS = [
 HANG_AT = 9  # epoch 2, batch 3: after the checkpoint of step 8 (epoch 2, batch 2), before the next
 TIMEOUT = 240
 
-# Runs experiments.train's command line; with EFFICONV_TEST_HANG_AT set it stops dead after that step,
+# Runs experiments.training.train's command line; with EFFICONV_TEST_HANG_AT set it stops dead after that step,
 # so the test can kill it at a known point (the kill itself is a real SIGKILL).
 WRAPPER = """
 import os, sys, time
-from experiments import train
+from experiments.training import train
 hang_at = int(os.environ.get("EFFICONV_TEST_HANG_AT", "0"))
 def on_step(step):
   if step == hang_at:

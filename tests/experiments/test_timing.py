@@ -8,7 +8,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import pytest
 
-from experiments.timing import compile_fn, measure, summarize
+from experiments.common.timing import compile_fn, measure, summarize, time_call
 
 
 def test_summarize_gives_quartiles_in_milliseconds() -> None:
@@ -55,6 +55,8 @@ def test_measure_times_every_candidate_and_caps_slow_ones() -> None:
     ({"warmup": -1}, "warmup"),
     ({"max_seconds": 0.0}, "max_seconds"),
     ({"min_repeats": 0}, "min_repeats"),
+    ({"min_seconds": -1.0}, "min_seconds"),
+    ({"min_seconds": 0.1, "warmup": 0}, "warmup"),
     ({"slow_seconds": -1.0}, "slow_seconds"),
   ],
 )
@@ -71,3 +73,20 @@ def test_compile_fn_reuses_identical_programs() -> None:
   c = compile_fn(lambda v: v * 3.0, (x,), cache=cache)
   assert a is b and a is not c and len(cache) == 2
   assert float(c(x)[0]) == 3.0
+
+
+def test_min_seconds_adds_calls_to_fast_candidates() -> None:
+  stats = measure({"f": (lambda: time.sleep(0.005), ())}, repeats=2, warmup=2, min_seconds=0.05)
+  assert 8 <= stats["f"].repeats <= 12  # ~0.05 s / 0.005 s per call, more than the 2 repeats asked for
+  assert stats["f"].median_ms >= 5.0 and stats["f"].q1_ms <= stats["f"].median_ms <= stats["f"].q3_ms
+
+
+def test_deadline_stops_after_the_first_round() -> None:
+  stats = measure({"a": (lambda: None, ()), "b": (lambda: None, ())}, repeats=50, warmup=1, deadline=0.0)
+  assert stats["a"].repeats == stats["b"].repeats == 1
+
+
+def test_time_call_is_measure_of_one_candidate() -> None:
+  calls = []
+  stats = time_call(lambda: calls.append(1), repeats=4, warmup=3)
+  assert stats.repeats == 4 and len(calls) == 7

@@ -1,12 +1,12 @@
-"""experiments.train's helpers (whole runs are tested in test_resume.py, test_data_parallel.py, test_compare.py)."""
+"""experiments.training.train's helpers (whole runs are tested in test_resume.py, test_data_parallel.py, test_compare.py)."""
 
 import dataclasses
 import json
 
 import pytest
 
-from experiments import config
-from experiments.train import _check_or_write_config, load_datasets
+from experiments.common import config
+from experiments.training.train import _check_or_write_config, load_datasets
 
 
 def test_workdir_refuses_a_run_that_trains_differently(tmp_path):
@@ -15,7 +15,7 @@ def test_workdir_refuses_a_run_that_trains_differently(tmp_path):
   _check_or_write_config(cfg, path)
   assert json.loads(path.read_text())["model"]["stage_features"] == [8, 8]
   # Same training, other report settings or display: accepted.
-  _check_or_write_config(config.override(cfg, ["train.progress=True", "schemes=dense", "bench.rounds=5"]), path)
+  _check_or_write_config(config.override(cfg, ["train.progress=True", "schemes=dense", "bench.repeats=5"]), path)
   _check_or_write_config(cfg.with_scheme("dense"), path)
   for change in ("train.epochs=3", "optim.learning_rate=0.5", "data.synthetic_train=64"):
     with pytest.raises(ValueError, match="workdir"):

@@ -8,10 +8,10 @@ import optax
 import pytest
 
 from experiments import data
-from experiments.config import ModelConfig, OptimConfig
-from experiments.optim import decay_mask, learning_rate_schedule, make_optimizer
-from experiments.steps import evaluate, init_model, make_parallel, make_predict, make_train_step, shard_batch
-from experiments.synthetic import synthetic_datasets
+from experiments.common.config import ModelConfig, OptimConfig
+from experiments.data.synthetic import synthetic_datasets
+from experiments.training.optim import decay_mask, learning_rate_schedule, make_optimizer
+from experiments.training.steps import evaluate, init_model, make_parallel, make_predict, make_train_step, shard_batch
 
 TINY = ModelConfig(scheme="cp", stem_features=4, stage_features=(8,), stage_depth=1)
 IMAGE_SHAPE = (12, 12, 1)

@@ -1,7 +1,7 @@
 """Verdicts on the claims: hand-made payloads make each claim hold, not hold and be inconclusive.
 
-Every payload carries only the fields :mod:`experiments.verdicts` reads, with distinctive numbers, so the
-tests can check that the Markdown shows the payload's numbers.
+Every payload carries the fields of its schema (:mod:`experiments.common.results`), those the verdicts read
+with distinctive numbers, so the tests can check that the Markdown shows the payload's numbers.
 """
 
 import json
@@ -11,16 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from experiments import verdicts
-from experiments.verdicts import FAILS, HOLDS, INCONCLUSIVE, Rules, Run, evaluate_all, markdown
+from experiments.claims import verdicts
+from experiments.claims.verdicts import FAILS, HOLDS, INCONCLUSIVE, Rules, Run, evaluate_all
+from experiments.claims.verdicts.markdown import markdown
+from experiments.common import results
 
 REPO = Path(__file__).resolve().parents[2]
-COMMAND = "python -m experiments.compare --preset full --schemes dense,wide"
+COMMAND = "python -m experiments.claims.compare --preset full --schemes dense,wide"
 
 
 def _row(scheme: str, **overrides: float) -> dict:
   row = {
     "scheme": scheme,
+    "reference": "dense",
+    "test_loss": 0.3,
+    "train_elapsed_s": 10.0,
+    "history": [],
+    "inference_ms_per_image": 1.0,
     "params": 10_000,
     "macs": 1_000_000,
     "test_accuracy": 0.90,
@@ -47,6 +54,7 @@ def _compare(rows: dict[str, dict], *, steps: int = 2000, load: float = 0.5, wid
     "bench_batch_size": 64,
     "results": [_row(s, **{"train_steps": steps, **o}) for s, o in rows.items()],
   }
+  results.validate(payload, "compare")
   return Run("runs/handmade/compare.json", "compare", payload)
 
 
@@ -55,8 +63,9 @@ def _compress(variants: dict[str, tuple[str, float, float]], *, steps: int = 200
   payload = {
     "config": {"name": "handmade", "preset": "full"},
     "compress": {"finetune_steps": 300},
+    "bench_batch_size": 64,
     "environment": {
-      "command": "python -m experiments.compress --preset full",
+      "command": "python -m experiments.claims.compress --preset full",
       "date": "2030-01-02 05:06 UTC",
       "device_kind": "cpu",
       "usable_cpus": 2,
@@ -69,6 +78,7 @@ def _compress(variants: dict[str, tuple[str, float, float]], *, steps: int = 200
       "test_accuracy_after_ft": 0.9050,
       "train_steps": steps,
       "inference_images_per_s": 1234.0,
+      "latency_ms": 2.0,
     },
     "results": [
       {
@@ -80,10 +90,18 @@ def _compress(variants: dict[str, tuple[str, float, float]], *, steps: int = 200
         "inference_speedup": speedup,
         "accuracy_before_ft": 0.1111,
         "accuracy_after_ft": acc,
+        "params": 1000,
+        "accuracy_dense": 0.9012,
+        "drop_points": 100 * (0.9012 - acc),
+        "finetune_steps": 300,
+        "inference_images_per_s": 1234.0 * speedup,
+        "latency_ms": 2.0 / speedup,
+        "latency_speedup": speedup,
       }
       for name, (scheme, speedup, acc) in variants.items()
     ],
   }
+  results.validate(payload, "compress")
   return Run("runs/handmade/compress.json", "compress", payload)
 
 
@@ -114,7 +132,7 @@ def test_claim1_is_inconclusive_without_spatial_stem_and_says_how_to_get_it():
   assert v.verdict == INCONCLUSIVE and v.missing == ("spatial_stem",) and v.run is None
   text = markdown([v], [run], [], Rules(), "cmd")
   assert "missing `spatial_stem`" in text
-  assert "python -m experiments.compare --preset full --schemes dense,spatial,spatial_stem" in text
+  assert "python -m experiments.claims.compare --preset full --schemes dense,spatial,spatial_stem" in text
 
 
 def test_short_runs_leave_accuracy_undecided_but_say_which_way_it_leans():
@@ -206,29 +224,29 @@ def test_claim4_does_not_hold_when_wide_is_faster_but_much_less_accurate():
 def test_claim5_holds_when_separable1_trails_the_wider_multipliers():
   run = _compare(
     {
-      "separable1": {"test_accuracy": 0.80},
-      "separable4": {"test_accuracy": 0.85},
-      "separable8": {"test_accuracy": 0.84},
+      "separable_m1": {"test_accuracy": 0.80},
+      "separable_m4": {"test_accuracy": 0.85},
+      "separable_m8": {"test_accuracy": 0.84},
     }
   )
   v = _verdict(5, [run])
-  assert v.verdict == HOLDS and v.checks[0].measured == "+5.00 points" and "separable4" in v.checks[0].name
+  assert v.verdict == HOLDS and v.checks[0].measured == "+5.00 points" and "separable_m4" in v.checks[0].name
 
 
 def test_claim5_does_not_hold_when_separable1_trains_as_well():
   run = _compare(
     {
-      "separable1": {"test_accuracy": 0.845},
-      "separable4": {"test_accuracy": 0.85},
-      "separable8": {"test_accuracy": 0.84},
+      "separable_m1": {"test_accuracy": 0.845},
+      "separable_m4": {"test_accuracy": 0.85},
+      "separable_m8": {"test_accuracy": 0.84},
     }
   )
   assert _verdict(5, [run]).verdict == FAILS
 
 
 def test_claim5_is_inconclusive_without_separable8():
-  v = _verdict(5, [_compare({"separable1": {}, "separable4": {}})])
-  assert v.verdict == INCONCLUSIVE and v.missing == ("separable8",)
+  v = _verdict(5, [_compare({"separable_m1": {}, "separable_m4": {}})])
+  assert v.verdict == INCONCLUSIVE and v.missing == ("separable_m8",)
 
 
 # --- Claim 6: CP + fine-tuning --------------------------------------------------------------------------------
@@ -287,13 +305,13 @@ def test_markdown_shows_the_payloads_numbers_and_commands():
   )
   compress = _compress({"cp_mac8": ("cp", 4.5, 0.9001)})
   found = evaluate_all([run], [compress])
-  text = markdown(found, [run], [compress], Rules(), "python -m experiments.verdicts --compare x")
+  text = markdown(found, [run], [compress], Rules(), "python -m experiments.claims.verdicts --compare x")
   assert text.startswith("# Experiments: verdicts on the claims")
-  assert "Generated by `python -m experiments.verdicts --compare x`" in text
+  assert "Generated by `python -m experiments.claims.verdicts --compare x`" in text
   assert "| bottleneck | 12,345 | 1,234,567 | 87.12% | 2000 | 4,321 |" in text
   assert "| dense | 43,210 | 7,654,321 | 87.65% |" in text
   assert "6.20×" in text  # the MAC cut 7,654,321 / 1,234,567
-  assert f"made by `{COMMAND}`" in text and "made by `python -m experiments.compress --preset full`" in text
+  assert f"made by `{COMMAND}`" in text and "made by `python -m experiments.claims.compress --preset full`" in text
   assert "| cp_mac8 | MacReduction(8) | 1,000,003 | 7.65× | 4.50× | 11.11% | 90.01% |" in text
   assert "| 3 | Bottleneck blocks keep the cost low | **holds** | `runs/handmade/compare.json` |" in text
   assert "| 6 | CP decomposition plus fine-tuning keeps accuracy at large speedups | **holds** |" in text
@@ -310,7 +328,7 @@ def test_main_reads_directories_and_writes_the_markdown(tmp_path, capsys):
   found = verdicts.main(argv)
   assert [v.verdict for v in found] == [INCONCLUSIVE, INCONCLUSIVE, INCONCLUSIVE, HOLDS, INCONCLUSIVE, FAILS]
   text = out.read_text()
-  assert f"Generated by `{shlex.join(['python', '-m', 'experiments.verdicts', *argv])}`" in text
+  assert f"Generated by `{shlex.join(['python', '-m', 'experiments.claims.verdicts', *argv])}`" in text
   assert str(tmp_path / "runs" / "a" / "compare.json") in text
   assert "4. Fewer but wider layers run faster for the same power: holds" in capsys.readouterr().out
 
@@ -339,5 +357,5 @@ def test_the_committed_readme_is_what_its_command_generates(tmp_path, monkeypatc
   argv[argv.index("--out") + 1] = str(out)
   monkeypatch.chdir(REPO)
   verdicts.main(argv)
-  regenerated = out.read_text().replace(shlex.join(["python", "-m", "experiments.verdicts", *argv]), command)
+  regenerated = out.read_text().replace(shlex.join(["python", "-m", "experiments.claims.verdicts", *argv]), command)
   assert regenerated == text
