@@ -8,9 +8,6 @@ from efficonv._typing import Array, PrecisionLike
 from efficonv.kernels import _options as opt
 from efficonv.kernels import dense
 
-# The input of conv_valid is already padded, so "xla_valid" (pad, then VALID) would be "xla".
-_VALID_IMPLS = ("xla", "shift", "im2col")
-
 
 def promote_operands(x: Array, kernel: Array) -> tuple[Array, Array]:
   """Casts ``x`` and ``kernel`` to their common dtype.
@@ -140,8 +137,7 @@ def conv_valid(
     implementation: ``"xla"`` (:func:`jax.lax.conv_general_dilated`),
       ``"shift"`` (sum over the ``kh·kw`` taps of a strided slice times the
       tap's ``C_in×C_out`` matrix — plain matmuls, which XLA's CPU backend runs
-      faster than its convolution for thin ``k×1`` kernels) or ``"im2col"``
-      (one patch array times the flattened kernel); see :mod:`efficonv.kernels.dense`.
+      faster than its convolution for thin ``k×1`` kernels); see :mod:`efficonv.kernels.dense`.
     precision: passed to XLA.
 
   Returns:
@@ -153,7 +149,7 @@ def conv_valid(
     >>> conv_valid(jnp.ones((1, 6, 6, 2)), jnp.ones((3, 1, 2, 4)), (1, 1), (1, 1), "shift").shape
     (1, 4, 6, 4)
   """
-  if implementation not in _VALID_IMPLS:
-    raise ValueError(f"implementation must be one of {_VALID_IMPLS}, got {implementation!r}")
+  if implementation not in ("xla", "shift"):
+    raise ValueError(f"implementation must be 'xla' or 'shift', got {implementation!r}")
   xp, kernel = promote_operands(xp, kernel)
   return dense.dense_padded(xp, kernel, strides, ((0, 0), (0, 0)), dilation, implementation, precision)
