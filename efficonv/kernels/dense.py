@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -47,18 +47,21 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 # The "auto" rule as data, one entry per JAX backend; backends not listed use "default".
 # Each entry is read by dense_implementation:
-#   matmul_max_output_pixels: im2col/shift are chosen when the output map has at most this many
-#     pixels (H'·W'); above it XLA's convolution is kept. 0 disables the matmul formulations.
+#   matmul_regions: (max_output_pixels, min_c_in) pairs; a k×k layer (k > 1) runs as matmuls (im2col or
+#     shift) when its output map has at most max_output_pixels pixels (H'·W') and it has at least min_c_in
+#     input channels, for any pair; otherwise XLA's convolution runs. Empty: always XLA's conv.
 #   pointwise_matmul: a 1×1 kernel (any map size) runs as one matmul instead of XLA's conv.
-#   im2col_max_patch_bytes: above this patch-array size "shift" replaces "im2col" (same matmuls, no
-#     patch array), so a large batch never materialises kh·kw copies of its input.
+#   im2col_max_patch_bytes: above this patch-array size "shift" replaces "im2col" (the same MACs as
+#     kh·kw matmuls, without the patch array that is kh·kw times the input).
 # The CPU numbers come from experiments/bench/dense_conv.py (results in experiments/results/bench_dense_conv/):
-# on 3×3 layers with at most 4×4 outputs im2col or shift was the fastest, XLA's padded conv up to 25× slower;
-# from 7×7 outputs up XLA's conv was within the target of the fastest; 1×1 layers ran fastest as one matmul
-# from batch 8 up and within noise of it at batch 1. GPU/TPU keep XLA's conv: nothing here has measured them.
-DENSE_AUTO_RULES: dict[str, dict[str, int | bool]] = {
-  "cpu": {"matmul_max_output_pixels": 16, "pointwise_matmul": True, "im2col_max_patch_bytes": 64 << 20},
-  "default": {"matmul_max_output_pixels": 0, "pointwise_matmul": False, "im2col_max_patch_bytes": 0},
+# 3×3 layers with at most 4×4 outputs ran fastest as im2col or shift, XLA's padded conv up to 25× slower
+# there; at 7×7 and 8×8 outputs matmuls won with 512 input channels and lost (to 1.6×) with 64–256; from
+# 14×14 up XLA's conv was the fastest or within noise of it; 1×1 layers ran fastest as one matmul from
+# batch 8 up and within noise of it at batch 1; above ~16 MiB of patches shift beat im2col.
+# GPU/TPU keep XLA's conv: nothing here has measured them.
+DENSE_AUTO_RULES: dict[str, dict[str, Any]] = {
+  "cpu": {"matmul_regions": ((16, 1), (64, 512)), "pointwise_matmul": True, "im2col_max_patch_bytes": 16 << 20},
+  "default": {"matmul_regions": (), "pointwise_matmul": False, "im2col_max_patch_bytes": 0},
 }
 
 
@@ -152,13 +155,15 @@ def choose(
     if rule["pointwise_matmul"]:
       return "im2col", f"1×1 kernel on {backend}: one matmul"
     return "xla", f"1×1 kernel on {backend}: XLA's conv"
-  limit = int(rule["matmul_max_output_pixels"])
-  if ho * wo > limit:
-    return "xla", f"{ho}×{wo} output > {limit} pixels on {backend}: XLA's conv"
+  cin = kernel_shape[2]
+  region = next(((px, c) for px, c in rule["matmul_regions"] if ho * wo <= px and cin >= c), None)
+  if region is None:
+    return "xla", f"{ho}×{wo} output, {cin} input channels on {backend}: outside the matmul regions, XLA's conv"
+  where = f"{ho}×{wo} output ≤ {region[0]} pixels, {cin} ≥ {region[1]} input channels on {backend}"
   size = patch_bytes(input_shape, kernel_shape, (ho, wo), itemsize)
-  if size > int(rule["im2col_max_patch_bytes"]):
-    return "shift", f"{ho}×{wo} output ≤ {limit} pixels on {backend}, {size}-byte patch array too large: shift"
-  return "im2col", f"{ho}×{wo} output ≤ {limit} pixels on {backend}: im2col + one matmul"
+  if size > rule["im2col_max_patch_bytes"]:
+    return "shift", f"{where}, {size}-byte patch array too large for im2col: shift"
+  return "im2col", f"{where}: im2col + one matmul"
 
 
 def _windows(xp: Array, kernel_hw: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int]) -> list[Array]:

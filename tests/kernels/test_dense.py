@@ -141,7 +141,10 @@ def test_check_grads_float64(implementation: str) -> None:
     ((1, 4, 4, 512), (3, 3, 512, 512), {}, "cpu", "im2col"),
     ((32, 8, 8, 256), (3, 3, 256, 512), {"strides": 2}, "cpu", "im2col"),
     ((32, 8, 8, 256), (3, 3, 256, 256), {}, "cpu", "xla"),
-    ((8, 14, 14, 512), (3, 3, 512, 512), {"strides": 2}, "cpu", "xla"),
+    ((8, 14, 14, 512), (3, 3, 512, 512), {"strides": 2}, "cpu", "im2col"),
+    ((32, 7, 7, 512), (3, 3, 512, 512), {}, "cpu", "shift"),
+    ((32, 7, 7, 64), (3, 3, 64, 64), {}, "cpu", "xla"),
+    ((8, 28, 28, 512), (3, 3, 512, 512), {}, "cpu", "xla"),
     ((8, 56, 56, 64), (1, 1, 64, 256), {}, "cpu", "im2col"),
     ((4096, 4, 4, 512), (3, 3, 512, 512), {}, "cpu", "shift"),
     ((32, 2, 2, 512), (3, 3, 512, 512), {}, "gpu", "xla"),
@@ -161,11 +164,12 @@ def test_dense_implementation_rule(
 def test_rule_reads_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
   shape, kshape = (32, 8, 8, 256), (3, 3, 256, 256)
   assert dense_implementation(shape, kshape, backend="cpu")[0] == "xla"
-  rules = {**dense_mod.DENSE_AUTO_RULES, "cpu": {**dense_mod.DENSE_AUTO_RULES["cpu"], "matmul_max_output_pixels": 64}}
+  rules = {**dense_mod.DENSE_AUTO_RULES, "cpu": {**dense_mod.DENSE_AUTO_RULES["cpu"], "matmul_regions": ((64, 256),)}}
   monkeypatch.setattr(dense_mod, "DENSE_AUTO_RULES", rules)
   name, reason = dense_implementation(shape, kshape, backend="cpu")
-  assert name == "im2col"
+  assert name == "shift"  # 18.9 MB of patches, above the 16 MiB im2col limit
   assert "8×8" in reason
+  assert dense_implementation((4, *shape[1:]), kshape, backend="cpu")[0] == "im2col"
 
 
 def test_circular_padding_counts_the_padded_input() -> None:
