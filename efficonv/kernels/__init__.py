@@ -11,6 +11,9 @@ from efficonv.kernels._options import resolve_padding as resolve_padding
 from efficonv.kernels.conv import conv as conv
 from efficonv.kernels.conv import conv_valid as conv_valid
 from efficonv.kernels.conv import pointwise as pointwise
+from efficonv.kernels.dense import DENSE_AUTO_RULES as DENSE_AUTO_RULES
+from efficonv.kernels.dense import DENSE_IMPLEMENTATIONS as DENSE_IMPLEMENTATIONS
+from efficonv.kernels.dense import dense_implementation as dense_implementation
 from efficonv.kernels.depthwise import depthwise as depthwise
 from efficonv.kernels.depthwise import depthwise_implementation as depthwise_implementation
 from efficonv.kernels.depthwise import depthwise_shift as depthwise_shift

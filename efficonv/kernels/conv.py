@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from efficonv.kernels import _options as opt
+from efficonv.kernels import dense
 from efficonv.typing import Array, PrecisionLike
-
-_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
 def promote_operands(x: Array, kernel: Array) -> tuple[Array, Array]:
@@ -32,12 +30,22 @@ def conv(
   dilation: int | tuple[int, int] = 1,
   feature_group_count: int = 1,
   precision: PrecisionLike = None,
+  implementation: str = "auto",
 ) -> Array:
-  """Dense 2-D convolution, :func:`jax.lax.conv_general_dilated` with NHWC/HWIO.
+  """Dense 2-D convolution (NHWC/HWIO), by whichever formulation is fastest here.
 
   Accepts every padding form of :func:`efficonv.kernels.resolve_padding`
   (including ``"CIRCULAR"``), so it is the reference every factorized path is
-  compared with.
+  compared with. The formulations (see :mod:`efficonv.kernels.dense`) give the
+  same output up to float rounding:
+
+  * ``"xla"``: :func:`jax.lax.conv_general_dilated` with the padding inside the conv;
+  * ``"xla_valid"``: the input padded first, then XLA's conv ``VALID``;
+  * ``"im2col"``: one patch array times the flattened kernel;
+  * ``"shift"``: the sum over taps of a strided slice times the tap's matrix;
+  * ``"auto"``: :func:`efficonv.kernels.dense_implementation` picks per backend and shape.
+
+  Grouped convolutions (``feature_group_count > 1``) always run on ``"xla"``.
 
   Args:
     x: input, shape ``(N, H, W, C_in)``.
@@ -47,15 +55,18 @@ def conv(
     dilation: kernel dilation, int or ``(dh, dw)``.
     feature_group_count: number of channel groups.
     precision: passed to XLA.
+    implementation: ``"auto"``, or one of ``"xla"``, ``"xla_valid"``, ``"im2col"``, ``"shift"``.
 
   Returns:
-    Output of shape ``(N, H', W', C_out)``.
+    Output of shape ``(N, H', W', C_out)``, of the operands' common dtype.
 
   Example:
     >>> import jax.numpy as jnp
     >>> from efficonv.kernels import conv
     >>> conv(jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4))).shape
     (1, 8, 8, 4)
+    >>> conv(jnp.ones((2, 2, 2, 8)), jnp.ones((3, 3, 8, 4)), implementation="im2col").shape
+    (2, 2, 2, 4)
   """
   opt.check_input(x)
   if getattr(kernel, "ndim", None) != 4:
@@ -79,16 +90,8 @@ def conv(
     x = opt.pad_input(x, pads, mode)
     pads = ((0, 0), (0, 0))
   x, kernel = promote_operands(x, kernel)
-  return jax.lax.conv_general_dilated(
-    x,
-    kernel,
-    window_strides=s,
-    padding=pads,
-    rhs_dilation=d,
-    dimension_numbers=_DIMENSION_NUMBERS,
-    feature_group_count=feature_group_count,
-    precision=precision,
-  )
+  impl, _ = dense.choose(x.shape, kernel.shape, s, pads, d, feature_group_count, None, implementation, x.dtype.itemsize)
+  return dense.dense_padded(x, kernel, s, pads, d, impl, precision, feature_group_count)
 
 
 def pointwise(x: Array, weight: Array, *, precision: PrecisionLike = None) -> Array:
@@ -131,43 +134,22 @@ def conv_valid(
     kernel: ``(kh, kw, C_in, C_out)``.
     strides: ``(sh, sw)``.
     dilation: ``(dh, dw)``.
-    implementation: ``"xla"`` (:func:`jax.lax.conv_general_dilated`) or
+    implementation: ``"xla"`` (:func:`jax.lax.conv_general_dilated`),
       ``"shift"`` (sum over the ``kh·kw`` taps of a strided slice times the
       tap's ``C_in×C_out`` matrix — plain matmuls, which XLA's CPU backend runs
-      faster than its convolution for thin ``k×1`` kernels).
+      faster than its convolution for thin ``k×1`` kernels); see :mod:`efficonv.kernels.dense`.
     precision: passed to XLA.
 
   Returns:
     ``(N, H', W', C_out)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from efficonv.kernels import conv_valid
+    >>> conv_valid(jnp.ones((1, 6, 6, 2)), jnp.ones((3, 1, 2, 4)), (1, 1), (1, 1), "shift").shape
+    (1, 4, 6, 4)
   """
-  if implementation == "xla":
-    xp, kernel = promote_operands(xp, kernel)
-    return jax.lax.conv_general_dilated(
-      xp,
-      kernel,
-      window_strides=strides,
-      padding="VALID",
-      rhs_dilation=dilation,
-      dimension_numbers=_DIMENSION_NUMBERS,
-      precision=precision,
-    )
-  if implementation != "shift":
+  if implementation not in ("xla", "shift"):
     raise ValueError(f"implementation must be 'xla' or 'shift', got {implementation!r}")
-  kh, kw, cin, _ = kernel.shape
-  n, hp, wp, _ = xp.shape
-  ho = opt.output_size(hp, kh, strides[0], dilation[0], 0, 0)
-  wo = opt.output_size(wp, kw, strides[1], dilation[1], 0, 0)
-  acc = None
-  for i in range(kh):
-    for j in range(kw):
-      top, left = i * dilation[0], j * dilation[1]
-      window = jax.lax.slice(
-        xp,
-        (0, top, left, 0),
-        (n, top + (ho - 1) * strides[0] + 1, left + (wo - 1) * strides[1] + 1, cin),
-        (1, strides[0], strides[1], 1),
-      )
-      term = jnp.einsum("nhwc,co->nhwo", window, kernel[i, j], precision=precision)
-      acc = term if acc is None else acc + term
-  assert acc is not None
-  return acc
+  xp, kernel = promote_operands(xp, kernel)
+  return dense.dense_padded(xp, kernel, strides, ((0, 0), (0, 0)), dilation, implementation, precision)

@@ -3,6 +3,7 @@
 from efficonv.nnx._base import FactorizedConv as FactorizedConv
 from efficonv.nnx._base import set_objective as set_objective
 from efficonv.nnx.bottleneck import Bottleneck as Bottleneck
+from efficonv.nnx.conv import Conv as Conv
 from efficonv.nnx.cp import CPConv as CPConv
 from efficonv.nnx.separable import SeparableConv as SeparableConv
 from efficonv.nnx.spatial import SpatialConv as SpatialConv

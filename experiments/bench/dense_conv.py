@@ -1,0 +1,185 @@
+"""Times every dense-conv formulation of :mod:`efficonv.kernels.dense` on CIFAR and ImageNet layer shapes.
+
+Each case is one conv layer (random weights, float32, default compile options). For every case the
+formulations are compiled, warmed up, then timed in interleaved rounds (one call of each per round) so
+that load from other jobs on a shared machine hits them alike; the median of the rounds is kept. The
+``auto`` column is the time of the formulation :func:`efficonv.kernels.dense_implementation` picks, with
+its ratio to the fastest formulation.
+
+Run from the repository root::
+
+  python experiments/bench/dense_conv.py                 # all cases, JSON to experiments/results/bench_dense_conv/
+  python experiments/bench/dense_conv.py --suite cifar --rounds 5 --name quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:  # run as a script: import this checkout's efficonv, not an installed one
+  sys.path.insert(0, str(_ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from efficonv.kernels import conv, dense_implementation  # noqa: E402
+from efficonv.kernels.dense import DENSE_IMPLEMENTATIONS  # noqa: E402
+
+# (suite, H=W, C_in, C_out, kernel, stride) of one layer; every conv is SAME-padded.
+_CIFAR = [
+  (32, 64, 64, 3, 1),
+  (16, 128, 128, 3, 1),
+  (8, 256, 256, 3, 1),
+  (4, 512, 512, 3, 1),
+  (2, 512, 512, 3, 1),
+  (32, 64, 128, 3, 2),
+  (16, 128, 256, 3, 2),
+  (8, 256, 512, 3, 2),
+  (4, 512, 512, 3, 2),
+  (32, 64, 128, 1, 2),
+  (16, 128, 256, 1, 2),
+  (8, 256, 512, 1, 2),
+  (4, 512, 512, 1, 1),
+]
+_IMAGENET = [
+  (224, 3, 64, 7, 2),
+  (56, 64, 64, 3, 1),
+  (28, 128, 128, 3, 1),
+  (14, 256, 256, 3, 1),
+  (7, 512, 512, 3, 1),
+  (56, 128, 128, 3, 2),
+  (28, 256, 256, 3, 2),
+  (14, 512, 512, 3, 2),
+  (56, 64, 256, 1, 1),
+  (56, 256, 64, 1, 1),
+  (28, 512, 128, 1, 1),
+  (14, 1024, 256, 1, 1),
+  (7, 2048, 512, 1, 1),
+  (7, 512, 2048, 1, 1),
+  (56, 256, 512, 1, 2),
+  (28, 512, 1024, 1, 2),
+  (14, 1024, 2048, 1, 2),
+]
+_SUITES = {"cifar": (_CIFAR, (1, 32)), "imagenet": (_IMAGENET, (1, 8))}
+
+
+def _machine(command: str) -> dict[str, Any]:
+  cpu = platform.processor() or "unknown"
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+  return {
+    "command": command,
+    "uname": " ".join(platform.uname()),
+    "cpu_model": cpu,
+    "cpu_count": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()],
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "compiler_options": "default",
+  }
+
+
+def _time_case(n: int, hw: int, cin: int, cout: int, k: int, stride: int, rounds: int) -> dict[str, Any]:
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((n, hw, hw, cin), np.float32))
+  kernel = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32) / np.sqrt(k * k * cin))
+  fns = {
+    impl: jax.jit(lambda x, w, impl=impl: conv(x, w, strides=stride, padding="SAME", implementation=impl))
+    for impl in DENSE_IMPLEMENTATIONS
+  }
+  ref = None
+  compile_s = {}
+  for impl, fn in fns.items():
+    t0 = time.perf_counter()
+    out = fn(x, kernel).block_until_ready()
+    compile_s[impl] = time.perf_counter() - t0
+    fn(x, kernel).block_until_ready()  # warm-up after compilation
+    ref = out if ref is None else ref
+    err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
+    if err > 1e-3:
+      raise AssertionError(f"{impl} differs from xla by {err:.2e} (relative) on {(n, hw, cin, cout, k, stride)}")
+  times: dict[str, list[float]] = {impl: [] for impl in fns}
+  for _ in range(rounds):
+    for impl, fn in fns.items():
+      t0 = time.perf_counter()
+      fn(x, kernel).block_until_ready()
+      times[impl].append((time.perf_counter() - t0) * 1e3)
+  medians = {impl: statistics.median(ts) for impl, ts in times.items()}
+  auto, reason = dense_implementation(x.shape, kernel.shape, stride, "SAME", backend=jax.default_backend())
+  best = min(medians, key=medians.__getitem__)
+  return {
+    "batch": n,
+    "hw": hw,
+    "c_in": cin,
+    "c_out": cout,
+    "kernel": k,
+    "stride": stride,
+    "median_ms": {impl: round(v, 4) for impl, v in medians.items()},
+    "times_ms": {impl: [round(v, 4) for v in ts] for impl, ts in times.items()},
+    "first_call_s": {impl: round(v, 3) for impl, v in compile_s.items()},
+    "fastest": best,
+    "auto": auto,
+    "auto_reason": reason,
+    "auto_over_fastest": round(medians[auto] / medians[best], 3),
+    "load_average": [round(v, 2) for v in os.getloadavg()],
+  }
+
+
+def _row(r: dict[str, Any]) -> str:
+  case = f"{r['batch']:>3} {r['hw']:>3}² {r['c_in']:>4}→{r['c_out']:<4} {r['kernel']}×{r['kernel']} s{r['stride']}"
+  cells = " ".join(f"{r['median_ms'][i]:>9.2f}" for i in DENSE_IMPLEMENTATIONS)
+  return (
+    f"{case:<30} {cells}  {r['fastest']:>9} {r['auto']:>9} {r['auto_over_fastest']:>5.2f}  {r['load_average'][0]:.1f}"
+  )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+  """Runs the benchmark; returns (and writes) the results dict."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--suite", choices=[*_SUITES, "all"], default="all")
+  parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per case (median kept)")
+  parser.add_argument("--batches", type=int, nargs="*", help="override the suite's batch sizes")
+  parser.add_argument("--name", default="default", help="results file stem")
+  parser.add_argument("--out", default=str(_ROOT / "experiments" / "results" / "bench_dense_conv"))
+  args = parser.parse_args(argv)
+  suites = list(_SUITES) if args.suite == "all" else [args.suite]
+  header = f"{'batch H² Cin→Cout k s':<30} " + " ".join(f"{i:>9}" for i in DENSE_IMPLEMENTATIONS)
+  print(f"{header}  {'fastest':>9} {'auto':>9} {'ratio':>5}  load (ms, median of {args.rounds})", flush=True)
+  results: dict[str, Any] = {"machine": _machine(" ".join(["python", *sys.argv])), "rounds": args.rounds, "cases": []}
+  results["machine"]["load_average_start"] = [round(v, 2) for v in os.getloadavg()]
+  for suite in suites:
+    shapes, batches = _SUITES[suite]
+    for n in args.batches or batches:
+      for shape in shapes:
+        r = {"suite": suite, **_time_case(n, *shape, rounds=args.rounds)}
+        results["cases"].append(r)
+        print(_row(r), flush=True)
+  ratios = [r["auto_over_fastest"] for r in results["cases"]]
+  results["auto_worst_ratio"] = max(ratios)
+  results["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+  print(f"auto / fastest: worst {max(ratios):.2f}, median {statistics.median(ratios):.2f}")
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / f"{args.name}.json"
+  path.write_text(json.dumps(results, indent=1) + "\n")
+  print(f"wrote {path}")
+  return results
+
+
+if __name__ == "__main__":
+  main()
