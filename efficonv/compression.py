@@ -58,6 +58,9 @@ class Policy:
       no input dilation, no mask (others are skipped, or rejected when
       ``include`` names them).
     implementation: ``implementation`` of the new layers.
+    dense_implementation: ``None`` leaves the convs that stay dense as they are; a dense formulation
+      (``"auto"`` or one of :data:`efficonv.kernels.DENSE_IMPLEMENTATIONS`) turns each of them into an
+      :class:`efficonv.nnx.Conv` with that ``implementation`` and the same state (:func:`replace_dense`).
     decompose_kwargs: passed to the :mod:`efficonv.decompose` function
       (e.g. ``{"n_iter": 200}``; TT ``in_modes``/``out_modes``).
   """
@@ -67,12 +70,15 @@ class Policy:
   skip_first: bool = True
   include: Sequence[str] | Callable[[str, nnx.Conv], bool] | None = None
   implementation: str = "auto"
+  dense_implementation: str | None = None
   decompose_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self) -> None:
     schemes.get(self.scheme)  # raises, naming the scheme and the known names
     if self.rank is None:
       raise ValueError("rank must be given: a rank for the scheme or a rule from efficonv.rank")
+    if self.dense_implementation is not None:
+      _check_dense_implementation(self.dense_implementation, "policy.dense_implementation")
     if isinstance(self.include, str):  # one path, not a sequence of one-letter paths (nor a substring test)
       object.__setattr__(self, "include", (self.include,))
 
@@ -176,24 +182,38 @@ def conv_calls(
   Returns:
     ``[(path, input_shape), …]`` in call order; a conv called twice appears twice.
   """
+  from efficonv.nnx.conv import Conv as FastConv  # a subclass of nnx.Conv with its own __call__
+
   forward = forward or (lambda m, x: m(x))
   graphdef, state = nnx.split(model)
   calls: list[tuple[Path, tuple[int, ...]]] = []
-  original = nnx.Conv.__call__
+  originals = {cls: cls.__dict__["__call__"] for cls in (nnx.Conv, FastConv)}
 
   def traced(state: Any) -> Any:
     copy = nnx.merge(graphdef, state)
     paths = {id(node): tuple(path) for path, node in nnx.iter_graph(copy) if isinstance(node, nnx.Conv)}
+    inside: set[int] = set()  # a FastConv that falls back to nnx.Conv.__call__ is one call, not two
 
-    def recording_call(self: nnx.Conv, inputs: jax.Array) -> jax.Array:
-      calls.append((paths[id(self)], tuple(int(v) for v in inputs.shape)))
-      return original(self, inputs)
+    def recording(cls: type) -> Callable[..., jax.Array]:
+      def call(self: nnx.Conv, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
+        if id(self) in inside:
+          return originals[cls](self, inputs, *args, **kwargs)
+        calls.append((paths[id(self)], tuple(int(v) for v in inputs.shape)))
+        inside.add(id(self))
+        try:
+          return originals[cls](self, inputs, *args, **kwargs)
+        finally:
+          inside.discard(id(self))
 
-    nnx.Conv.__call__ = recording_call  # type: ignore[method-assign]
+      return call
+
+    for cls in originals:
+      cls.__call__ = recording(cls)  # type: ignore[method-assign]  # restored in the finally below
     try:
       return forward(copy, jnp.zeros(tuple(input_shape), jnp.float32))
     finally:
-      nnx.Conv.__call__ = original  # type: ignore[method-assign]
+      for cls, original in originals.items():
+        cls.__call__ = original  # type: ignore[method-assign]  # the class's own method again
 
   jax.eval_shape(traced, state)
   return calls
@@ -302,7 +322,91 @@ def compress(
         layer.plan(shape).implementation,
       )
     )
+  if policy.dense_implementation is not None:
+    kept = {tuple(p) for p, node in nnx.iter_graph(new_model) if type(node) is nnx.Conv}
+    new_model = _swap_dense(new_model, kept, policy.dense_implementation)
+    reports = [
+      dataclasses.replace(r, implementation=f"dense/{policy.dense_implementation}") if r.scheme == "skipped" else r
+      for r in reports
+    ]
   return new_model, Report(tuple(reports))
+
+
+def _check_dense_implementation(value: object, name: str) -> str:
+  from efficonv.kernels import DENSE_IMPLEMENTATIONS
+
+  if value != "auto" and value not in DENSE_IMPLEMENTATIONS:
+    raise ValueError(f"{name} must be 'auto' or one of {DENSE_IMPLEMENTATIONS}, got {value!r}")
+  return str(value)
+
+
+def fast_conv(conv: nnx.Conv, implementation: str = "auto") -> nnx.Conv:
+  """An :class:`efficonv.nnx.Conv` with ``conv``'s configuration and a copy of its state.
+
+  Raises:
+    ValueError: naming ``implementation`` when it is not a dense formulation, or ``conv`` when it is not an
+      ``nnx.Conv``.
+  """
+  from efficonv.nnx.conv import Conv as FastConv
+
+  _check_dense_implementation(implementation, "implementation")
+  if not isinstance(conv, nnx.Conv):
+    raise ValueError(f"conv must be a flax.nnx.Conv, got {type(conv).__name__}")
+  layer = FastConv(
+    conv.in_features,
+    conv.out_features,
+    conv.kernel_size,
+    conv.strides,
+    padding=conv.padding,
+    input_dilation=conv.input_dilation,
+    kernel_dilation=conv.kernel_dilation,
+    feature_group_count=conv.feature_group_count,
+    use_bias=conv.bias is not None,
+    mask=conv.mask,
+    dtype=conv.dtype,
+    param_dtype=conv.param_dtype,
+    precision=conv.precision,
+    implementation=implementation,
+    rngs=nnx.Rngs(0),
+  )
+  nnx.update(layer, nnx.clone(nnx.state(conv)))
+  return layer
+
+
+def replace_dense(model: nnx.Module, implementation: str = "auto") -> nnx.Module:
+  """A copy of ``model`` whose every plain :class:`flax.nnx.Conv` is an :class:`efficonv.nnx.Conv`.
+
+  The fastest dense network efficonv can build from ``model``: the same weights and outputs (up to float
+  rounding), each conv running ``implementation`` (``"auto"``: per shape and backend,
+  :func:`efficonv.kernels.dense_implementation`). The input model is not modified.
+
+  Args:
+    model: an NNX model.
+    implementation: ``"auto"`` or one of :data:`efficonv.kernels.DENSE_IMPLEMENTATIONS`.
+
+  Returns:
+    The new model.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from efficonv.compression import replace_dense
+    >>> net = nnx.Sequential(nnx.Conv(3, 8, (3, 3), rngs=nnx.Rngs(0)), nnx.relu)
+    >>> fast = replace_dense(net)
+    >>> type(fast.layers[0]).__module__, bool(jnp.allclose(fast(jnp.ones((1, 4, 4, 3))), net(jnp.ones((1, 4, 4, 3)))))
+    ('efficonv.nnx.conv', True)
+  """
+  _check_dense_implementation(implementation, "implementation")
+  new_model = nnx.clone(model)
+  paths = {tuple(p) for p, node in nnx.iter_graph(new_model) if type(node) is nnx.Conv}
+  return _swap_dense(new_model, paths, implementation)
+
+
+def _swap_dense(model: nnx.Module, paths: set[Path], implementation: str) -> nnx.Module:
+  convs = {tuple(p): node for p, node in nnx.iter_graph(model) if tuple(p) in paths}
+  for path, conv in convs.items():
+    _replace(model, path, fast_conv(conv, implementation))
+  return model
 
 
 def _name(path: Path) -> str:

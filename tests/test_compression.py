@@ -391,3 +391,50 @@ def test_mac_reduction_rule_for_cp(trained: CNN) -> None:
       padding=conv.padding,
     )
     assert r.macs_before / cost.macs(bigger, r.input_shape) < 4
+
+
+# --- the convs that stay dense: efficonv.nnx.Conv ------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", ["auto", "xla", "im2col"])
+def test_replace_dense_keeps_the_outputs(implementation: str, trained: CNN, data: tuple[jax.Array, jax.Array]) -> None:
+  from efficonv.compression import replace_dense
+  from efficonv.nnx import Conv as FastConv
+
+  fast = replace_dense(trained, implementation)
+  convs = [node for _, node in nnx.iter_graph(fast) if isinstance(node, nnx.Conv)]
+  assert convs and all(type(c) is FastConv and c.implementation == implementation for c in convs)
+  assert all(type(node) is nnx.Conv for _, node in nnx.iter_graph(trained) if isinstance(node, nnx.Conv))
+  x = data[0][:4]
+  np.testing.assert_allclose(fast(x), trained(x), rtol=1e-4, atol=1e-5)
+
+
+def test_policy_dense_implementation_turns_the_kept_convs_into_efficonv_convs(
+  trained: CNN, data: tuple[jax.Array, jax.Array]
+) -> None:
+  from efficonv.nnx import Conv as FastConv
+
+  plain, _ = efficonv.compress(trained, efficonv.Policy(scheme="cp", rank=CP_RANK), input_shape=INPUT_SHAPE)
+  policy = efficonv.Policy(scheme="cp", rank=CP_RANK, dense_implementation="im2col")
+  fast, report = efficonv.compress(trained, policy, input_shape=INPUT_SHAPE)
+  assert type(fast.conv1) is FastConv and fast.conv1.implementation == "im2col"
+  assert report.layers[0].implementation == "dense/im2col"
+  np.testing.assert_allclose(fast(data[0][:4]), plain(data[0][:4]), rtol=1e-4, atol=1e-5)
+  # A model of efficonv convs compresses like one of nnx.Convs: their calls are traced too.
+  from efficonv.compression import replace_dense
+
+  _, again = efficonv.compress(
+    replace_dense(trained), efficonv.Policy(scheme="cp", rank=CP_RANK), input_shape=INPUT_SHAPE
+  )
+  assert [(r.path, r.scheme, r.input_shape) for r in again.layers] == [
+    (r.path, r.scheme, r.input_shape) for r in report.layers
+  ]
+
+
+def test_bad_dense_implementation_names_the_argument() -> None:
+  from efficonv.compression import replace_dense
+
+  with pytest.raises(ValueError, match="policy.dense_implementation"):
+    efficonv.Policy(scheme="cp", rank=2, dense_implementation="fast")
+  with pytest.raises(ValueError, match="implementation must be 'auto' or one of"):
+    replace_dense(nnx.Conv(1, 1, (1, 1), rngs=nnx.Rngs(0)), "fast")
