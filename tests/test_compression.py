@@ -434,7 +434,7 @@ def test_policy_dense_implementation_turns_the_kept_convs_into_efficonv_convs(
 def test_bad_dense_implementation_names_the_argument() -> None:
   from efficonv.compression import replace_dense
 
-  with pytest.raises(ValueError, match="policy.dense_implementation"):
+  with pytest.raises(ValueError, match=r"policy\.dense_implementation"):
     efficonv.Policy(scheme="cp", rank=2, dense_implementation="fast")
   with pytest.raises(ValueError, match="implementation must be 'auto' or one of"):
     replace_dense(nnx.Conv(1, 1, (1, 1), rngs=nnx.Rngs(0)), "fast")

@@ -94,8 +94,8 @@ def bench_kernel(name: str, kernel: np.ndarray, *, repeats: int, tensorly_jax_re
   ours = {
     "cp/efficonv": functools.partial(cp, rank=CP_RANK, n_iter=CP_SWEEPS, tol=0.0, init="svd"),
     "cp-lm/efficonv": functools.partial(cp, rank=CP_RANK, n_iter=CP_SWEEPS, tol=0.0, init="svd", method="lm"),
-    "tucker2/efficonv": functools.partial(tucker2, ranks=TUCKER_RANKS, n_iter=TUCKER_SWEEPS, tol=0.0),
-    "tt/efficonv": functools.partial(tt, ranks=TT_RANKS, in_modes=TT_MODES[0], out_modes=TT_MODES[1]),
+    "tucker2/efficonv": functools.partial(tucker2, rank=TUCKER_RANKS, n_iter=TUCKER_SWEEPS, tol=0.0),
+    "tt/efficonv": functools.partial(tt, rank=TT_RANKS, in_modes=TT_MODES[0], out_modes=TT_MODES[1]),
     "spatial/efficonv": functools.partial(spatial, rank=SPATIAL_RANK),
     "separable/efficonv": functools.partial(separable, depth_multiplier=SEPARABLE_M),
   }

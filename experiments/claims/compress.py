@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
-from efficonv.compress import Policy, compress
 from flax import nnx
 
 from efficonv import cost
 from efficonv import rank as rank_lib
+from efficonv.compression import Policy, compress
 from experiments import data
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common import results
@@ -58,7 +58,7 @@ class Variant:
 
   Attributes:
     name: the variant's name in the report.
-    scheme: a scheme of :data:`efficonv.compress.SCHEMES`.
+    scheme: a scheme of :data:`efficonv.schemes`.
     rule: a rank rule of :mod:`efficonv.rank` (or a fixed rank of the scheme's kind).
   """
 
