@@ -37,7 +37,7 @@ from flax import nnx
 
 from efficonv import cost
 from efficonv import rank as rank_lib
-from efficonv.compression import Policy, compress
+from efficonv.compression import Policy, compress, replace_dense
 from experiments import data
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common import results
@@ -77,12 +77,16 @@ class CompressSettings:
     finetune_lr_fraction: peak fine-tuning learning rate as a fraction of ``optim.learning_rate``.
     implementation: ``implementation=`` of the factorized layers (``"factorized"`` times the factorized
       computation itself; ``"auto"`` lets a layer run its reconstructed dense kernel where that is faster).
+    dense_implementation: what the convs left dense run (:class:`efficonv.Policy`): ``None`` keeps them
+      ``nnx.Conv``; ``"auto"`` makes them :class:`efficonv.nnx.Conv` (the fastest dense formulation per
+      shape). The dense baseline is timed both ways either way (the faster one counts).
   """
 
   variants: tuple[Variant, ...]
   finetune_steps: int
   finetune_lr_fraction: float = 0.1
   implementation: str = "factorized"
+  dense_implementation: str | None = None
 
 
 _STANDARD = (
@@ -94,6 +98,20 @@ _STANDARD = (
   Variant("tucker2_vbmf", "tucker2", rank_lib.VBMF()),
   Variant("spatial_mac4", "spatial", rank_lib.MacReduction(4)),
 )
+
+
+#: Every variant ``--variants`` can name, whatever the preset.
+CATALOG: dict[str, Variant] = {
+  v.name: v
+  for v in (
+    *_STANDARD,
+    Variant("cp_energy0.9", "cp", rank_lib.Energy(0.9)),
+    Variant("cp_vbmf", "cp", rank_lib.VBMF()),
+    Variant("separable_mac4", "separable", rank_lib.MacReduction(4)),
+    Variant("tt_mac4", "tt", rank_lib.MacReduction(4)),
+    Variant("tucker2_full", "tucker2", rank_lib.Fixed(1 << 20)),  # clipped to (C_in, C_out)
+  )
+}
 
 
 def settings_for(preset: str) -> CompressSettings:
@@ -109,20 +127,11 @@ def settings_for(preset: str) -> CompressSettings:
     ValueError: naming ``preset`` when it is not one of :data:`experiments.common.config.PRESETS`.
   """
   if preset == "full":
-    extra = (
-      Variant("separable_mac4", "separable", rank_lib.MacReduction(4)),
-      Variant("tt_mac4", "tt", rank_lib.MacReduction(4)),
-    )
-    return CompressSettings(_STANDARD + extra, finetune_steps=500)
+    return CompressSettings(_STANDARD + (CATALOG["separable_mac4"], CATALOG["tt_mac4"]), finetune_steps=500)
   if preset == "quick":
     return CompressSettings(_STANDARD, finetune_steps=100)
   if preset == "tiny":
-    variants = (
-      Variant("cp_mac4", "cp", rank_lib.MacReduction(4)),
-      Variant("tucker2_mac4", "tucker2", rank_lib.MacReduction(4)),
-      Variant("tucker2_full", "tucker2", rank_lib.Fixed(1 << 20)),  # clipped to (C_in, C_out)
-    )
-    return CompressSettings(variants, finetune_steps=4)
+    return CompressSettings(tuple(CATALOG[n] for n in ("cp_mac4", "tucker2_mac4", "tucker2_full")), finetune_steps=4)
   raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
 
 
@@ -187,6 +196,50 @@ def finetune(
   }
 
 
+#: XLA:CPU without YNNPACK library fusion: one of the compile settings the fastest dense network is sought in.
+NO_YNN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiled_with(graphdef: nnx.GraphDef, options: dict[str, Any]) -> Any:
+  """``predict(params, rest, x)`` like :func:`make_predict`'s, compiled with XLA ``options`` (once per shape)."""
+  jitted = jax.jit(lambda params, rest, x: merge(graphdef, params, rest)(x, train=False))
+  cache: dict[Any, Any] = {}
+
+  def predict(params: Any, rest: Any, x: Any) -> Any:
+    key = (x.shape, x.dtype)
+    if key not in cache:
+      cache[key] = jitted.lower(params, rest, x).compile(options)
+    return cache[key](params, rest, x)
+
+  return predict
+
+
+def dense_builds(
+  cfg: ExperimentConfig, dense_model: nnx.Module, base: Any, train_set: data.Dataset, parallel: Any
+) -> dict[str, Subject]:
+  """Every dense build of the trained network that is timed; the fastest one is the baseline of the speedups.
+
+  ``dense`` is the network as trained (``nnx.Conv``); ``dense/efficonv`` has every conv as
+  :class:`efficonv.nnx.Conv` with ``implementation="auto"`` (:func:`efficonv.compression.replace_dense`: the
+  fastest dense formulation per layer, im2col on small maps on a CPU). On a CPU both are also compiled without
+  YNNPACK fusion (``/no_ynn``). All compute the same function with the same weights.
+  """
+  builds = {
+    "dense": Subject(base.graphdef, base.params, base.rest, base.opt_state, base.train_step, parallel, base.predict)
+  }
+  fast = replace_dense(dense_model, "auto")
+  graphdef, params, rest = nnx.split(fast, nnx.Param, ...)
+  step = finetune(cfg, graphdef, params, rest, train_set, 0, 1.0, parallel)  # its training step, no update
+  builds["dense/efficonv"] = Subject(
+    graphdef, params, rest, step["opt_state"], step["train_step"], parallel, make_predict(graphdef)
+  )
+  if jax.default_backend() == "cpu":
+    for name in ("dense", "dense/efficonv"):
+      s = builds[name]
+      builds[f"{name}/no_ynn"] = dataclasses.replace(s, predict=compiled_with(s.graphdef, NO_YNN_OPTIONS))
+  return builds
+
+
 def run(
   cfg: ExperimentConfig,
   settings: CompressSettings,
@@ -231,9 +284,7 @@ def run(
     "test_accuracy": dense_acc,
     "train_steps": base.steps,
   }
-  subjects = {
-    "dense": Subject(base.graphdef, base.params, base.rest, base.opt_state, base.train_step, parallel, base.predict)
-  }
+  subjects = dense_builds(cfg, dense_model, base, train_set, parallel)
   # Control: the dense model fine-tuned the same way, so that gains from the extra steps are not credited to
   # the compression (short baselines keep improving).
   control = finetune(
@@ -253,7 +304,12 @@ def run(
   rows: list[CompressRow] = []
   for variant in settings.variants:
     start = time.perf_counter()
-    policy = Policy(scheme=variant.scheme, rank=variant.rule, implementation=settings.implementation)
+    policy = Policy(
+      scheme=variant.scheme,
+      rank=variant.rule,
+      implementation=settings.implementation,
+      dense_implementation=settings.dense_implementation,
+    )
     model, report = compress(dense_model, policy, input_shape=input_shape)
     compress_s = time.perf_counter() - start
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -302,11 +358,19 @@ def run(
   logger.info("Timing %d models (at least %d calls each)", len(subjects), cfg.bench.repeats)
   bench_batch = cfg.bench.batch_size or cfg.train.batch_size
   timings = benchmark(subjects, cfg.bench, image_shape, bench_batch)
-  dense_t = timings["dense"]
+  dense_names = [name for name in subjects if name == "dense" or name.startswith("dense/")]
+  fastest_throughput = max(dense_names, key=lambda n: timings[n].inference_images_per_s)
+  fastest_latency = min(dense_names, key=lambda n: timings[n].latency_ms)
+  dense_t = timings[fastest_throughput]
   dense_row.update(
     inference_images_per_s=dense_t.inference_images_per_s,
-    latency_ms=dense_t.latency_ms,
+    latency_ms=timings[fastest_latency].latency_ms,
     bench_stats=dense_t.stats,
+    fastest_dense={"inference": fastest_throughput, "latency": fastest_latency},
+    dense_builds={
+      n: {"inference_images_per_s": timings[n].inference_images_per_s, "latency_ms": timings[n].latency_ms}
+      for n in dense_names
+    },
   )
   for row in rows:
     t = timings[row["variant"]]
@@ -314,7 +378,7 @@ def run(
       inference_images_per_s=t.inference_images_per_s,
       latency_ms=t.latency_ms,
       inference_speedup=t.inference_images_per_s / dense_t.inference_images_per_s,
-      latency_speedup=dense_t.latency_ms / t.latency_ms,
+      latency_speedup=timings[fastest_latency].latency_ms / t.latency_ms,
       bench_stats=t.stats,
     )
   payload: CompressPayload = {
@@ -324,6 +388,7 @@ def run(
       "finetune_steps": settings.finetune_steps,
       "finetune_lr_fraction": settings.finetune_lr_fraction,
       "implementation": settings.implementation,
+      "dense_implementation": settings.dense_implementation,
     },
     "environment": environment(command or None),
     "bench_batch_size": bench_batch,
@@ -332,6 +397,7 @@ def run(
   }
   results.write(workdir / "compress.json", payload)
   (workdir / "compress.md").write_text(markdown(payload, command))
+  pareto_plot(payload, workdir / "pareto.png")
   logger.info("Wrote %s and %s", workdir / "compress.md", workdir / "compress.json")
   return payload
 
@@ -354,17 +420,34 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
     f"{settings['finetune_lr_fraction']:g}× the training learning rate.",
     "",
     f"Measured on {env.get('device_kind', '?')} ({env.get('date', '?')}); MAC ratio is whole-network "
-    "(`efficonv.cost.macs` of the dense model / of the compressed one); speedup is measured inference "
-    "throughput of the compressed model / of the dense model, timed in the same process, interleaved (median calls).",
+    "(`efficonv.cost.macs` of the dense model / of the compressed one); speedups are against the fastest dense "
+    "build (below), timed in the same process, interleaved (median calls): throughput at batch "
+    f"{payload['bench_batch_size']} and latency at batch {cfg.get('bench', {}).get('latency_batch_size', 1)}.",
     "",
-    "| variant | scheme | rule | MAC ratio | measured inference speedup | acc dense | acc before FT | "
+  ]
+  builds = dense.get("dense_builds")
+  if builds:
+    fastest = dense.get("fastest_dense", {})
+    lines += [
+      "| dense build | images/s | latency (ms) |",
+      "|---|---|---|",
+      *(
+        f"| {name}{' (fastest throughput)' if name == fastest.get('inference') else ''}"
+        f"{' (fastest latency)' if name == fastest.get('latency') else ''} | {b['inference_images_per_s']:.0f} | "
+        f"{b['latency_ms']:.2f} |"
+        for name, b in builds.items()
+      ),
+      "",
+    ]
+  lines += [
+    "| variant | scheme | rule | MAC ratio | throughput speedup | latency speedup | acc dense | acc before FT | "
     "acc after FT | drop (points) |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in payload["results"]:
     lines.append(
       f"| {r['variant']} | {r['scheme']} | {r['rule']} | {r['mac_ratio']:.2f}× | {r['inference_speedup']:.2f}× | "
-      f"{100 * r['accuracy_dense']:.2f}% | {100 * r['accuracy_before_ft']:.2f}% | "
+      f"{r['latency_speedup']:.2f}× | {100 * r['accuracy_dense']:.2f}% | {100 * r['accuracy_before_ft']:.2f}% | "
       f"{100 * r['accuracy_after_ft']:.2f}% | {r['drop_points']:+.2f} |"
     )
   lines += ["", "## Per-layer compression reports", ""]
@@ -373,11 +456,43 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
   return "\n".join(lines)
 
 
+def pareto_plot(payload: CompressPayload, path: str | os.PathLike[str]) -> None:
+  """Test accuracy after fine-tuning against measured latency, every variant and the fastest dense build."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  dense = payload["dense"]
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  ax.scatter([dense["latency_ms"]], [100 * dense["test_accuracy"]], marker="*", s=160, color="black")
+  ax.annotate("dense (fastest build)", (dense["latency_ms"], 100 * dense["test_accuracy"]), fontsize=8)
+  for r in payload["results"]:
+    ax.scatter(
+      [r["latency_ms"]], [100 * r["accuracy_after_ft"]], color="tab:blue" if r["scheme"] == "cp" else "tab:orange"
+    )
+    ax.annotate(r["variant"], (r["latency_ms"], 100 * r["accuracy_after_ft"]), fontsize=8)
+  ax.set_xscale("log")
+  ax.set_xlabel(f"measured latency (ms, batch {payload['config'].get('bench', {}).get('latency_batch_size', 1)})")
+  ax.set_ylabel("test accuracy after fine-tuning (%)")
+  ax.set_title(f"{payload['config']['name']}: accuracy against latency")
+  ax.grid(True, alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--workdir", default=None, help="default: results/compress_<config>_<preset>")
-  parser.add_argument("--variants", default=None, help="comma-separated subset of the preset's variants")
+  parser.add_argument(
+    "--variants", default=None, help=f"comma-separated variants (default: the preset's), of {sorted(CATALOG)}"
+  )
+  parser.add_argument("--finetune-steps", type=int, default=None, help="default: the preset's")
+  parser.add_argument(
+    "--dense-implementation", default=None, help="what the convs left dense run: 'auto' (efficonv.nnx.Conv) or None"
+  )
   return parser.parse_args(argv)
 
 
@@ -389,11 +504,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   settings = settings_for(args.preset)
   if args.variants is not None:
     wanted = [s.strip() for s in args.variants.split(",") if s.strip()]
-    known = {v.name: v for v in settings.variants}
-    unknown = [w for w in wanted if w not in known]
+    unknown = [w for w in wanted if w not in CATALOG]
     if unknown:
-      raise ValueError(f"--variants must name variants of preset {args.preset!r} ({sorted(known)}), got {unknown}")
-    settings = dataclasses.replace(settings, variants=tuple(known[w] for w in wanted))
+      raise ValueError(f"--variants must name variants of {sorted(CATALOG)}, got {unknown}")
+    settings = dataclasses.replace(settings, variants=tuple(CATALOG[w] for w in wanted))
+  if args.finetune_steps is not None:
+    if args.finetune_steps < 0:
+      raise ValueError(f"--finetune-steps must be >= 0, got {args.finetune_steps}")
+    settings = dataclasses.replace(settings, finetune_steps=args.finetune_steps)
+  if args.dense_implementation is not None:
+    settings = dataclasses.replace(settings, dense_implementation=args.dense_implementation)
   workdir = args.workdir or os.path.join("results", f"compress_{args.config}_{args.preset}")
   command = command_line(__spec__.name, argv)
   payload = run(cfg, settings, workdir, command=command)

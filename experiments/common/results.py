@@ -156,6 +156,8 @@ class CompressDense(_CompressDenseRequired, total=False):
   test_accuracy_after_ft: float
   bench_stats: dict[str, TimingStats]
   bench_rounds: dict[str, list[float]]
+  fastest_dense: dict[str, str]
+  dense_builds: dict[str, dict[str, float]]
 
 
 class _CompressRowRequired(TypedDict):

@@ -48,7 +48,7 @@ def get_config(preset: str = "full") -> ExperimentConfig:
     data=DataConfig(name="fashion_mnist"),
     optim=OptimConfig(name="adamw", learning_rate=2e-3, weight_decay=0.05, warmup_fraction=0.05),
     train=TrainConfig(epochs=2, batch_size=128, log_every_steps=25, checkpoint_every_steps=100, progress=False),
-    bench=BenchConfig(iterations=10, rounds=3),
+    bench=BenchConfig(batch_size=32, repeats=20, min_seconds=1.0),
     schemes=("dense",),
     expected="dense ≥ 92% test accuracy; CP/Tucker-2 within ~1 point after fine-tuning at several times the speed",
   )
@@ -59,7 +59,7 @@ def get_config(preset: str = "full") -> ExperimentConfig:
       cfg,
       data=dataclasses.replace(cfg.data, train_examples=4096, test_examples=2000),
       train=dataclasses.replace(cfg.train, epochs=1, batch_size=64, log_every_steps=8, checkpoint_every_steps=32),
-      bench=BenchConfig(iterations=3, warmup=1, rounds=2, min_seconds=0.2),
+      bench=BenchConfig(batch_size=32, warmup=1, repeats=6, min_seconds=0.4),
       expected="the pipeline end to end on 4 096 images",
     )
   if preset == "tiny":
@@ -68,7 +68,7 @@ def get_config(preset: str = "full") -> ExperimentConfig:
       model=dataclasses.replace(cfg.model, stem_features=8, stage_features=(8, 16, 16)),
       data=DataConfig(name="synthetic", synthetic_shape=(28, 28, 1), synthetic_train=128, synthetic_test=64),
       train=dataclasses.replace(cfg.train, epochs=1, batch_size=32, log_every_steps=2, checkpoint_every_steps=4),
-      bench=BenchConfig(iterations=2, warmup=1, rounds=1, min_seconds=0.0),
+      bench=BenchConfig(warmup=1, repeats=2, min_seconds=0.0),
       expected="runs",
     )
   raise ValueError(f"preset must be one of ('tiny', 'quick', 'full'), got {preset!r}")
