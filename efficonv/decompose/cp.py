@@ -46,12 +46,13 @@ from typing import Literal, Union
 import jax
 import jax.numpy as jnp
 
-from efficonv.decompose._cp_als import Factors, als, unit_columns
+from efficonv.decompose._cp_als import Factors, als, factors_of, unit_columns
 from efficonv.decompose._cp_lm import levenberg_marquardt
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import leading_eigenvectors
 from efficonv.decompose._validate import check_float, check_int, check_kernel
 from efficonv.formats import CP
+from efficonv.formats.ranks import single_rank
 from efficonv.kernels.reconstruct import cp_to_dense
 from efficonv.typing import Array, ArrayLike
 
@@ -118,7 +119,7 @@ def cp(
   """
   w = check_kernel(kernel)
   shape = tuple(int(d) for d in w.shape)
-  rank = CP.check_rank(rank, shape)
+  rank = single_rank(CP.check_rank(rank, shape))
   n_iter = check_int(n_iter, "n_iter", minimum=1)
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -155,7 +156,7 @@ def _fit(
   method: str,
   check_convergence: bool,
 ) -> tuple[CP, FitInfo]:
-  factors = _initial_factors(w, rank, init, key) if start is None else tuple(unit_columns(f)[0] for f in start)
+  factors = _initial_factors(w, rank, init, key) if start is None else factors_of(unit_columns(f)[0] for f in start)
   w_norm = jnp.linalg.norm(w.ravel())
   if method == "als":
     factors, weights, sweeps = als(
@@ -165,12 +166,12 @@ def _fit(
     # One ALS sweep sets the scale (and puts the objective below ||W||², which the bound needs).
     factors, weights, _ = als(w, factors, n_iter=1, tol=tol, l2=l2, w_norm=w_norm, check_convergence=False)
     share = jnp.sqrt(jnp.sqrt(weights))
-    balanced = tuple(f * share[None, :] for f in factors)
+    balanced = factors_of(f * share[None, :] for f in factors)
     balanced, steps = levenberg_marquardt(
       w, balanced, n_iter=n_iter - 1, tol=tol, l2=l2, w_norm=w_norm, check_convergence=check_convergence
     )
     split = [unit_columns(f) for f in balanced]
-    factors = tuple(unit for unit, _ in split)
+    factors = factors_of(unit for unit, _ in split)
     weights = functools.reduce(lambda a, b: a * b, [norms for _, norms in split])
     sweeps = steps + 1
   share = jnp.sqrt(jnp.sqrt(weights))  # λ^{1/4} per factor
@@ -194,4 +195,4 @@ def _initial_factors(w: Array, rank: int, init: str, key: Array) -> Factors:
     u = leading_eigenvectors(unfoldings[mode].matrix, k)
     # A mode shorter than the rank has only `size` singular vectors; the rest start random.
     factors.append(jnp.concatenate([u, random[:, k:]], axis=1) if k < rank else u)
-  return tuple(factors)  # type: ignore[return-value]
+  return factors_of(factors)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from efficonv.formats.format import Format, Unfolding
 from efficonv.formats.pytree import check_factor, register
-from efficonv.formats.ranks import RankLike, check_kernel_shape
+from efficonv.formats.ranks import RankLike, check_kernel_shape, single_rank
 from efficonv.kernels.factorized import cp_conv
 from efficonv.kernels.reconstruct import cp_to_dense
 from efficonv.kernels.shapes import Geometry
@@ -105,7 +105,7 @@ class CP(Format):
   @classmethod
   def factor_shapes(cls, shape: Sequence[int], rank: RankLike, **options: Any) -> list[tuple[int, ...]]:
     kh, kw, cin, cout = shape
-    r = int(rank)  # type: ignore[arg-type]  # CP ranks are ints (normalize_rank)
+    r = single_rank(rank)
     return [(cin, r), (kh, r), (kw, r), (r, cout)]
 
   @property

@@ -40,9 +40,9 @@ def _check_shape(name: str, value: Array, expected: tuple[int | None, ...]) -> t
 def _prepare(
   x: Array,
   kernel_hw: tuple[int, int],
-  strides: int | tuple[int, int],
+  strides: int | Sequence[int],
   padding: opt.PaddingLike,
-  dilation: int | tuple[int, int],
+  dilation: int | Sequence[int],
   in_features: int,
 ) -> tuple[tuple[int, int], tuple[int, int], opt.PadPairs, opt.PadMode]:
   opt.check_input(x, channels=in_features)
@@ -57,9 +57,9 @@ def spatial_conv(
   vertical: Array,
   horizontal: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   conv_implementation: str = "xla",
   precision: PrecisionLike = None,
 ) -> Array:
@@ -98,9 +98,9 @@ def cp_conv(
   horizontal: Array,
   last: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   depthwise_implementation: str = "auto",
   precision: PrecisionLike = None,
 ) -> Array:
@@ -144,9 +144,9 @@ def tucker2_conv(
   core: Array,
   last: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   conv_implementation: str = "xla",
   precision: PrecisionLike = None,
 ) -> Array:
@@ -182,9 +182,9 @@ def separable_conv(
   depthwise: Array,
   pointwise_weight: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   depthwise_implementation: str = "auto",
   precision: PrecisionLike = None,
 ) -> Array:
@@ -213,9 +213,9 @@ def tt_conv(
   spatial: Array,
   cores: Sequence[Array],
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   depthwise_implementation: str = "auto",
   precision: PrecisionLike = None,
 ) -> Array:
