@@ -335,8 +335,8 @@ def compress(
 def _check_dense_implementation(value: object, name: str) -> str:
   from efficonv.kernels import DENSE_IMPLEMENTATIONS
 
-  if value != "auto" and value not in DENSE_IMPLEMENTATIONS:
-    raise ValueError(f"{name} must be 'auto' or one of {DENSE_IMPLEMENTATIONS}, got {value!r}")
+  if value not in ("auto", "autotune") and value not in DENSE_IMPLEMENTATIONS:
+    raise ValueError(f"{name} must be 'auto', 'autotune' or one of {DENSE_IMPLEMENTATIONS}, got {value!r}")
   return str(value)
 
 

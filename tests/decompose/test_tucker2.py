@@ -53,15 +53,15 @@ def test_jit_and_vmap() -> None:
 @pytest.mark.parametrize(
   ("kernel", "kwargs", "name"),
   [
-    (np.ones((8, 10)), {"ranks": 2}, "kernel"),
-    (np.full(SHAPE, np.nan), {"ranks": 2}, "kernel"),
-    (np.ones(SHAPE), {"ranks": (9, 2)}, "ranks"),
-    (np.ones(SHAPE), {"ranks": (2, 11)}, "ranks"),
-    (np.ones(SHAPE), {"ranks": 0}, "ranks"),
-    (np.ones(SHAPE), {"ranks": (1, 2, 3)}, "ranks"),
-    (np.ones(SHAPE), {"ranks": "2"}, "ranks"),
-    (np.ones(SHAPE), {"ranks": 2, "n_iter": -1}, "n_iter"),
-    (np.ones(SHAPE), {"ranks": 2, "tol": -1.0}, "tol"),
+    (np.ones((8, 10)), {"rank": 2}, "kernel"),
+    (np.full(SHAPE, np.nan), {"rank": 2}, "kernel"),
+    (np.ones(SHAPE), {"rank": (9, 2)}, "rank"),
+    (np.ones(SHAPE), {"rank": (2, 11)}, "rank"),
+    (np.ones(SHAPE), {"rank": 0}, "rank"),
+    (np.ones(SHAPE), {"rank": (1, 2, 3)}, "rank"),
+    (np.ones(SHAPE), {"rank": "2"}, "rank"),
+    (np.ones(SHAPE), {"rank": 2, "n_iter": -1}, "n_iter"),
+    (np.ones(SHAPE), {"rank": 2, "tol": -1.0}, "tol"),
   ],
 )
 def test_rejects_bad_input(kernel: np.ndarray, kwargs: dict, name: str) -> None:
