@@ -187,7 +187,7 @@ def conv_calls(
   forward = forward or (lambda m, x: m(x))
   graphdef, state = nnx.split(model)
   calls: list[tuple[Path, tuple[int, ...]]] = []
-  originals = {cls: cls.__dict__["__call__"] for cls in (nnx.Conv, FastConv)}
+  originals: dict[type, Any] = {cls: cls.__dict__["__call__"] for cls in (nnx.Conv, FastConv)}
 
   def traced(state: Any) -> Any:
     copy = nnx.merge(graphdef, state)

@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -272,13 +273,13 @@ def _measure(
         y, pullback = jax.vjp(forward, f, x)
         return y, pullback(cotangent)
 
-      fn = step
+      fn: Any = step
     else:
       fn = forward
     # Compiled ahead of time and called directly, so this also runs while an outer jit is tracing.
     compiled = jax.jit(fn).lower(concrete, x).compile()
     name = impl if dw is None else f"{impl}/{dw}"
-    median, _ = median_seconds(lambda c=compiled: c(concrete, x), repeats=repeats, min_seconds=min_seconds)
+    median, _ = median_seconds(functools.partial(compiled, concrete, x), repeats=repeats, min_seconds=min_seconds)
     times[name] = median * 1e3
   best = min(times, key=times.__getitem__)
   impl, _, dw = best.partition("/")
@@ -369,13 +370,13 @@ def autotune_dense(
       def forward(x: jax.Array, w: jax.Array, impl: str = impl) -> jax.Array:
         return dense_conv(
           x, w, strides=strides, padding=padding, dilation=dilation, precision=precision, implementation=impl
-        )  # type: ignore[arg-type]  # strides/dilation: int or pair, as conv takes
+        )
 
       fn: Any = forward
       if objective == "training":
         fn = jax.grad(lambda x, w, f=forward: jnp.sum(f(x, w) ** 2), argnums=(0, 1))
       compiled = jax.jit(fn).lower(x, w).compile()
-      median, _ = median_seconds(lambda c=compiled: c(x, w), repeats=repeats, min_seconds=min_seconds)
+      median, _ = median_seconds(functools.partial(compiled, x, w), repeats=repeats, min_seconds=min_seconds)
       times[impl] = median * 1e3
     entry = {"choice": [min(times, key=times.__getitem__), None], "times_ms": times}
     with _lock:
