@@ -1,6 +1,6 @@
 """Replace the convolutions of a trained NNX model by factorized layers.
 
-The seed's headline method (Lebedev et al. 2014; Kim et al. 2015): decompose
+The seed's headline method (Lebedev et al. 2014; Kim et al. 2016): decompose
 each trained kernel, swap the layer for the factorized sequence, then
 fine-tune the whole network with an ordinary optax loop.
 

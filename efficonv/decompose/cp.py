@@ -33,7 +33,7 @@ References:
   Kolda & Bader, `Tensor Decompositions and Applications <https://doi.org/10.1137/07070111X>`_,
   SIAM Review 2009 (CP-ALS).
   Lebedev et al., `Speeding-up Convolutional Neural Networks Using Fine-tuned CP-Decomposition
-  <https://arxiv.org/abs/1412.6553>`_, ICLR 2015.
+  <https://arxiv.org/abs/1412.6553>`_, 2014 (ICLR 2015).
   Phan et al., `Stable Low-rank Tensor Decomposition for Compression of Convolutional Neural Network
   <https://arxiv.org/abs/2008.05441>`_, ECCV 2020.
 """

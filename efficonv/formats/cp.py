@@ -46,7 +46,7 @@ class CP(Format):
 
   References:
     Lebedev et al., `Speeding-up Convolutional Neural Networks Using Fine-tuned
-    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, ICLR 2015.
+    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, 2014 (ICLR 2015).
   """
 
   first: Array

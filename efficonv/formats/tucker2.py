@@ -1,4 +1,4 @@
-"""The Tucker-2 kernel format of Kim et al. (2015)."""
+"""The Tucker-2 kernel format of Kim et al. (2016)."""
 
 from __future__ import annotations
 

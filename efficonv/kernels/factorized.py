@@ -125,7 +125,7 @@ def cp_conv(
 
   References:
     Lebedev et al., `Speeding-up Convolutional Neural Networks Using Fine-tuned
-    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, 2014.
+    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, 2014 (ICLR 2015).
   """
   cin, rank = _check_shape("first", first, (None, None))
   kh = _check_shape("vertical", vertical, (None, rank))[0]
@@ -150,7 +150,7 @@ def tucker2_conv(
   conv_implementation: str = "xla",
   precision: PrecisionLike = None,
 ) -> Array:
-  """Tucker-2 conv (Kim et al. 2015): ``1×1 (C_in→R1)`` → ``kh×kw (R1→R2)`` → ``1×1 (R2→C_out)``.
+  """Tucker-2 conv (Kim et al. 2016): ``1×1 (C_in→R1)`` → ``kh×kw (R1→R2)`` → ``1×1 (R2→C_out)``.
 
   Args:
     x: ``(N, H, W, C_in)``.
