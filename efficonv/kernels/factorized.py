@@ -166,7 +166,7 @@ def tucker2_conv(
 
   References:
     Kim et al., `Compression of Deep Convolutional Neural Networks for Fast and
-    Low Power Mobile Applications <https://arxiv.org/abs/1511.06530>`_, 2015.
+    Low Power Mobile Applications <https://arxiv.org/abs/1511.06530>`_, ICLR 2016.
   """
   cin, r1 = _check_shape("first", first, (None, None))
   kh, kw, _, r2 = _check_shape("core", core, (None, None, r1, None))
