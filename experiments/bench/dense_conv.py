@@ -113,9 +113,7 @@ def _time_case(n: int, hw: int, cin: int, cout: int, k: int, stride: int, rounds
 def _row(r: dict[str, Any]) -> str:
   case = f"{r['batch']:>3} {r['hw']:>3}² {r['c_in']:>4}→{r['c_out']:<4} {r['kernel']}×{r['kernel']} s{r['stride']}"
   cells = " ".join(f"{r['median_ms'][i]:>9.2f}" for i in DENSE_IMPLEMENTATIONS)
-  return (
-    f"{case:<30} {cells}  {r['fastest']:>9} {r['auto']:>9} {r['auto_over_fastest']:>5.2f}  {(r['load_average'] or [float('nan')])[0]:.1f}"
-  )
+  return f"{case:<30} {cells}  {r['fastest']:>9} {r['auto']:>9} {r['auto_over_fastest']:>5.2f}  {(r['load_average'] or [float('nan')])[0]:.1f}"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

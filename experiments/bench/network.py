@@ -5,6 +5,23 @@ Usage::
   python -m experiments.bench.network [--preset tiny|quick|full] [--arch vgg|resnet] [--schemes cp tt ...]
                                       [--batch-sizes 1 64] [--train-batch-sizes 64] [--out DIR]
                                       [--config NAME] [--set section.field=value ...]
+  python -m experiments.bench.network --config bench_vgg11_cifar --preset full \
+      --compress cp:4 cp:8 tucker2:4 tucker2:8 [--batch-sizes 1 32] [--train-batch-sizes 32]
+      [--train-variants dense dense/efficonv cp_mac8] [--dense-builds nnx auto im2col]
+      [--compressed-settings default no_ynn] [--breakdown-batch-sizes 32] [--no-torch] [--cp-iters 5]
+
+**Compress mode** (``--compress``, :func:`run_realistic`; the realistic networks are the ``bench_<network>``
+configs of :data:`experiments.models.NETWORKS`): the dense network is built every way of ``--dense-builds``
+(``nnx``: its own ``nnx.Conv``; ``auto``/``im2col``: :func:`efficonv.compression.replace_dense`) under every
+compile setting (default, no YNN fusion, Eigen convs), and the fastest of these per measurement is the
+baseline, named in ``dense_fastest``. Each ``scheme:F`` is ``efficonv.compress(model, Policy(scheme,
+rank=MacReduction(F), dense_implementation="auto"))`` of the same random-weight network, timed under the
+default compile options (the flag-free case) and those of ``--compressed-settings``. A per-layer breakdown
+(:mod:`experiments.bench.layer_times`) and the PyTorch channels_last peer (:mod:`experiments.bench.torch_network`,
+skipped with the reason when torch is absent) follow. Results go to
+``experiments/results/bench_network_<network>`` (``_<preset>`` appended unless ``full``).
+
+**Scheme mode** (the default, :func:`run`):
 
 The networks are those of :mod:`experiments.claims.compare` (:func:`experiments.models.build_model` with the
 config's model, default ``compare_fashion_mnist``; ``--arch resnet`` swaps the VGG for the ResNet), freshly

@@ -22,7 +22,7 @@ from experiments.bench.peers.base import as_numpy
 from experiments.bench.peers.torch_sequences import import_torch, torch_sequence
 from experiments.models import VGG, BottleneckBlock, ResidualBlock, ResNet
 
-__all__ = ["import_torch", "torch_conv", "torch_network", "torch_inference"]
+__all__ = ["import_torch", "torch_conv", "torch_inference", "torch_network"]
 
 
 def torch_conv(torch: Any, layer: Any) -> Any:
@@ -54,7 +54,8 @@ def torch_network(torch: Any, model: VGG | ResNet) -> Any:
   """``model`` (a :class:`~experiments.models.VGG` or :class:`~experiments.models.ResNet`) as an ``nn.Module``.
 
   The module maps NCHW images to logits; the weights of the convs and of the head are the model's, the
-  BatchNorms keep PyTorch's initial statistics (timing does not depend on them).
+  BatchNorms keep PyTorch's initial parameters and statistics (those of a freshly initialized model; timing
+  does not depend on them).
 
   Raises:
     ValueError: naming ``model`` when it is neither.
@@ -68,6 +69,7 @@ def torch_network(torch: Any, model: VGG | ResNet) -> Any:
     out = nn.Linear(head.in_features, head.out_features)
     with torch.no_grad():
       out.weight.copy_(torch.from_numpy(as_numpy(head.kernel[...]).T.copy()))
+      out.bias.copy_(torch.from_numpy(as_numpy(head.bias[...])))
     return out
 
   class Block(nn.Module):
@@ -125,9 +127,7 @@ def torch_inference(torch: Any, model: VGG | ResNet, x_nhwc: np.ndarray) -> Call
     threads = os.cpu_count() or 1
   torch.set_num_threads(threads)
   module = torch_network(torch, model).to(memory_format=torch.channels_last)
-  x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).contiguous(
-    memory_format=torch.channels_last
-  )
+  x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).contiguous(memory_format=torch.channels_last)
 
   def call() -> Any:
     with torch.no_grad():

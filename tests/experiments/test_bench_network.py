@@ -145,13 +145,11 @@ def test_dense_variants_per_backend() -> None:
 
 @pytest.fixture(scope="module")
 def realistic_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, pathlib.Path]:
-  """A VGG-11 at 1/16 width: two dense builds under two compile settings, one Tucker-2 network, breakdown."""
+  """A VGG-11 at 1/16 width: two dense builds, one Tucker-2 network, the per-layer breakdown."""
   out = tmp_path_factory.mktemp("bench_network_realistic")
   patch = pytest.MonkeyPatch()
-  # Two compile settings instead of three keep the test's compilations few; the selection logic is the same.
-  patch.setattr(
-    bench_network, "compile_settings", lambda backend=None: {"default": {}, "no_ynn": NO_YNN_FUSION_OPTIONS}
-  )
+  # One compile setting keeps the test's compilations few (the settings' names: test_parse_compress_and_build_names).
+  patch.setattr(bench_network, "compile_settings", lambda backend=None: {"default": {}})
   argv = ["--config", "bench_vgg11_cifar", "--preset", "tiny", "--compress", "tucker2:4", "--batch-sizes", "2"]
   argv += ["--compressed-settings", "default", "--breakdown-batch-sizes", "2", "--no-torch", "--out", str(out)]
   try:
@@ -165,7 +163,7 @@ def test_realistic_run_names_the_fastest_dense_build_and_compresses(realistic_ru
   payload, out = realistic_run
   results.validate(payload, "bench_network")
   rows = {r["variant"]: r for r in payload["records"]}
-  dense = ["dense", "dense/no_ynn", "dense/efficonv", "dense/efficonv/no_ynn"]
+  dense = ["dense", "dense/efficonv"]
   assert list(rows) == [*dense, "tucker2_mac4"]
   fastest = payload["dense_fastest"]["inference_b2"]
   assert rows[fastest]["ms"] == min(rows[v]["ms"] for v in dense) and rows[fastest]["speedup"] == pytest.approx(1)
