@@ -1,6 +1,6 @@
 """Replace the convolutions of a trained NNX model by factorized layers.
 
-The seed's headline method (Lebedev et al. 2014; Kim et al. 2015): decompose
+The seed's headline method (Lebedev et al. 2014; Kim et al. 2016): decompose
 each trained kernel, swap the layer for the factorized sequence, then
 fine-tune the whole network with an ordinary optax loop.
 
@@ -304,7 +304,7 @@ def conv_calls(
   forward = forward or (lambda m, x: m(x))
   graphdef, state = nnx.split(model)
   calls: list[tuple[Path, tuple[int, ...]]] = []
-  originals = {cls: cls.__dict__["__call__"] for cls in (nnx.Conv, FastConv)}
+  originals: dict[type, Any] = {cls: cls.__dict__["__call__"] for cls in (nnx.Conv, FastConv)}
 
   def traced(state: Any) -> Any:
     copy = nnx.merge(graphdef, state)
@@ -513,8 +513,8 @@ def _choice_for(policy: Policy, name: str, conv: nnx.Conv, index: int) -> tuple[
 def _check_dense_implementation(value: object, name: str) -> str:
   from efficonv.kernels import DENSE_IMPLEMENTATIONS
 
-  if value != "auto" and value not in DENSE_IMPLEMENTATIONS:
-    raise ValueError(f"{name} must be 'auto' or one of {DENSE_IMPLEMENTATIONS}, got {value!r}")
+  if value not in ("auto", "autotune") and value not in DENSE_IMPLEMENTATIONS:
+    raise ValueError(f"{name} must be 'auto', 'autotune' or one of {DENSE_IMPLEMENTATIONS}, got {value!r}")
   return str(value)
 
 

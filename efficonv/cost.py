@@ -296,11 +296,15 @@ def _size(var: Any) -> int:
   return math.prod(var.aval.shape)
 
 
+def _shape(var: Any) -> tuple[int, ...]:
+  return var.aval.shape
+
+
 def _conv_macs(eqn: jex.JaxprEqn) -> int:
   # rhs_spec = (out-feature dim, in-feature dim, *spatial dims). The in-feature
   # size is already C_in / feature_group_count, and with batch_group_count the
   # output's batch is already divided, so this holds for grouped convs too.
-  rhs_shape = eqn.invars[1].aval.shape
+  rhs_shape = _shape(eqn.invars[1])
   dims = eqn.params["dimension_numbers"]
   rhs_spec = dims.rhs_spec if dims is not None else tuple(range(len(rhs_shape)))
   taps = math.prod(rhs_shape[d] for d in rhs_spec[2:])
@@ -309,7 +313,7 @@ def _conv_macs(eqn: jex.JaxprEqn) -> int:
 
 def _dot_macs(eqn: jex.JaxprEqn) -> int:
   (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-  lhs_shape = eqn.invars[0].aval.shape
+  lhs_shape = _shape(eqn.invars[0])
   return _size(eqn.outvars[0]) * math.prod(lhs_shape[d] for d in lhs_contract)
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any, TypeGuard, Union
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +53,7 @@ import numpy as np
 
 from efficonv import schemes
 from efficonv.formats import Format, RankLike
-from efficonv.formats.ranks import check_kernel_shape
+from efficonv.formats.ranks import check_kernel_shape, single_rank
 from efficonv.kernels._options import PaddingLike
 from efficonv.vbmf import evbmf
 
@@ -65,7 +65,7 @@ _ENERGY_RTOL = 1e-10
 # --- rules ----------------------------------------------------------------------------------------
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int | np.integer]:
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
@@ -271,7 +271,7 @@ def choose_rank(
   """
   schemes.get(scheme)  # validates the name first
   if isinstance(rule, (list, tuple)) or _is_int(rule):
-    rule = Fixed(tuple(rule) if isinstance(rule, list) else rule)  # type: ignore[arg-type]
+    rule = Fixed(tuple(rule) if isinstance(rule, list) else rule)
   if not isinstance(rule, RULES):
     raise ValueError(
       "rule must be Fixed, ParamFraction, MacReduction, Energy or VBMF (from efficonv.rank), "
@@ -340,7 +340,7 @@ def _kernel_or_shape(value: Any) -> tuple[tuple[int, int, int, int], np.ndarray 
     )
   if not np.isfinite(kernel).all():
     raise ValueError("kernel must be finite, got NaN or Inf entries")
-  return tuple(int(v) for v in kernel.shape), kernel  # type: ignore[return-value]
+  return check_kernel_shape(kernel.shape, "kernel_or_shape"), kernel
 
 
 def _space(scheme: str, shape: tuple[int, int, int, int], options: dict[str, Any]) -> _Space:
@@ -367,7 +367,7 @@ class _Costs:
   ) -> None:
     self.space = space
     self.input_shape = None if input_shape is None else tuple(input_shape)
-    self.conv_kwargs = {"strides": strides, "padding": padding, "dilation": dilation}
+    self.conv_kwargs: dict[str, Any] = {"strides": strides, "padding": padding, "dilation": dilation}
 
   def evaluate(self, rank: RankLike) -> dict[str, Any]:
     fmt = self.space.abstract(rank)
@@ -395,12 +395,13 @@ def _budget(
   Parameters and MACs grow along the family, so a bisection finds the boundary.
   """
   by_params = isinstance(rule, ParamFraction)
+  bound = rule.fraction if isinstance(rule, ParamFraction) else rule.reduction
 
   def ok(t: int) -> bool:
     c = costs.evaluate(space.family(t))
     if by_params:
-      return c["params"] <= rule.fraction * c["dense_params"]
-    return c["dense_macs"] >= rule.reduction * c["macs"]
+      return c["params"] <= bound * c["dense_params"]
+    return c["dense_macs"] >= bound * c["macs"]
 
   def describe(rank: RankLike) -> str:
     c = costs.evaluate(rank)
@@ -408,7 +409,7 @@ def _budget(
       return f"{c['params']:,} params = {c['param_fraction']:.4g} × dense ({c['dense_params']:,})"
     return f"{c['macs']:,} MACs = dense ({c['dense_macs']:,}) / {c['mac_reduction']:.4g}"
 
-  goal = f"params ≤ {rule.fraction:g} × dense" if by_params else f"MAC reduction ≥ {rule.reduction:g}"
+  goal = f"params ≤ {bound:g} × dense" if by_params else f"MAC reduction ≥ {bound:g}"
   if not ok(1):
     rank = space.family(1)
     reason = f"target not met: even the smallest rank {_fmt(rank)} has {describe(rank)} (wanted {goal})"
@@ -476,7 +477,7 @@ def _energy(space: _Space, kernel: np.ndarray, energy: float) -> tuple[RankLike,
       f"heuristic lower bound: a {space.scheme} fit keeping ≥ {pct} of the energy needs at least the energy rank "
       f"of each unfolding ({per}); rank {_fmt(rank)} (the fit at this rank usually keeps less: check its error)"
     )
-    kept = tuple(_kept(sv, int(rank)) for sv in svals)  # type: ignore[arg-type]  # a lower bound is one int
+    kept = tuple(_kept(sv, single_rank(rank)) for sv in svals)  # a lower bound is one int
     extra["mode_ranks"] = ranks
     met = True
   else:

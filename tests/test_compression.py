@@ -438,7 +438,7 @@ def test_bad_dense_implementation_names_the_argument() -> None:
 
   with pytest.raises(ValueError, match=r"policy\.dense_implementation"):
     efficonv.Policy(scheme="cp", rank=2, dense_implementation="fast")
-  with pytest.raises(ValueError, match="implementation must be 'auto' or one of"):
+  with pytest.raises(ValueError, match="implementation must be 'auto', 'autotune' or one of"):
     replace_dense(nnx.Conv(1, 1, (1, 1), rngs=nnx.Rngs(0)), "fast")
 
 

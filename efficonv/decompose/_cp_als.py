@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import jax
 import jax.numpy as jnp
 
@@ -10,6 +12,12 @@ from efficonv.typing import Array
 
 # Factors in tensor-mode order (kh, kw, C_in, C_out), each (I_n, R).
 Factors = tuple[Array, Array, Array, Array]
+
+
+def factors_of(values: Iterable[Array]) -> Factors:
+  """The four factors of ``values`` as a :data:`Factors` tuple (what ``tuple(...)`` of a generator builds)."""
+  a_h, a_w, a_in, a_out = values
+  return a_h, a_w, a_in, a_out
 
 
 def gram(a: Array) -> Array:

@@ -39,7 +39,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from efficonv.decompose._cp_als import Factors, gram
+from efficonv.decompose._cp_als import Factors, factors_of, gram
 from efficonv.decompose._info import HIGHEST, safe_ratio
 from efficonv.typing import Array
 
@@ -53,12 +53,16 @@ def _prod(values: list[Array]) -> Array:
   return functools.reduce(lambda a, b: a * b, values)
 
 
+def _sum(values: list[Array]) -> Array:
+  return functools.reduce(lambda a, b: a + b, values)
+
+
 def _dot(u: Factors, v: Factors) -> Array:
-  return sum(jnp.vdot(a, b, precision=HIGHEST) for a, b in zip(u, v))
+  return _sum([jnp.vdot(a, b, precision=HIGHEST) for a, b in zip(u, v)])
 
 
-def _axpy(alpha: Array, x: Factors, y: Factors) -> Factors:
-  return tuple(b + alpha * a for a, b in zip(x, y))  # type: ignore[return-value]
+def _axpy(alpha: Array | float, x: Factors, y: Factors) -> Factors:
+  return factors_of(b + alpha * a for a, b in zip(x, y))
 
 
 def _gn_product(factors: Factors, grams: tuple[Array, ...], v: Factors, l2: Array | float) -> Factors:
@@ -69,13 +73,13 @@ def _gn_product(factors: Factors, grams: tuple[Array, ...], v: Factors, l2: Arra
   out = []
   for n in range(4):
     others = [k for k in range(4) if k != n]
-    inner = sum(cross[m] * _prod([grams[k] for k in others if k != m]) for m in others)
-    inner_diag = sum(cross_diag[m] * _prod([diags[k] for k in others if k != m]) for m in others)
+    inner = _sum([cross[m] * _prod([grams[k] for k in others if k != m]) for m in others])
+    inner_diag = _sum([cross_diag[m] * _prod([diags[k] for k in others if k != m]) for m in others])
     data = jnp.dot(v[n], _prod([grams[k] for k in others]), precision=HIGHEST)
     data = data + jnp.dot(factors[n], inner, precision=HIGHEST)
     penalty = v[n] * _prod([diags[k] for k in others])[None, :] + factors[n] * inner_diag[None, :]
     out.append(data + l2 * penalty)
-  return tuple(out)  # type: ignore[return-value]
+  return factors_of(out)
 
 
 def levenberg_marquardt(
@@ -121,7 +125,7 @@ def levenberg_marquardt(
       others = [k for k in range(4) if k != n]
       data = jnp.dot(f[n], _prod([grams[k] for k in others]), precision=HIGHEST) - mttkrp[n]
       out.append(data + l2 * f[n] * _prod([diags[k] for k in others])[None, :])
-    return tuple(out)  # type: ignore[return-value]
+    return factors_of(out)
 
   def solve(f: Factors, grams: tuple[Array, ...], g: Factors, mu: Array) -> Factors:
     """Preconditioned CG for ``(J^T J + μ I) δ = -g``, from ``δ = 0``."""
@@ -133,7 +137,7 @@ def levenberg_marquardt(
       blocks.append(jnp.linalg.inv(block))
 
     def precondition(r: Factors) -> Factors:
-      return tuple(jnp.dot(rn, bn, precision=HIGHEST) for rn, bn in zip(r, blocks))  # type: ignore[return-value]
+      return factors_of(jnp.dot(rn, bn, precision=HIGHEST) for rn, bn in zip(r, blocks))
 
     def operator(v: Factors) -> Factors:
       return _axpy(mu, v, _gn_product(f, grams, v, l2))
@@ -150,11 +154,11 @@ def levenberg_marquardt(
       beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1), 0.0)
       return x, r, _axpy(beta, p, z), rz_new
 
-    r0 = tuple(-gn for gn in g)
+    r0 = factors_of(-gn for gn in g)
     z0 = precondition(r0)
-    x0 = tuple(jnp.zeros_like(gn) for gn in g)
+    x0 = factors_of(jnp.zeros_like(gn) for gn in g)
     x, _, _, _ = jax.lax.fori_loop(0, CG_ITERATIONS, step, (x0, r0, z0, _dot(r0, z0)))
-    return x  # type: ignore[return-value]
+    return x
 
   def body(state: tuple) -> tuple:
     i, f, grams, obj, err, mu, nu, _ = state

@@ -68,7 +68,7 @@ def relative_error(kernel: ArrayLike, fmt: HasDense | ArrayLike) -> Array:
     ValueError: naming ``fmt`` when its dense shape differs from ``kernel``'s.
   """
   kernel = jnp.asarray(kernel)
-  dense = fmt.to_dense(precision=HIGHEST) if hasattr(fmt, "to_dense") else jnp.asarray(fmt)  # type: ignore[union-attr]
+  dense = fmt.to_dense(precision=HIGHEST) if hasattr(fmt, "to_dense") else jnp.asarray(fmt)
   if dense.shape != kernel.shape:
     raise ValueError(f"fmt must reconstruct a kernel of shape {kernel.shape}, got {dense.shape}")
   dtype = jnp.promote_types(jnp.result_type(kernel, dense), jnp.float32)

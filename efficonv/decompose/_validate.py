@@ -9,7 +9,7 @@ tracer, the check is skipped, and a non-finite kernel shows up as a NaN
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -86,8 +86,10 @@ def check_int_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
   """
   if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
     return int(value), int(value)
+  if isinstance(value, bool) or not isinstance(value, Iterable):
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
   try:
-    items = tuple(value)  # type: ignore[arg-type]
+    items = tuple(value)
   except TypeError as e:
     raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from e
   if len(items) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in items):

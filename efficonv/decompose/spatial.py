@@ -11,6 +11,7 @@ from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, saf
 from efficonv.decompose._svd import truncated_svd
 from efficonv.decompose._validate import check_kernel
 from efficonv.formats import Spatial
+from efficonv.formats.ranks import single_rank
 from efficonv.kernels.reconstruct import spatial_to_dense
 from efficonv.typing import Array, ArrayLike
 
@@ -42,7 +43,7 @@ def spatial(kernel: ArrayLike, rank: int) -> tuple[Spatial, FitInfo]:
     <https://arxiv.org/abs/1405.3866>`_, BMVC 2014.
   """
   w = check_kernel(kernel)
-  rank = Spatial.check_rank(rank, w.shape)
+  rank = single_rank(Spatial.check_rank(rank, w.shape))
   return _fit(w, rank=rank)
 
 

@@ -12,6 +12,7 @@ from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, saf
 from efficonv.decompose._svd import leading_left_singular_vectors
 from efficonv.decompose._validate import check_float, check_int, check_kernel
 from efficonv.formats import Tucker2
+from efficonv.formats.ranks import rank_tuple
 from efficonv.kernels.reconstruct import tucker2_to_dense
 from efficonv.typing import Array, ArrayLike
 
@@ -53,7 +54,7 @@ def tucker2(
     Higher-Order Tensors <https://doi.org/10.1137/S0895479898346995>`_, SIAM J. Matrix Anal. Appl. 2000.
   """
   w = check_kernel(kernel)
-  r_in, r_out = Tucker2.check_rank(rank, w.shape)
+  r_in, r_out = rank_tuple(Tucker2.check_rank(rank, w.shape))
   n_iter = check_int(n_iter, "n_iter", minimum=0)
   tol = check_float(tol, "tol")
   return _fit(w, n_iter, tol, ranks=(r_in, r_out))

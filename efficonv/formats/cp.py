@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from efficonv.formats.format import Format, Unfolding
 from efficonv.formats.pytree import check_factor, register
-from efficonv.formats.ranks import RankLike, check_kernel_shape
+from efficonv.formats.ranks import RankLike, check_kernel_shape, single_rank
 from efficonv.kernels.factorized import cp_conv
 from efficonv.kernels.reconstruct import cp_to_dense
 from efficonv.kernels.shapes import Geometry
@@ -46,7 +46,7 @@ class CP(Format):
 
   References:
     Lebedev et al., `Speeding-up Convolutional Neural Networks Using Fine-tuned
-    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, ICLR 2015.
+    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, 2014 (ICLR 2015).
   """
 
   first: Array
@@ -105,7 +105,7 @@ class CP(Format):
   @classmethod
   def factor_shapes(cls, shape: Sequence[int], rank: RankLike, **options: Any) -> list[tuple[int, ...]]:
     kh, kw, cin, cout = shape
-    r = int(rank)  # type: ignore[arg-type]  # CP ranks are ints (normalize_rank)
+    r = single_rank(rank)
     return [(cin, r), (kh, r), (kw, r), (r, cout)]
 
   @property

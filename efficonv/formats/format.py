@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficonv.formats.init import Initializer, init_factors
-from efficonv.formats.ranks import KernelShape, RankLike, as_int, check_in_range, check_kernel_shape
+from efficonv.formats.ranks import KernelShape, RankLike, as_int, check_in_range, check_kernel_shape, single_rank
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
 from efficonv.kernels.shapes import Geometry, conv_geometry, dense_macs
@@ -110,7 +110,7 @@ class Format:
     if isinstance(value, tuple) and isinstance(top, tuple):
       out: RankLike = tuple(min(v, t) for v, t in zip(value, top))
     else:
-      out = min(int(value), int(top))  # type: ignore[arg-type]  # both ints for single-rank schemes
+      out = min(single_rank(value), single_rank(top))
     return out, out != value
 
   @classmethod
@@ -127,7 +127,7 @@ class Format:
       for k, (v, t) in enumerate(zip(value, top)):
         check_in_range(f"{name}[{k}]", v, t, cls._rank_bound_reason())
       return value
-    return check_in_range(name, value, int(top), cls._rank_bound_reason())  # type: ignore[arg-type]
+    return check_in_range(name, value, single_rank(top), cls._rank_bound_reason())
 
   @classmethod
   def _rank_bound_reason(cls) -> str:
@@ -139,7 +139,7 @@ class Format:
 
     The budget rules (:class:`efficonv.rank.ParamFraction`, :class:`efficonv.rank.MacReduction`) search it.
     """
-    return min(t, int(cls.max_rank(shape, **options)))  # type: ignore[arg-type]
+    return min(t, single_rank(cls.max_rank(shape, **options)))
 
   @classmethod
   def family_size(cls, shape: Sequence[int], **options: Any) -> int:
@@ -415,5 +415,5 @@ class Format:
     )
     if p.implementation == "reconstructed":
       kernel = self.to_dense(precision=precision).astype(self.dtype)
-      return dense_conv(x, kernel, strides=strides, padding=padding, dilation=dilation, precision=precision)  # type: ignore[arg-type]
+      return dense_conv(x, kernel, strides=strides, padding=padding, dilation=dilation, precision=precision)
     return self._factorized(x, strides, padding, dilation, p.depthwise or "auto", precision)

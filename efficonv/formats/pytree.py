@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import jax
 
-T = TypeVar("T", bound=type)
+
+class _Fielded(Protocol):
+  """A format dataclass: its array fields, in flattening order."""
+
+  _fields: ClassVar[tuple[str, ...]]
+
+
+T = TypeVar("T", bound=type[_Fielded])
 
 
 def check_factor(name: str, value: Any, ndim: int) -> tuple[int, ...] | None:
@@ -44,8 +51,8 @@ def register(cls: T) -> T:
   def flatten(fmt: Any) -> tuple[list[Any], None]:
     return [getattr(fmt, name) for name in fields], None
 
-  def unflatten(_: None, children: Sequence[Any]) -> Any:
-    fmt = object.__new__(cls)
+  def unflatten(_: None, children: Iterable[Any]) -> Any:
+    fmt: Any = object.__new__(cls)
     for name, value in zip(fields, children):
       object.__setattr__(fmt, name, value)  # frozen dataclass: bypass __setattr__
     return fmt

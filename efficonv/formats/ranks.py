@@ -31,6 +31,28 @@ def as_int(value: Any) -> int | None:
   return None
 
 
+def single_rank(rank: RankLike) -> int:
+  """A valid rank of a single-rank scheme (CP, spatial, separable) as an int.
+
+  Raises:
+    TypeError: when ``rank`` is a tuple (a multi-rank scheme's rank reached single-rank code).
+  """
+  if isinstance(rank, tuple):
+    raise TypeError(f"expected a single int rank, got {rank!r}")
+  return int(rank)
+
+
+def rank_tuple(rank: RankLike) -> tuple[int, ...]:
+  """A valid rank of a multi-rank scheme (Tucker-2, TT) as its tuple.
+
+  Raises:
+    TypeError: when ``rank`` is an int (a single-rank scheme's rank reached multi-rank code).
+  """
+  if not isinstance(rank, tuple):
+    raise TypeError(f"expected a tuple of ranks, got {rank!r}")
+  return rank
+
+
 def as_rank_tuple(rank: Any, length: int, name: str = "rank") -> tuple[int, ...]:
   """``rank`` (one int for every entry, or ``length`` ints) as a tuple of ints.
 
@@ -75,6 +97,7 @@ def check_kernel_shape(shape: Any, name: str = "shape") -> KernelShape:
     values = tuple(as_int(v) for v in shape)
   except TypeError as e:
     raise ValueError(f"{name} must be a kernel shape (kh, kw, C_in, C_out), got {shape!r}") from e
-  if len(values) != 4 or any(v is None or v < 1 for v in values):
+  ints = [v for v in values if v is not None]
+  if len(values) != 4 or len(ints) != 4 or any(v < 1 for v in ints):
     raise ValueError(f"{name} must be 4 positive ints (kh, kw, C_in, C_out), got {shape!r}")
-  return tuple(int(v) for v in values if v is not None)  # type: ignore[return-value]  # length checked above
+  return ints[0], ints[1], ints[2], ints[3]

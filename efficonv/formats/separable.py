@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from efficonv.formats.format import Format, Unfolding
 from efficonv.formats.init import Initializer
 from efficonv.formats.pytree import check_factor, register
-from efficonv.formats.ranks import RankLike, check_kernel_shape
+from efficonv.formats.ranks import RankLike, check_kernel_shape, single_rank
 from efficonv.kernels._options import pair
 from efficonv.kernels.factorized import separable_conv
 from efficonv.kernels.reconstruct import separable_to_dense
@@ -82,7 +82,7 @@ class Separable(Format):
   @classmethod
   def factor_shapes(cls, shape: Sequence[int], rank: RankLike, **options: Any) -> list[tuple[int, ...]]:
     kh, kw, cin, cout = shape
-    m = int(rank)  # type: ignore[arg-type]  # the depth multiplier is an int (normalize_rank)
+    m = single_rank(rank)
     return [(kh, kw, cin, m), (cin * m, cout)]
 
   @classmethod

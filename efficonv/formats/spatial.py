@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from efficonv.formats.format import Format, Unfolding
 from efficonv.formats.pytree import check_factor, register
-from efficonv.formats.ranks import RankLike, check_kernel_shape
+from efficonv.formats.ranks import RankLike, check_kernel_shape, single_rank
 from efficonv.kernels.factorized import spatial_conv
 from efficonv.kernels.reconstruct import spatial_to_dense
 from efficonv.kernels.shapes import Geometry
@@ -73,7 +73,7 @@ class Spatial(Format):
   @classmethod
   def factor_shapes(cls, shape: Sequence[int], rank: RankLike, **options: Any) -> list[tuple[int, ...]]:
     kh, kw, cin, cout = shape
-    k = int(rank)  # type: ignore[arg-type]  # spatial ranks are ints (normalize_rank)
+    k = single_rank(rank)
     return [(kh, cin, k), (kw, k, cout)]
 
   @property

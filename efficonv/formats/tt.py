@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from efficonv.formats.format import Format, Unfolding
 from efficonv.formats.init import Initializer, balanced_modes
 from efficonv.formats.pytree import check_factor, register
-from efficonv.formats.ranks import RankLike, as_int, as_rank_tuple, check_in_range, check_kernel_shape
+from efficonv.formats.ranks import RankLike, as_int, as_rank_tuple, check_in_range, check_kernel_shape, rank_tuple
 from efficonv.kernels.factorized import tt_conv
 from efficonv.kernels.reconstruct import tt_to_dense
 from efficonv.kernels.shapes import Geometry
@@ -179,7 +179,7 @@ class TT(Format):
     kh, kw = shape[0], shape[1]
     modes = cls.scheme_options(shape, **options)
     ins, outs = modes["in_modes"], modes["out_modes"]
-    full = (*rank, 1)  # type: ignore[misc]  # TT ranks are tuples (normalize_rank)
+    full = (*rank_tuple(rank), 1)
     return [(kh, kw, full[0])] + [(full[k], ins[k], outs[k], full[k + 1]) for k in range(len(ins))]
 
   @classmethod

@@ -1,4 +1,4 @@
-"""The Tucker-2 kernel format of Kim et al. (2015)."""
+"""The Tucker-2 kernel format of Kim et al. (2016)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from efficonv.formats.cp import mode_unfolding
 from efficonv.formats.format import Format, Unfolding
 from efficonv.formats.pytree import check_factor, register
-from efficonv.formats.ranks import RankLike, as_rank_tuple, check_kernel_shape
+from efficonv.formats.ranks import RankLike, as_rank_tuple, check_kernel_shape, rank_tuple
 from efficonv.kernels.factorized import tucker2_conv
 from efficonv.kernels.reconstruct import tucker2_to_dense
 from efficonv.kernels.shapes import Geometry
@@ -97,7 +97,7 @@ class Tucker2(Format):
   @classmethod
   def factor_shapes(cls, shape: Sequence[int], rank: RankLike, **options: Any) -> list[tuple[int, ...]]:
     kh, kw, cin, cout = shape
-    r1, r2 = rank  # type: ignore[misc]  # Tucker-2 ranks are pairs (normalize_rank)
+    r1, r2 = rank_tuple(rank)
     return [(cin, r1), (kh, kw, r1, r2), (r2, cout)]
 
   @property

@@ -9,8 +9,8 @@ factorized paths pad their (cheapest) intermediate once and then run ``VALID``.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
-from typing import Literal, Union
+from collections.abc import Iterable, Sequence
+from typing import Literal, SupportsIndex, Union
 
 import jax.numpy as jnp
 
@@ -18,7 +18,7 @@ from efficonv.typing import Array
 
 PadPairs = tuple[tuple[int, int], tuple[int, int]]
 PadMode = Literal["constant", "wrap", "reflect"]
-PaddingLike = Union[str, int, Sequence[int], Sequence[tuple[int, int]]]
+PaddingLike = Union[str, int, Sequence[Union[int, tuple[int, int]]]]
 
 _STRING_MODES: dict[str, PadMode] = {"CIRCULAR": "wrap", "REFLECT": "reflect"}
 
@@ -29,10 +29,10 @@ def _as_index(value: object) -> int | None:
   ``operator.index`` rather than ``int`` so that ``1.5`` is rejected instead of
   silently truncated to ``1``.
   """
-  if isinstance(value, bool):
+  if isinstance(value, bool) or not isinstance(value, SupportsIndex):
     return None
   try:
-    return operator.index(value)  # type: ignore[arg-type]
+    return operator.index(value)
   except TypeError:
     return None
 
@@ -47,19 +47,20 @@ def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
   if single is not None:
     out = (single, single)
   else:
-    if isinstance(value, (bool, str)):
+    if isinstance(value, (bool, str)) or not isinstance(value, Iterable):
       raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
     try:
-      items = [_as_index(v) for v in value]  # type: ignore[union-attr]
+      items = [_as_index(v) for v in value]
     except TypeError as e:
       raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}") from e
-    if any(v is None for v in items):
+    ints = [v for v in items if v is not None]
+    if len(ints) != len(items):
       raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    if len(items) == 1:
-      items = [items[0], items[0]]
-    if len(items) != 2:
+    if len(ints) == 1:
+      ints = [ints[0], ints[0]]
+    if len(ints) != 2:
       raise ValueError(f"{name} must be a positive int or a pair (h, w), got {value!r}")
-    out = (int(items[0]), int(items[1]))  # type: ignore[arg-type]
+    out = (ints[0], ints[1])
   if out[0] < 1 or out[1] < 1:
     raise ValueError(f"{name} must be >= 1, got {value!r}")
   return out
@@ -72,8 +73,8 @@ def effective_size(kernel_size: int, dilation: int) -> int:
 
 def resolve_padding(
   padding: PaddingLike,
-  in_hw: tuple[int, int],
-  kernel_hw: tuple[int, int],
+  in_hw: Sequence[int],
+  kernel_hw: Sequence[int],
   strides: tuple[int, int],
   dilation: tuple[int, int],
 ) -> tuple[PadPairs, PadMode]:
@@ -140,19 +141,21 @@ def _explicit_pads(padding: PaddingLike) -> PadPairs:
   if single is not None:
     pads: list[tuple[int, int]] = [(single, single), (single, single)]
   else:
+    if not isinstance(padding, Iterable):
+      raise err
     try:
-      items = list(padding)  # type: ignore[arg-type]
+      items = list(padding)
     except TypeError as e:
       raise err from e
     if len(items) != 2:
       raise err
-    per_axis = [_as_index(i) for i in items]
-    if all(v is not None for v in per_axis):
-      pads = [(v, v) for v in per_axis]  # type: ignore[misc]
+    per_axis = [v for v in (_as_index(i) for i in items) if v is not None]
+    if len(per_axis) == len(items):
+      pads = [(v, v) for v in per_axis]
     else:
       pads = []
       for item in items:
-        if isinstance(item, str):
+        if isinstance(item, str) or not isinstance(item, Iterable):
           raise err
         try:
           lo_hi = [_as_index(v) for v in item]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax.numpy as jnp
 
 from efficonv.kernels import _options as opt
@@ -25,9 +27,9 @@ def conv(
   x: Array,
   kernel: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   feature_group_count: int = 1,
   precision: PrecisionLike = None,
   implementation: str = "auto",

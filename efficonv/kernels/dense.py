@@ -81,9 +81,9 @@ def _output_hw(
 def dense_implementation(
   input_shape: Sequence[int],
   kernel_shape: Sequence[int],
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   feature_group_count: int = 1,
   backend: str | None = None,
   implementation: str = "auto",

@@ -14,6 +14,7 @@ either path can be forced.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import jax
@@ -218,9 +219,9 @@ def depthwise(
   x: Array,
   kernel: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   implementation: DepthwiseImpl = "auto",
   precision: PrecisionLike = None,
 ) -> Array:

@@ -40,9 +40,9 @@ def _check_shape(name: str, value: Array, expected: tuple[int | None, ...]) -> t
 def _prepare(
   x: Array,
   kernel_hw: tuple[int, int],
-  strides: int | tuple[int, int],
+  strides: int | Sequence[int],
   padding: opt.PaddingLike,
-  dilation: int | tuple[int, int],
+  dilation: int | Sequence[int],
   in_features: int,
 ) -> tuple[tuple[int, int], tuple[int, int], opt.PadPairs, opt.PadMode]:
   opt.check_input(x, channels=in_features)
@@ -57,9 +57,9 @@ def spatial_conv(
   vertical: Array,
   horizontal: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   conv_implementation: str = "xla",
   precision: PrecisionLike = None,
 ) -> Array:
@@ -98,9 +98,9 @@ def cp_conv(
   horizontal: Array,
   last: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   depthwise_implementation: str = "auto",
   precision: PrecisionLike = None,
 ) -> Array:
@@ -125,7 +125,7 @@ def cp_conv(
 
   References:
     Lebedev et al., `Speeding-up Convolutional Neural Networks Using Fine-tuned
-    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, 2014.
+    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, 2014 (ICLR 2015).
   """
   cin, rank = _check_shape("first", first, (None, None))
   kh = _check_shape("vertical", vertical, (None, rank))[0]
@@ -144,13 +144,13 @@ def tucker2_conv(
   core: Array,
   last: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   conv_implementation: str = "xla",
   precision: PrecisionLike = None,
 ) -> Array:
-  """Tucker-2 conv (Kim et al. 2015): ``1×1 (C_in→R1)`` → ``kh×kw (R1→R2)`` → ``1×1 (R2→C_out)``.
+  """Tucker-2 conv (Kim et al. 2016): ``1×1 (C_in→R1)`` → ``kh×kw (R1→R2)`` → ``1×1 (R2→C_out)``.
 
   Args:
     x: ``(N, H, W, C_in)``.
@@ -166,7 +166,7 @@ def tucker2_conv(
 
   References:
     Kim et al., `Compression of Deep Convolutional Neural Networks for Fast and
-    Low Power Mobile Applications <https://arxiv.org/abs/1511.06530>`_, 2015.
+    Low Power Mobile Applications <https://arxiv.org/abs/1511.06530>`_, ICLR 2016.
   """
   cin, r1 = _check_shape("first", first, (None, None))
   kh, kw, _, r2 = _check_shape("core", core, (None, None, r1, None))
@@ -182,9 +182,9 @@ def separable_conv(
   depthwise: Array,
   pointwise_weight: Array,
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   depthwise_implementation: str = "auto",
   precision: PrecisionLike = None,
 ) -> Array:
@@ -213,9 +213,9 @@ def tt_conv(
   spatial: Array,
   cores: Sequence[Array],
   *,
-  strides: int | tuple[int, int] = 1,
+  strides: int | Sequence[int] = 1,
   padding: opt.PaddingLike = "SAME",
-  dilation: int | tuple[int, int] = 1,
+  dilation: int | Sequence[int] = 1,
   depthwise_implementation: str = "auto",
   precision: PrecisionLike = None,
 ) -> Array:

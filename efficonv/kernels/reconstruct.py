@@ -49,7 +49,7 @@ def cp_to_dense(
 
 
 def tucker2_to_dense(first: Array, core: Array, last: Array, *, precision: PrecisionLike = None) -> Array:
-  """Tucker-2 kernel (Kim et al. 2015).
+  """Tucker-2 kernel (Kim et al. 2016).
 
   .. math:: W_{x,y,c,s} = \\sum_{a,b} U_{c,a} G_{x,y,a,b} L_{b,s}
 

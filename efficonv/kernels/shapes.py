@@ -9,7 +9,7 @@ Example:
   >>> g.out_hw, g.pads
   ((16, 16), ((0, 1), (0, 1)))
   >>> dense_macs(g, (3, 3), 64, 128)
-  18874368
+  150994944
 """
 
 from __future__ import annotations

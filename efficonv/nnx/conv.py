@@ -12,6 +12,7 @@ from flax import nnx
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
 from efficonv.kernels.dense import DENSE_IMPLEMENTATIONS, dense_implementation
+from efficonv.planning import autotune_dense
 from efficonv.typing import Array
 
 
@@ -30,7 +31,8 @@ class Conv(nnx.Conv):
   Args:
     *args: as for :class:`flax.nnx.Conv`.
     implementation: ``"auto"`` (:func:`efficonv.kernels.dense_implementation` per
-      backend and shape) or one of :data:`efficonv.kernels.DENSE_IMPLEMENTATIONS`.
+      backend and shape), ``"autotune"`` (every formulation timed once per shape,
+      :func:`efficonv.planning.autotune_dense`) or one of :data:`efficonv.kernels.DENSE_IMPLEMENTATIONS`.
     **kwargs: as for :class:`flax.nnx.Conv`.
 
   Example:
@@ -48,8 +50,10 @@ class Conv(nnx.Conv):
   """
 
   def __init__(self, *args: Any, implementation: str = "auto", **kwargs: Any) -> None:
-    if implementation != "auto" and implementation not in DENSE_IMPLEMENTATIONS:
-      raise ValueError(f"implementation must be 'auto' or one of {DENSE_IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation not in ("auto", "autotune") and implementation not in DENSE_IMPLEMENTATIONS:
+      raise ValueError(
+        f"implementation must be 'auto', 'autotune' or one of {DENSE_IMPLEMENTATIONS}, got {implementation!r}"
+      )
     super().__init__(*args, **kwargs)
     self.implementation = implementation
 
@@ -107,6 +111,18 @@ class Conv(nnx.Conv):
     for n in input_shape[:-3]:
       batch *= n
     compute = self.dtype or jnp.result_type(dtype or self.param_dtype, self.param_dtype)
+    if self.implementation == "autotune":
+      return autotune_dense(
+        (batch, *input_shape[-3:]),
+        self.kernel_shape,
+        strides=self._pair(self.strides),
+        padding=self.padding,
+        dilation=self._pair(self.kernel_dilation),
+        feature_group_count=self.feature_group_count,
+        dtype=compute,
+        precision=self.precision,
+        backend=backend,
+      )
     return dense_implementation(
       (batch, *input_shape[-3:]),
       self.kernel_shape,
@@ -137,6 +153,9 @@ class Conv(nnx.Conv):
     kernel = self.kernel[...]
     bias = self.bias[...] if self.bias is not None else None
     inputs, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+    implementation = self.implementation
+    if implementation == "autotune":  # measured once per shape (cached), also while an outer jit traces
+      implementation, _ = self.implementation_for(inputs.shape, inputs.dtype)
     y = dense_conv(
       inputs,
       kernel,
@@ -145,7 +164,7 @@ class Conv(nnx.Conv):
       dilation=self._pair(self.kernel_dilation),
       feature_group_count=self.feature_group_count,
       precision=self.precision,
-      implementation=self.implementation,
+      implementation=implementation,
     )
     if bias is not None:
       y = y + bias.reshape(1, 1, 1, -1)

@@ -45,7 +45,7 @@ class CPConv(FactorizedConv):
 
   References:
     Lebedev et al., `Speeding-up Convolutional Neural Networks Using Fine-tuned
-    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, ICLR 2015.
+    CP-Decomposition <https://arxiv.org/abs/1412.6553>`_, 2014 (ICLR 2015).
   """
 
   format_type = CP

@@ -7,7 +7,7 @@ from efficonv.nnx._base import FactorizedConv
 
 
 class TuckerConv(FactorizedConv):
-  """Convolution with a Tucker-2 kernel (Kim et al. 2015).
+  """Convolution with a Tucker-2 kernel (Kim et al. 2016).
 
   Runs ``1×1 (C_in→R1) → kh×kw (R1→R2) → 1×1 (R2→C_out)`` with no
   nonlinearity in between (for the nonlinear block see :class:`Bottleneck`).

@@ -30,5 +30,6 @@ from efficonv.planning.rates import training_factors_for as training_factors_for
 from efficonv.planning.timing import median_seconds as median_seconds
 from efficonv.planning.tuning import CACHE_ENV as CACHE_ENV
 from efficonv.planning.tuning import autotune as autotune
+from efficonv.planning.tuning import autotune_dense as autotune_dense
 from efficonv.planning.tuning import cache as cache
 from efficonv.planning.tuning import clear_cache as clear_cache

@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -45,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficonv.kernels import _options as opt
+from efficonv.kernels.conv import conv as dense_conv
+from efficonv.kernels.dense import DENSE_IMPLEMENTATIONS
 from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
 from efficonv.kernels.shapes import conv_geometry, dense_macs
 from efficonv.planning.plan import OBJECTIVES, Plan
@@ -270,14 +273,117 @@ def _measure(
         y, pullback = jax.vjp(forward, f, x)
         return y, pullback(cotangent)
 
-      fn = step
+      fn: Any = step
     else:
       fn = forward
     # Compiled ahead of time and called directly, so this also runs while an outer jit is tracing.
     compiled = jax.jit(fn).lower(concrete, x).compile()
     name = impl if dw is None else f"{impl}/{dw}"
-    median, _ = median_seconds(lambda c=compiled: c(concrete, x), repeats=repeats, min_seconds=min_seconds)
+    median, _ = median_seconds(functools.partial(compiled, concrete, x), repeats=repeats, min_seconds=min_seconds)
     times[name] = median * 1e3
   best = min(times, key=times.__getitem__)
   impl, _, dw = best.partition("/")
   return {"choice": [impl, dw or None], "times_ms": times}
+
+
+def autotune_dense(
+  input_shape: Sequence[int],
+  kernel_shape: Sequence[int],
+  *,
+  strides: int | Sequence[int] = 1,
+  padding: opt.PaddingLike = "SAME",
+  dilation: int | Sequence[int] = 1,
+  feature_group_count: int = 1,
+  dtype: Any = jnp.float32,
+  precision: PrecisionLike = None,
+  objective: str = "inference",
+  backend: str | None = None,
+  repeats: int = 5,
+  min_seconds: float = 0.02,
+) -> tuple[str, str]:
+  """Measures every dense formulation of :func:`efficonv.kernels.conv` on these shapes; returns the fastest.
+
+  The dense counterpart of :func:`autotune`, with the same cache (memory, and the file named by
+  ``EFFICONV_AUTOTUNE_CACHE``) and the same statistic (:func:`efficonv.planning.median_seconds`). Candidates
+  are compiled with XLA's default options: a caller compiling with other options (``compiler_options=``)
+  gets choices measured under the defaults, which the reason says.
+
+  Args:
+    input_shape: ``(N, H, W, C_in)``.
+    kernel_shape: ``(kh, kw, C_in // feature_group_count, C_out)``.
+    strides: int or ``(sh, sw)``.
+    padding: any form of :func:`efficonv.kernels.resolve_padding`.
+    dilation: kernel dilation.
+    feature_group_count: channel groups (above 1 only ``"xla"`` runs, so nothing is measured).
+    dtype: input and kernel dtype.
+    precision: the precision the conv will run with.
+    objective: ``"inference"`` times the forward pass, ``"training"`` also the gradients of input and kernel.
+    backend: the JAX platform to measure on; the default backend when ``None``.
+    repeats: at least this many timed calls per candidate (median).
+    min_seconds: and at least this long per candidate.
+
+  Returns:
+    ``(formulation, reason)``; the reason lists every measured time.
+
+  Raises:
+    ValueError: naming ``objective`` when unknown, or an option the conv cannot take.
+
+  Example:
+    >>> from efficonv.planning import autotune_dense
+    >>> name, reason = autotune_dense((1, 4, 4, 8), (3, 3, 8, 8))
+    >>> name in ("xla", "xla_valid", "im2col", "shift"), reason.startswith("autotuned on")
+    (True, True)
+  """
+  if objective not in OBJECTIVES:
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+  backend = backend or jax.default_backend()
+  if feature_group_count != 1:
+    return "xla", f"feature_group_count={feature_group_count}: only XLA's conv takes groups (nothing measured)"
+  shape, kshape, dtype = tuple(int(v) for v in input_shape), tuple(int(v) for v in kernel_shape), jnp.dtype(dtype)
+  key = repr(
+    (
+      "dense",
+      shape,
+      kshape,
+      dtype.name,
+      opt.pair(strides, "strides"),
+      padding if isinstance(padding, str) else repr(padding),
+      opt.pair(dilation, "dilation"),
+      objective,
+      repr(precision),
+      backend,
+      jax.devices(backend)[0].device_kind,
+    )
+  )
+  with _lock:
+    _load_file()
+    entry = _cache.get(key)
+  if entry is None:
+    device = jax.devices(backend)[0]
+    rng = np.random.default_rng(0)
+    with jax.ensure_compile_time_eval():  # concrete arrays even while an outer jit traces
+      x = jax.device_put(rng.standard_normal(shape).astype(dtype), device)
+      w = jax.device_put(rng.standard_normal(kshape).astype(dtype), device)
+    times: dict[str, float] = {}
+    for impl in DENSE_IMPLEMENTATIONS:
+
+      def forward(x: jax.Array, w: jax.Array, impl: str = impl) -> jax.Array:
+        return dense_conv(
+          x, w, strides=strides, padding=padding, dilation=dilation, precision=precision, implementation=impl
+        )
+
+      fn: Any = forward
+      if objective == "training":
+        fn = jax.grad(lambda x, w, f=forward: jnp.sum(f(x, w) ** 2), argnums=(0, 1))
+      compiled = jax.jit(fn).lower(x, w).compile()
+      median, _ = median_seconds(functools.partial(compiled, x, w), repeats=repeats, min_seconds=min_seconds)
+      times[impl] = median * 1e3
+    entry = {"choice": [min(times, key=times.__getitem__), None], "times_ms": times}
+    with _lock:
+      _cache[key] = entry
+      _save_file()
+  times = entry["times_ms"]
+  reason = f"autotuned on {backend} ({objective}, default XLA options): " + ", ".join(
+    f"{k} {v:.3g} ms" for k, v in times.items()
+  )
+  return entry["choice"][0], reason

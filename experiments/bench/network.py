@@ -52,15 +52,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+import efficonv
 from efficonv import cost
+from efficonv.compression import replace_dense
+from efficonv.rank import MacReduction
 from experiments import data
 from experiments.bench.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common.config import DEFAULT_CONFIG, DataConfig, ExperimentConfig
 from experiments.common.environment import load_average, machine_info
 from experiments.common.results import RESULTS_DIR
-from experiments.common.timing import Stats, compile_fn
+from experiments.common.timing import Stats, compile_fn, measure
 from experiments.models import ARCHS
 from experiments.schemes import SCHEMES, reference_of
 from experiments.training.optim import learning_rate_schedule, make_optimizer
@@ -237,21 +241,27 @@ def make_records(
   """One record per timed variant × measurement, with speedups against the fastest dense variant.
 
   Args:
-    stats: variant → label → timing statistics (:func:`experiments.training.throughput.time_calls`).
+    stats: variant → label → timing statistics (:func:`experiments.training.throughput.time_calls`); a
+      variant may lack some labels (a training step timed only for some builds).
     networks: variant → ``(network, compiler options)``; the dense variants have scheme ``dense``.
 
   Returns:
     ``(records, fastest dense variant per label)``.
   """
-  dense_names = [n for n, (net, _) in networks.items() if net.scheme == "dense"]
-  dense_macs = networks[dense_names[0]][0].macs
+  labels = list(dict.fromkeys(label for per_variant in stats.values() for label in per_variant))
   records, fastest = [], {}
-  for label in next(iter(stats.values())):
-    seconds = {name: 1e-3 * s[label].median_ms for name, s in stats.items()}
+  for label in labels:
+    timed = [name for name in networks if label in stats.get(name, {})]
+    dense_names = [n for n in timed if networks[n][0].scheme == "dense"]
+    if not dense_names:
+      continue
+    dense_macs = networks[dense_names[0]][0].macs
+    seconds = {name: 1e-3 * stats[name][label].median_ms for name in timed}
     fastest[label] = min(dense_names, key=lambda n: seconds[n])
     dense_s = seconds[fastest[label]]
     kind, batch = label.rsplit("_b", 1)
-    for name, (net, options) in networks.items():
+    for name in timed:
+      net, options = networks[name]
       s = seconds[name]
       reference = reference_of(net.scheme)
       ref_name = fastest[label] if reference == "dense" else reference
@@ -363,6 +373,421 @@ def run(
   }
 
 
+# --- Realistic networks: the fastest dense build against efficonv.compress of it --------------------------------
+
+DENSE_BUILDS = ("nnx", "auto", "im2col")
+"""Dense builds of a network: its own ``nnx.Conv`` (``nnx``), or every conv an :class:`efficonv.nnx.Conv`
+with that implementation (:func:`efficonv.compression.replace_dense`)."""
+
+COMPILE_SETTINGS = ("default", "no_ynn", "eigen")
+"""XLA compile settings: the default, no YNNPACK fusion, and XLA's own (Eigen) convolutions (CPU only)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressSpec:
+  """One compressed network: ``efficonv.compress`` with ``Policy(scheme, rank=MacReduction(factor))``.
+
+  Attributes:
+    scheme: ``"cp"`` or ``"tucker2"`` (any :mod:`efficonv.schemes` name whose layer the network builds).
+    factor: the per-layer MAC reduction of :class:`efficonv.rank.MacReduction`.
+  """
+
+  scheme: str
+  factor: float
+
+  @property
+  def name(self) -> str:
+    """The variant name, ``cp_mac8``."""
+    return f"{self.scheme}_mac{self.factor:g}"
+
+
+def parse_compress(values: Sequence[str]) -> tuple[CompressSpec, ...]:
+  """``["cp:4", "tucker2:8,cp:8"]`` → the :class:`CompressSpec` list (``scheme:factor``, spaces or commas).
+
+  Raises:
+    ValueError: naming ``--compress`` and the entry that is not ``cp:F`` or ``tucker2:F`` with ``F > 1``.
+
+  Example:
+    >>> [s.name for s in parse_compress(["cp:4,tucker2:8"])]
+    ['cp_mac4', 'tucker2_mac8']
+  """
+  specs = []
+  for entry in (n.strip() for v in values for n in v.split(",") if n.strip()):
+    scheme, _, factor = entry.partition(":")
+    try:
+      value = float(factor)
+    except ValueError:
+      value = 0.0
+    if scheme not in ("cp", "tucker2") or not value > 1:
+      raise ValueError(f"--compress entries must be 'cp:F' or 'tucker2:F' with F > 1, got {entry!r}")
+    specs.append(CompressSpec(scheme, value))
+  return tuple(dict.fromkeys(specs))
+
+
+def compile_settings(backend: str | None = None) -> dict[str, dict[str, str]]:
+  """Compile setting → XLA options (on a GPU/TPU only the default: the others are XLA:CPU options)."""
+  if (backend or jax.default_backend()) != "cpu":
+    return {"default": {}}
+  return {"default": {}, "no_ynn": dict(NO_YNN_FUSION_OPTIONS), "eigen": dict(EIGEN_CONV_OPTIONS)}
+
+
+def dense_build_name(build: str, setting: str) -> str:
+  """``dense`` / ``dense/efficonv`` / ``dense/efficonv_im2col``, with ``/<setting>`` unless the default."""
+  base = {"nnx": "dense", "auto": "dense/efficonv"}.get(build, f"dense/efficonv_{build}")
+  return base if setting == "default" else f"{base}/{setting}"
+
+
+def subject_of(cfg: ExperimentConfig, model: nnx.Module) -> Subject:
+  """The states, training step and inference function of ``model`` (built as the training run builds them)."""
+  _, dataset_name = image_spec(cfg.data)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  parallel = make_parallel(1)
+  optimizer = make_optimizer(cfg.optim, NOMINAL_STEPS)
+  train_step = make_train_step(
+    graphdef,
+    optimizer,
+    parallel,
+    dataset_name=dataset_name,
+    augment=cfg.data.augment,
+    schedule=learning_rate_schedule(cfg.optim, NOMINAL_STEPS),
+  )
+  params, rest = replicate(parallel, (params, rest))
+  opt_state = replicate(parallel, optimizer.init(params))
+  return Subject(graphdef, params, rest, opt_state, train_step, parallel, make_predict(graphdef))
+
+
+def compressed_model(
+  model: nnx.Module, spec: CompressSpec, image_shape: Sequence[int], cp_iters: int
+) -> tuple[nnx.Module, int, list[dict[str, Any]]]:
+  """``efficonv.compress(model, Policy(spec.scheme, MacReduction(spec.factor), dense_implementation="auto"))``.
+
+  Args:
+    model: the dense network.
+    spec: scheme and MAC reduction.
+    image_shape: ``(H, W, C)``.
+    cp_iters: ALS sweeps of the CP decompositions (the weights are random: timing does not depend on fit).
+
+  Returns:
+    ``(compressed network, its nominal forward MACs per image, the report's layers as dicts)``. The MACs are
+    the dense network's minus what each replaced conv saves by the report (a traced count would include the
+    kernel reconstruction of layers whose ``auto`` plan runs the reconstructed dense kernel).
+  """
+  kwargs = {"n_iter": cp_iters} if spec.scheme == "cp" else {}
+  policy = efficonv.Policy(
+    scheme=spec.scheme, rank=MacReduction(spec.factor), dense_implementation="auto", decompose_kwargs=kwargs
+  )
+  new, report = efficonv.compress(model, policy, input_shape=(1, *image_shape))
+  macs = cost.macs(model, (1, *image_shape)) - sum(r.macs_before - r.macs_after for r in report.layers)
+  layers = [
+    {
+      "layer": r.path,
+      "scheme": r.scheme,
+      "rank": r.rank,
+      "rank_reason": r.rank_reason,
+      "macs_before": r.macs_before,
+      "macs_after": r.macs_after,
+      "implementation": r.implementation,
+    }
+    for r in report.layers
+  ]
+  return new, macs, layers
+
+
+def _torch_peer(
+  models: Mapping[str, nnx.Module], image_shape: Sequence[int], batch_sizes: Sequence[int], bench: Any
+) -> dict[str, Any]:
+  """Times the PyTorch channels_last peer of every model; ``{"skipped": reason}`` without torch."""
+  from experiments.bench import torch_network
+  from experiments.bench.peers.base import PeerUnavailableError
+
+  try:
+    torch = torch_network.import_torch()
+  except PeerUnavailableError as e:
+    return {"skipped": str(e), "records": []}
+  rng = np.random.default_rng(0)
+  calls = {}
+  for b in batch_sizes:
+    x = rng.normal(size=(b, *image_shape)).astype(np.float32)
+    for name, model in models.items():
+      calls[(name, b)] = torch_network.torch_inference(torch, model, x)
+  for call in calls.values():
+    call()
+  stats = measure(
+    {f"{n}|{b}": (c, ()) for (n, b), c in calls.items()},
+    repeats=bench.repeats,
+    warmup=bench.warmup,
+    min_seconds=bench.min_seconds,
+  )
+  records = []
+  for (name, b), _ in calls.items():
+    st = stats[f"{name}|{b}"]
+    records.append({"variant": name, "batch_size": b, "label": f"inference_b{b}", "ms": st.median_ms, **st.as_dict()})
+  dense = {r["batch_size"]: r["ms"] for r in records if r["variant"] == "dense"}
+  for r in records:
+    r["speedup_vs_torch_dense"] = dense[r["batch_size"]] / r["ms"]
+  return {
+    "skipped": None,
+    "torch": torch.__version__,
+    "threads": torch.get_num_threads(),
+    "layout": "channels_last",
+    "records": records,
+  }
+
+
+def run_realistic(
+  cfg: ExperimentConfig,
+  *,
+  compress: Sequence[CompressSpec],
+  dense_builds: Sequence[str] = ("nnx", "auto"),
+  compressed_settings: Sequence[str] = ("default", "no_ynn"),
+  batch_sizes: Sequence[int] = (1, 32),
+  train_batch_sizes: Sequence[int] = (),
+  train_variants: Sequence[str] | None = None,
+  breakdown_batch_sizes: Sequence[int] = (),
+  torch_peer: bool = True,
+  cp_iters: int = 5,
+  command: str = "",
+  deadline: float | None = None,
+) -> dict[str, Any]:
+  """Times the fastest dense build of ``cfg``'s network against ``efficonv.compress`` of it.
+
+  Every dense build (``dense_builds`` × :func:`compile_settings`) and every compressed network (under each of
+  ``compressed_settings``; the flag-free ``default`` always) is timed in the same interleaved run; per
+  measurement the fastest dense build is the baseline and is named in ``dense_fastest``.
+
+  Args:
+    cfg: the experiment config (model, image shape, bench settings, optimizer of the training step).
+    compress: the compressed networks.
+    dense_builds: of :data:`DENSE_BUILDS`.
+    compressed_settings: of :data:`COMPILE_SETTINGS` (on CPU), the compressed networks' compile settings.
+    batch_sizes: inference batch sizes (``B = 1``: latency).
+    train_batch_sizes: training-step batch sizes.
+    train_variants: the variants whose training step is timed (``None``: every variant; the names of the
+      dense builds without ``/<setting>`` select them under every setting).
+    breakdown_batch_sizes: batch sizes of the per-layer breakdown (:mod:`experiments.bench.layer_times`)
+      of the fastest dense build, the ``nnx.Conv`` build and every compressed network (default settings).
+    torch_peer: also time the PyTorch channels_last peer of the ``nnx.Conv`` and compressed networks.
+    cp_iters: ALS sweeps of the CP decompositions.
+    command: the command line, recorded.
+    deadline: a :func:`time.perf_counter` value after which no further round of timed calls starts.
+
+  Returns:
+    The payload of ``results.json`` (:class:`experiments.common.results.NetworkPayload` plus
+    ``compressed``, ``breakdown`` and ``torch_peer``).
+
+  Raises:
+    ValueError: naming ``dense_builds``, ``compressed_settings`` or a batch-size argument when invalid.
+  """
+  start = time.perf_counter()
+  if not dense_builds or any(b not in DENSE_BUILDS for b in dense_builds):
+    raise ValueError(f"dense_builds must name builds of {DENSE_BUILDS}, got {list(dense_builds)}")
+  settings = compile_settings()
+  compressed_settings = ["default", *(s for s in compressed_settings if s != "default")]
+  if any(s not in COMPILE_SETTINGS for s in compressed_settings):
+    raise ValueError(f"compressed_settings must name settings of {COMPILE_SETTINGS}, got {compressed_settings}")
+  compressed_settings = [s for s in compressed_settings if s in settings]
+  batch_sizes = _check_batch_sizes("--batch-sizes", batch_sizes)
+  train_batch_sizes = _check_batch_sizes("--train-batch-sizes", train_batch_sizes)
+  breakdown_batch_sizes = _check_batch_sizes("--breakdown-batch-sizes", breakdown_batch_sizes)
+  image_shape, _ = image_spec(cfg.data)
+  load_before = load_average()
+  inputs = make_inputs(image_shape, cfg.model.num_classes, batch_sizes, train_batch_sizes)
+  inference_inputs = {k: v for k, v in inputs.items() if v[0] == "inference"}
+
+  graphdef, params, rest = init_model(cfg.model, image_shape, cfg.train.seed)
+  dense_model = merge(graphdef, params, rest)
+  dense_macs = cost.macs(dense_model, (1, *image_shape))
+  dense_params = cost.params(dense_model)
+  models: dict[str, nnx.Module] = {}
+  networks: dict[str, tuple[Network, dict[str, str]]] = {}
+  calls: dict[str, dict[str, Callable[[], Any]]] = {}
+  compressed_info: dict[str, Any] = {}
+
+  def wants_train(name: str) -> bool:
+    if train_variants is None:
+      return True
+    base = name.split("/")[0] if not name.startswith("dense") else name
+    return name in train_variants or base in train_variants
+
+  def add(name: str, model: nnx.Module, scheme: str, macs: int, variant_settings: Sequence[str]) -> None:
+    t0 = time.perf_counter()
+    net = Network(scheme, cost.params(model), macs, subject_of(cfg, model))
+    for setting in variant_settings:
+      variant = name if setting == "default" else f"{name}/{setting}"
+      if scheme == "dense":
+        variant = dense_build_name(name, setting)
+      chosen = inputs if wants_train(variant) else inference_inputs
+      calls[variant] = measurement_calls(net.subject, settings[setting], chosen)
+      networks[variant] = (net, settings[setting])
+    logger.info(
+      "%s: %d params, %.1f M MACs/image, compiled in %.1f s", name, net.params, macs / 1e6, time.perf_counter() - t0
+    )
+
+  for build in dense_builds:
+    model = dense_model if build == "nnx" else replace_dense(dense_model, build)
+    models[dense_build_name(build, "default")] = model
+    add(build, model, "dense", dense_macs, list(settings))
+  for spec in compress:
+    t0 = time.perf_counter()
+    model, macs, layers = compressed_model(dense_model, spec, image_shape, cp_iters)
+    compressed_info[spec.name] = {
+      "scheme": spec.scheme,
+      "mac_reduction": spec.factor,
+      "cp_iters": cp_iters,
+      "compress_s": time.perf_counter() - t0,
+      "layers": layers,
+    }
+    models[spec.name] = model
+    add(spec.name, model, spec.scheme, macs, compressed_settings)
+  logger.info("Timing %d builds", len(calls))
+  stats = time_calls(calls, cfg.bench, deadline)
+  records, fastest = make_records(stats, networks)
+
+  breakdown: dict[str, Any] = {}
+  if breakdown_batch_sizes:
+    from experiments.bench import layer_times
+
+    sites = layer_times.layer_sites(dense_model, image_shape)
+    for b in breakdown_batch_sizes:
+      label = f"inference_b{b}"
+      chosen = dict.fromkeys([fastest.get(label, "dense"), "dense", *(s.name for s in compress)])
+      builds = {
+        n: (models[n.split("/")[0] if not n.startswith("dense") else _build_model_name(n)], networks[n][1])
+        for n in chosen
+      }
+      per_layer = layer_times.time_layers(builds, sites, b, cfg.bench, deadline)
+      whole = {r["variant"]: r["ms"] for r in records if r["label"] == label}
+      breakdown[label] = {
+        n: {"layers": per_layer[n], **layer_times.breakdown_rows(per_layer[n], whole.get(n, float("nan")))}
+        for n in per_layer
+      }
+  peer = {"skipped": "not requested (--no-torch)", "records": []}
+  if torch_peer:
+    peer = _torch_peer(
+      {n: models[n] for n in ("dense", *(s.name for s in compress)) if n in models}, image_shape, batch_sizes, cfg.bench
+    )
+  return {
+    "command": command,
+    "machine": {
+      **machine_info(compiler_options={n: o for n, (_, o) in networks.items() if o}, command=command or None),
+      "device_kind": jax.devices()[0].device_kind,
+      "load_average_before": load_before,
+      "load_average_after": load_average(),
+    },
+    "versions": library_versions(),
+    "config": {
+      "name": cfg.name,
+      "preset": cfg.preset,
+      "arch": cfg.model.arch,
+      "image_shape": list(image_shape),
+      "schemes": ["dense", *dict.fromkeys(s.scheme for s in compress)],
+      "compress": [s.name for s in compress],
+      "dense_builds": list(dense_builds),
+      "compressed_settings": compressed_settings,
+      "batch_sizes": list(batch_sizes),
+      "train_batch_sizes": list(train_batch_sizes),
+      "train_variants": None if train_variants is None else list(train_variants),
+      "breakdown_batch_sizes": list(breakdown_batch_sizes),
+      "bench": dataclasses.asdict(cfg.bench),
+      "model": dataclasses.asdict(cfg.model),
+      "dense_macs": dense_macs,
+      "dense_params": dense_params,
+    },
+    "dense_fastest": fastest,
+    "skipped": [],
+    "records": records,
+    "compressed": compressed_info,
+    "breakdown": breakdown,
+    "torch_peer": peer,
+    "wall_s": time.perf_counter() - start,
+  }
+
+
+def _build_model_name(variant: str) -> str:
+  """The default-setting name of a dense variant: ``dense/efficonv/no_ynn`` → ``dense/efficonv``."""
+  for setting in COMPILE_SETTINGS[1:]:
+    if variant.endswith(f"/{setting}"):
+      return variant[: -len(setting) - 1]
+  return variant
+
+
+def markdown_realistic(payload: dict[str, Any]) -> str:
+  """The realistic-network results as Markdown: header, whole-network tables, breakdown, PyTorch peer."""
+  m, c = payload["machine"], payload["config"]
+  versions = ", ".join(f"{k} {v}" for k, v in payload["versions"].items())
+  lines = [
+    f"# Whole-network timing: {c['name']} ({c['arch']}, {'×'.join(map(str, c['image_shape']))}), {c['preset']}",
+    "",
+    f"Command: `{payload['command']}`",
+    "",
+    f"Machine: {m['device_kind']} ({m['backend']}), {m['cpu_model']}, {m['usable_cpus']} usable CPUs; load "
+    f"average {m['load_average_before']} → {m['load_average_after']} (shared machine); {versions}; wall "
+    f"{payload['wall_s']:.0f} s.",
+    "",
+    f"Dense network: {c['dense_macs'] / 1e6:.1f} M MACs/image, {c['dense_params'] / 1e6:.2f} M params, random "
+    "weights. Dense builds: `dense` = `nnx.Conv`, `dense/efficonv` = `replace_dense(model, 'auto')`, "
+    "`dense/efficonv_im2col` = every conv im2col; each compiled with the default options, `/no_ynn` (no YNNPACK "
+    "fusion) and `/eigen` (XLA's own convolutions). Compressed: `efficonv.compress(model, Policy(scheme, "
+    "rank=MacReduction(F), dense_implementation='auto'))` (`<scheme>_macF`; no suffix = default compile "
+    "options, no flags).",
+    "",
+    "Speedup = fastest dense ms / ms (same measurement); MAC ratio = dense MACs / MACs (nominal forward MACs "
+    f"per image); ms = median of at least {c['bench']['repeats']} calls and {c['bench']['min_seconds']} s, "
+    "all builds interleaved (`experiments.common.timing`).",
+  ]
+  for label, dense in payload["dense_fastest"].items():
+    rows = [r for r in payload["records"] if r["label"] == label]
+    lines += [
+      "",
+      f"## {label} ({rows[0]['measurement']}, batch {rows[0]['batch_size']}; fastest dense: `{dense}`)",
+      "",
+      "| variant | params | MACs/image | MAC ratio | ms/call | IQR ms | images/s | speedup |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+      lines.append(
+        f"| {r['variant']} | {r['params'] / 1e6:.2f}M | {r['macs'] / 1e6:.1f}M | {r['mac_ratio']:.2f} | "
+        f"{r['ms']:.2f} | {r['iqr_ms']:.2f} | {r['images_per_s']:.0f} | {r['speedup']:.2f} |"
+      )
+  for label, builds in payload["breakdown"].items():
+    names = list(builds)
+    lines += [
+      "",
+      f"## Per-layer breakdown, {label} (ms per layer alone at its input shape; rest = whole − Σ layers)",
+      "",
+      "| layer | input | " + " | ".join(f"`{n}`" for n in names) + " |",
+      "|---|---|" + "---:|" * len(names),
+    ]
+    first = builds[names[0]]["layers"]
+    for i, layer in enumerate(first):
+      cells = [f"{builds[n]['layers'][i]['ms']:.2f} ({builds[n]['layers'][i]['kind'].split(':')[-1]})" for n in names]
+      shape = "×".join(map(str, layer["input_shape"][1:]))
+      lines.append(f"| {layer['layer']} | {shape} | " + " | ".join(cells) + " |")
+    for key, title in (("layers_ms", "Σ layers"), ("rest_ms", "rest"), ("whole_ms", "whole network")):
+      lines.append(f"| **{title}** | | " + " | ".join(f"{builds[n][key]:.2f}" for n in names) + " |")
+  peer = payload["torch_peer"]
+  lines += ["", "## PyTorch peer (CPU, channels_last, eval, no_grad)", ""]
+  if peer["skipped"]:
+    lines.append(f"Skipped: {peer['skipped']}.")
+  else:
+    ours = {(r["variant"], r["label"]): r["ms"] for r in payload["records"]}
+    lines += [
+      f"torch {peer['torch']}, {peer['threads']} threads. The same networks (weights of the convs and the head).",
+      "",
+      "| network | batch | torch ms | speedup vs torch dense | JAX ms (same network, default options) | torch ms / JAX ms |",
+      "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in peer["records"]:
+      jax_ms = ours.get((r["variant"], r["label"]))
+      ratio = f"{r['ms'] / jax_ms:.2f}" if jax_ms else "–"
+      jax_cell = f"{jax_ms:.2f}" if jax_ms else "–"
+      lines.append(
+        f"| {r['variant']} | {r['batch_size']} | {r['ms']:.2f} | {r['speedup_vs_torch_dense']:.2f} | {jax_cell} | "
+        f"{ratio} |"
+      )
+  return "\n".join(lines) + "\n"
+
+
 def markdown(payload: dict[str, Any]) -> str:
   """The results as Markdown: header, then one table per measurement."""
   m, c = payload["machine"], payload["config"]
@@ -431,14 +856,16 @@ def plot(records: Sequence[dict[str, Any]], path: str) -> str:
   return path
 
 
-def write(payload: dict[str, Any], out_dir: str) -> list[str]:
-  """Writes ``results.json``, ``results.md`` and the plot into ``out_dir``; returns the paths."""
+def write(
+  payload: dict[str, Any], out_dir: str, to_markdown: Callable[[dict[str, Any]], str] | None = None
+) -> list[str]:
+  """Writes ``results.json``, ``results.md`` (``to_markdown``, default :func:`markdown`) and the plot; returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "results.md")]
   with open(paths[0], "w") as f:
     json.dump(payload, f, indent=1, default=str)
   with open(paths[1], "w") as f:
-    f.write(markdown(payload))
+    f.write((to_markdown or markdown)(payload))
   return [*paths, plot(payload["records"], os.path.join(out_dir, PLOT_NAME))]
 
 
@@ -457,21 +884,57 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="inference batch sizes")
   parser.add_argument("--train-batch-sizes", nargs="*", type=int, default=None, help="training-step batch sizes")
   parser.add_argument("--out", default=None, help="output directory (default: experiments/results/bench_network_…)")
+  realistic = parser.add_argument_group("realistic networks (with --compress)")
+  realistic.add_argument(
+    "--compress", nargs="+", default=None, help="compressed networks scheme:F (cp:4 tucker2:8): compress mode"
+  )
+  realistic.add_argument("--dense-builds", nargs="+", default=["nnx", "auto"], choices=DENSE_BUILDS)
+  realistic.add_argument("--compressed-settings", nargs="+", default=["default", "no_ynn"], choices=COMPILE_SETTINGS)
+  realistic.add_argument("--train-variants", nargs="*", default=None, help="variants whose training step is timed")
+  realistic.add_argument("--breakdown-batch-sizes", nargs="*", type=int, default=None, help="per-layer breakdown")
+  realistic.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+  realistic.add_argument("--cp-iters", type=int, default=5, help="ALS sweeps of the CP decompositions")
   args = parser.parse_args(argv)
   setup_logging()
   cfg = config_from_args(args)
   if args.arch is not None:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch=args.arch))
   command = command_line(__spec__.name, argv)
-  payload = run(
-    cfg,
-    schemes=parse_schemes(args.schemes),
-    batch_sizes=args.batch_sizes,
-    train_batch_sizes=args.train_batch_sizes,
-    command=command,
-  )
-  paths = write(payload, args.out or default_out(args.config, args.preset, cfg.model.arch))
-  print(markdown(payload))
+  if args.compress is not None:
+    batch_sizes = args.batch_sizes or sorted(
+      {cfg.bench.latency_batch_size, cfg.bench.batch_size or cfg.train.batch_size}
+    )
+    payload = run_realistic(
+      cfg,
+      compress=parse_compress(args.compress),
+      dense_builds=args.dense_builds,
+      compressed_settings=args.compressed_settings,
+      batch_sizes=batch_sizes,
+      train_batch_sizes=args.train_batch_sizes if args.train_batch_sizes is not None else [],
+      train_variants=args.train_variants,
+      breakdown_batch_sizes=args.breakdown_batch_sizes
+      if args.breakdown_batch_sizes is not None
+      else [max(batch_sizes)],
+      torch_peer=not args.no_torch,
+      cp_iters=args.cp_iters,
+      command=command,
+    )
+    name = args.config.removeprefix("bench_")
+    out = args.out or os.path.join(
+      DEFAULT_RESULTS, f"bench_network_{name}" + ("" if args.preset == "full" else f"_{args.preset}")
+    )
+    paths = write(payload, out, markdown_realistic)
+  else:
+    payload = run(
+      cfg,
+      schemes=parse_schemes(args.schemes),
+      batch_sizes=args.batch_sizes,
+      train_batch_sizes=args.train_batch_sizes,
+      command=command,
+    )
+    paths = write(payload, args.out or default_out(args.config, args.preset, cfg.model.arch))
+  with open(paths[1]) as f:
+    print(f.read())
   logger.info("Wrote %s", ", ".join(paths))
   return payload
 

@@ -491,6 +491,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   )
   parser.add_argument("--finetune-steps", type=int, default=None, help="default: the preset's")
   parser.add_argument(
+    "--implementation", default=None, help="implementation= of the factorized layers (default 'factorized'; 'auto')"
+  )
+  parser.add_argument(
     "--dense-implementation", default=None, help="what the convs left dense run: 'auto' (efficonv.nnx.Conv) or None"
   )
   return parser.parse_args(argv)
@@ -514,6 +517,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = dataclasses.replace(settings, finetune_steps=args.finetune_steps)
   if args.dense_implementation is not None:
     settings = dataclasses.replace(settings, dense_implementation=args.dense_implementation)
+  if args.implementation is not None:
+    settings = dataclasses.replace(settings, implementation=args.implementation)
   workdir = args.workdir or os.path.join("results", f"compress_{args.config}_{args.preset}")
   command = command_line(__spec__.name, argv)
   payload = run(cfg, settings, workdir, command=command)

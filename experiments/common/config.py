@@ -32,14 +32,18 @@ class ModelConfig:
 
   Attributes:
     arch: ``"vgg"`` (stem, then stages of ``stage_depth`` conv-BN-ReLU and a 2×2 max-pool each, flatten,
-      linear) or ``"resnet"`` (stem, then stages of ``stage_depth`` basic blocks, stages after the first
-      starting with stride 2, global average pooling, linear); see :mod:`experiments.models`.
+      linear), ``"resnet"`` (stem, then stages of ``stage_depth`` basic blocks, stages after the first
+      starting with stride 2, global average pooling, linear) or ``"resnet_bottleneck"`` (the same with
+      bottleneck blocks 1×1 → 3×3 → 1×1 whose output is 4× ``stage_features``, as ResNet-50); see
+      :mod:`experiments.models`.
     scheme: which layer replaces every conv after the stem (:data:`experiments.schemes.SCHEMES`).
     num_classes: classifier outputs.
     stem_features: channels of the stem conv (the first conv, a dense 3×3 unless ``factorize_stem``).
     stage_features: channels of each stage.
     stage_depth: convs per VGG stage, basic blocks per ResNet stage: one int, or one per stage.
     stem_pool: a 2×2 max-pool after the VGG stem (as VGG-11), so the first stage runs at half resolution.
+    imagenet_stem: the ImageNet ResNet stem instead of the 3×3 one: a dense 7×7 stride-2 conv, BN, ReLU and a
+      3×3 stride-2 max-pool (a 224×224 image reaches the first stage at 56×56).
     kernel_size: kernel of the scheme convs (the ``dense5``/``stacked`` schemes use ``large_kernel_size``).
     large_kernel_size: receptive field of the ``dense5`` and ``stacked`` schemes.
     spatial_rank: ``SpatialConv`` rank as a fraction of the layer's output channels.
@@ -63,6 +67,7 @@ class ModelConfig:
   stage_features: tuple[int, ...] = (32, 64)
   stage_depth: int | tuple[int, ...] = 2
   stem_pool: bool = False
+  imagenet_stem: bool = False
   kernel_size: int = 3
   large_kernel_size: int = 5
   spatial_rank: float = 0.5

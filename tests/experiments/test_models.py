@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import efficonv
 from efficonv import cost
 from efficonv.nnx import CPConv, SpatialConv, TuckerConv
+from efficonv.rank import MacReduction
 from experiments.common.config import ModelConfig
-from experiments.models import VGG, ResNet, build_model, stage_layout
+from experiments.models import NETWORKS, VGG, ResNet, build_model, network_config, stage_layout
 from experiments.schemes import SCHEMES, STEM_FACTORIZABLE, base_scheme, reference_of, scheme_conv, stem_conv, widen
 
 
@@ -178,3 +180,75 @@ def test_bad_arguments_name_themselves():
     build_model(ModelConfig(stage_features=(8, 8, 8)), (4, 4, 1), rngs=nnx.Rngs(0))  # three 2×2 pools
   with pytest.raises(ValueError, match="stage_depth"):
     stage_layout(ModelConfig(stage_depth=0))
+
+
+# --- The realistic networks (experiments.models.NETWORKS) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_realistic_networks_give_logits(name):
+  cfg, shape = network_config(name)
+  model = _abstract_model(cfg, shape)
+  assert _output_shape(model, (2, *shape)) == (2, cfg.num_classes)
+  assert _output_shape(model, (2, *shape), train=True) == (2, cfg.num_classes)
+
+
+def test_vgg11_cifar_macs_match_the_hand_count():
+  cfg, shape = network_config("vgg11_cifar")
+  # (pixels of the conv's output map, C_in, C_out): stem at 32², pool; 128 at 16², pool; 256×2 at 8²; ...
+  convs = [(32 * 32, 3, 64), (16 * 16, 64, 128), (8 * 8, 128, 256), (8 * 8, 256, 256)]
+  convs += [(4 * 4, 256, 512), (4 * 4, 512, 512), (2 * 2, 512, 512), (2 * 2, 512, 512)]
+  expected = sum(9 * p * cin * cout for p, cin, cout in convs) + 512 * 10  # flattened 1×1×512 → 10 logits
+  assert cost.macs(_abstract_model(cfg, shape), (1, *shape)) == expected
+  assert [len(stage) for stage in stage_layout(cfg)] == [1, 2, 2, 2]
+
+
+def test_imagenet_resnets_have_their_published_costs():
+  # ResNet-18: 1.82 G multiply-adds, ResNet-50: 4.1 G (He et al. 2016, Table 1, 224×224).
+  r18, shape = network_config("resnet18_imagenet")
+  r50, _ = network_config("resnet50_imagenet")
+  assert cost.macs(_abstract_model(r18, shape), (1, *shape)) / 1e9 == pytest.approx(1.81, abs=0.02)
+  model = _abstract_model(r50, shape)
+  assert cost.macs(model, (1, *shape)) / 1e9 == pytest.approx(4.09, abs=0.02)
+  assert [type(c.conv) for c in model.blocks[0].convs] == [nnx.Conv] * 3
+  assert model.blocks[0].convs[2].conv.out_features == 4 * 64 and model.blocks[-1].convs[2].conv.out_features == 2048
+  assert model.stem.conv.kernel_size == (7, 7) and model.stem.conv.strides == 2
+
+
+def test_bottleneck_blocks_put_the_scheme_in_the_3x3_conv_with_the_stride():
+  cfg, shape = network_config("resnet50_imagenet", "cp", width_divisor=16)
+  model = _abstract_model(cfg, shape)
+  block = model.blocks[3]  # the first block of stage 2: stride 2, projected shortcut
+  assert [type(c.conv) for c in block.convs] == [nnx.Conv, CPConv, nnx.Conv]
+  assert block.convs[1].conv.strides == (2, 2) and block.projection is not None
+  assert _output_shape(model, (1, *shape)) == (1, 1000)
+  with pytest.raises(ValueError, match="wide"):
+    _abstract_model(dataclasses.replace(cfg, scheme="wide"), shape)
+  with pytest.raises(ValueError, match="imagenet_stem"):
+    _abstract_model(dataclasses.replace(cfg, scheme="spatial_stem"), shape)
+  with pytest.raises(ValueError, match="imagenet_stem"):
+    _abstract_model(dataclasses.replace(network_config("vgg11_cifar")[0], imagenet_stem=True), (32, 32, 3))
+
+
+def test_network_config_names_bad_arguments():
+  with pytest.raises(ValueError, match="name"):
+    network_config("alexnet")
+  with pytest.raises(ValueError, match="width_divisor"):
+    network_config("vgg11_cifar", width_divisor=0)
+  with pytest.raises(ValueError, match="scheme"):
+    network_config("vgg11_cifar", "fancy")
+  assert network_config("vgg16_cifar", width_divisor=16)[0].stage_features == (4, 8, 16, 32, 32)
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_compress_works_on_every_realistic_network(name):
+  # 4–8 channels: few distinct kernel shapes to decompose, the layout (paths, strides, blocks) of the real one.
+  cfg, shape = network_config(name, width_divisor=64)
+  model = build_model(cfg, shape, rngs=nnx.Rngs(0))
+  small, report = efficonv.compress(
+    model, efficonv.Policy(scheme="tucker2", rank=MacReduction(4)), input_shape=(1, *shape)
+  )
+  replaced = [r for r in report.layers if r.scheme == "tucker2"]
+  assert report.layers[0].scheme == "skipped" and len(replaced) == len(report.layers) - 1
+  assert sum(r.macs_after for r in replaced) < sum(r.macs_before for r in replaced) / 3
+  assert _output_shape(small, (1, *shape)) == (1, cfg.num_classes)

@@ -286,5 +286,7 @@ def test_every_nnx_layer_has_a_linen_counterpart() -> None:
   nnx_layers = {
     n for n, v in vars(enn).items() if isinstance(v, type) and issubclass(v, flax_nnx.Module) and n != "FactorizedConv"
   }
+  # efficonv.nnx.Conv is a drop-in nnx.Conv running efficonv.kernels.conv; a Linen one is issue 12's work.
+  nnx_layers.discard("Conv")
   assert len(nnx_layers) == 7
   assert all(issubclass(getattr(eln, n, object), linen.Module) for n in nnx_layers), nnx_layers - set(dir(eln))

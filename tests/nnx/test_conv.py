@@ -117,5 +117,22 @@ def test_runs_the_chosen_formulation_under_jit() -> None:
 
 
 def test_bad_implementation() -> None:
-  with pytest.raises(ValueError, match=r"^implementation must be 'auto' or one of \('xla'"):
+  with pytest.raises(ValueError, match=r"^implementation must be 'auto', 'autotune' or one of \('xla'"):
     enn.Conv(4, 4, (3, 3), implementation="fft", kernel_init=_init(0), rngs=nnx.Rngs(0))
+
+
+def test_autotune_measures_once_per_shape_and_matches_nnx_conv(monkeypatch: pytest.MonkeyPatch) -> None:
+  from efficonv.planning import clear_cache, tuning
+
+  monkeypatch.delenv(tuning.CACHE_ENV, raising=False)
+  clear_cache()
+  ref = nnx.Conv(8, 4, (3, 3), rngs=nnx.Rngs(0))
+  fast = enn.Conv(8, 4, (3, 3), implementation="autotune", rngs=nnx.Rngs(1))
+  nnx.update(fast, nnx.state(ref))
+  x = jnp.ones((2, 4, 4, 8))
+  name, reason = fast.implementation_for(x.shape)
+  assert name in DENSE_IMPLEMENTATIONS and "autotuned on" in reason and "default XLA options" in reason
+  measured = len(tuning.cache())
+  np.testing.assert_allclose(jax.jit(lambda m, x: m(x))(fast, x), ref(x), rtol=1e-5, atol=1e-5)
+  assert len(tuning.cache()) == measured == 1  # the jitted call reused the measurement
+  clear_cache()
