@@ -299,7 +299,10 @@ def choose_rank(
     rank, clipped, reason, extra = _energy(space, kernel, rule.energy)
   else:
     assert kernel is not None
-    rank, clipped, reason, extra = _vbmf(space, kernel)
+    # The kernel is float64 here; the noise floor is the resolution of the dtype it came in.
+    source = getattr(kernel_or_shape, "dtype", np.float64)
+    eps = float(np.finfo(source).eps) if jnp.issubdtype(source, jnp.floating) else float(np.finfo(np.float64).eps)
+    rank, clipped, reason, extra = _vbmf(space, kernel, eps)
 
   details = {"max_rank": space.max_rank(), "clipped": bool(clipped), **extra, **costs.evaluate(rank)}
   details.update(space.options)
@@ -490,9 +493,9 @@ def _energy(space: _Space, kernel: np.ndarray, energy: float) -> tuple[RankLike,
   return rank, clipped, reason, {"target_met": met, "energy_kept": energy_kept, **extra}
 
 
-def _vbmf(space: _Space, kernel: np.ndarray) -> tuple[RankLike, bool, str, dict[str, Any]]:
+def _vbmf(space: _Space, kernel: np.ndarray, eps: float) -> tuple[RankLike, bool, str, dict[str, Any]]:
   unfoldings = space.format.unfoldings(kernel, **space.options)
-  found = [(u.name, evbmf(np.asarray(u.matrix, np.float64))) for u in unfoldings]
+  found = [(u.name, evbmf(np.asarray(u.matrix, np.float64), eps=eps)) for u in unfoldings]
   raw = tuple(res.rank for _, res in found)
   parts = ", ".join(f"{name}: {res.rank} (σ̂² = {res.sigma2:.3g})" for name, res in found)
   wanted = space.format.rank_from_unfoldings([max(r, 1) for r in raw], space.shape, **space.options)
@@ -504,6 +507,9 @@ def _vbmf(space: _Space, kernel: np.ndarray) -> tuple[RankLike, bool, str, dict[
     zero = [name for (name, _), r in zip(found, raw) if r == 0]
   if zero:
     reason += f"; EVBMF found no component above the noise threshold in the {', '.join(zero)}: raised to 1"
+  numerical = [name for name, res in found if res.numerical]
+  if numerical:
+    reason += f"; no noise above the kernel's rounding in the {', '.join(numerical)}: the numerical rank"
   rank, clipped = space.clip(wanted)
   details: dict[str, Any] = {
     "target_met": True,

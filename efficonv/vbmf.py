@@ -79,6 +79,8 @@ class EVBMFResult:
     max_rank: ``\\bar H``, the largest rank EVBMF can return for this shape.
     singular_values: ``γ``, ``(L,)`` or ``(B, L)`` for a stack, descending.
     estimates: the EVB estimates ``γ̂`` (zero for the discarded components), same shape.
+    numerical: whether the estimated noise was below the numerical resolution of the input, so that
+      ``σ̂²`` was raised to the floor and ``rank`` is the numerical rank (see :func:`evbmf`).
   """
 
   rank: int
@@ -88,6 +90,7 @@ class EVBMFResult:
   max_rank: int
   singular_values: np.ndarray
   estimates: np.ndarray
+  numerical: bool = False
 
 
 def tau_underbar(alpha: float) -> float:
@@ -109,23 +112,49 @@ def tau_underbar(alpha: float) -> float:
   return 0.5 * (lo + hi)
 
 
-def evbmf(matrix: np.ndarray, *, sigma2: float | None = None) -> EVBMFResult:
+def evbmf(matrix: np.ndarray, *, sigma2: float | None = None, eps: float | None = None) -> EVBMFResult:
   """The EVBMF rank of a matrix, or of a stack of matrices sharing one noise variance.
+
+  A (numerically) noise-free low-rank matrix has no noise to estimate: its tail singular values are
+  rounding errors, whose spectrum is not that of Gaussian noise, and the free energy's minimizer
+  collapses towards ``σ² = 0`` and keeps some of them (a rank-4 float32 kernel got ranks in the 40s).
+  So the estimated ``σ̂²`` is floored where the threshold it implies would fall below the input's
+  resolution, ``tol = 2 √L · eps · γ_1`` (entrywise rounding by ``eps`` perturbs the singular values by
+  at most ``eps ||Y||_F ≤ eps √L γ_1``; the factor 2 allows for the rounding in computing ``Y`` itself):
+  then the result is the numerical rank, ``#{γ_h > tol}`` (``numerical=True``).
+
+  Example:
+    >>> import numpy as np
+    >>> from efficonv.vbmf import evbmf
+    >>> rng = np.random.default_rng(0)
+    >>> low_rank = (rng.normal(size=(32, 4)) @ rng.normal(size=(4, 96))).astype(np.float32)
+    >>> evbmf(low_rank).rank, evbmf(low_rank).numerical
+    (4, True)
+    >>> evbmf(low_rank + 0.1 * rng.normal(size=low_rank.shape)).rank
+    4
 
   Args:
     matrix: ``(m, n)``; or ``(B, m, n)``: ``B`` matrices with independent factors and priors but one
       noise variance, estimated by minimizing their summed free energy over
       ``[min_b \\underline\\sigma_b^2, max_b \\bar\\sigma_b^2]`` (the union of the single-matrix ranges —
       a heuristic range for stacks). Transposed internally so that ``L = min(m, n)``.
-    sigma2: a known noise variance (skips the estimation).
+    sigma2: a known noise variance (skips the estimation and the floor).
+    eps: the relative precision of the entries; ``None``: the machine epsilon of ``matrix``'s dtype
+      (float64's for non-float input). Pass the source's (e.g. ``np.finfo(np.float32).eps``) when a
+      lower-precision matrix was cast to float64.
 
   Returns:
     An :class:`EVBMFResult`. A matrix of pure noise gives rank 0.
 
   Raises:
-    ValueError: naming ``matrix`` when it is not 2-D/3-D, empty or not finite, or ``sigma2`` when not
-      positive and finite.
+    ValueError: naming ``matrix`` when it is not 2-D/3-D, empty or not finite, ``sigma2`` when not
+      positive and finite, or ``eps`` when not in ``[0, 1)``.
   """
+  if eps is None:
+    dtype = getattr(matrix, "dtype", np.asarray(matrix).dtype)
+    eps = float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else float(np.finfo(np.float64).eps)
+  if not (math.isfinite(eps) and 0.0 <= eps < 1.0):
+    raise ValueError(f"eps must be a float in [0, 1), got {eps}")
   y = np.asarray(matrix, dtype=np.float64)
   if y.ndim not in (2, 3) or y.size == 0:
     raise ValueError(f"matrix must be a non-empty (m, n) or (B, m, n) array, got shape {y.shape}")
@@ -142,8 +171,13 @@ def evbmf(matrix: np.ndarray, *, sigma2: float | None = None) -> EVBMFResult:
   x_under = _x_underbar(alpha)
   # ⌈L/(1+α)⌉ - 1 = ⌈LM/(L+M)⌉ - 1, in integers.
   h_bar = min(-(-L * M // (L + M)) - 1, L)
+  numerical = False
   if sigma2 is None:
     sigma2 = _estimate_sigma2(gamma, L, M, h_bar, x_under)
+    tol = 2.0 * math.sqrt(L) * eps * float(gamma.max())
+    floor = tol**2 / (M * x_under)  # the σ² whose threshold sqrt(M σ² x_under) is tol
+    if 0.0 < sigma2 < floor:
+      sigma2, numerical = floor, True
   if sigma2 <= 0.0:  # all-zero input: nothing to keep
     zeros = np.zeros_like(gamma)
     return EVBMFResult(0, (0,) * len(gamma), 0.0, 0.0, h_bar, _unstack(gamma, y), _unstack(zeros, y))
@@ -154,7 +188,9 @@ def evbmf(matrix: np.ndarray, *, sigma2: float | None = None) -> EVBMFResult:
   disc = np.maximum(shrink**2 - 4.0 * L * M * sigma2**2 / safe**4, 0.0)
   estimates = np.where(keep, 0.5 * safe * (shrink + np.sqrt(disc)), 0.0)
   ranks = tuple(int(k) for k in keep.sum(axis=1))
-  return EVBMFResult(max(ranks), ranks, float(sigma2), threshold, h_bar, _unstack(gamma, y), _unstack(estimates, y))
+  return EVBMFResult(
+    max(ranks), ranks, float(sigma2), threshold, h_bar, _unstack(gamma, y), _unstack(estimates, y), numerical
+  )
 
 
 def _unstack(values: np.ndarray, original: np.ndarray) -> np.ndarray:

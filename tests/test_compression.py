@@ -121,9 +121,9 @@ def test_exact_ranks_reproduce_the_trained_model(scheme: str, trained: CNN, data
   model = plant_cp(trained, CP_RANK) if scheme == "cp" else trained
   rank = CP_RANK if scheme == "cp" else EXACT_RANK[scheme]
   compressed, report = efficonv.compress(
-    model, efficonv.Policy(scheme=scheme, rank=rank, implementation="factorized"), input_shape=INPUT_SHAPE
+    model, efficonv.Policy(scheme=scheme, rank=rank, implementation="factorized", force=True), input_shape=INPUT_SHAPE
   )
-  replaced = [r for r in report.layers if r.scheme != "skipped"]
+  replaced = [r for r in report.layers if r.scheme not in ("skipped", "dense")]
   assert [r.path for r in replaced] == ["conv2", "conv3"]
   assert all(isinstance(getattr(compressed, r.path), schemes.get(scheme).nnx_layer) for r in replaced)
   total_error = sum(r.relative_error for r in replaced)
@@ -206,7 +206,7 @@ def test_report_renders_to_markdown_and_json(trained: CNN) -> None:
 
 
 def replaced_paths(report: Report) -> list[str]:
-  return [r.path for r in report.layers if r.scheme != "skipped"]
+  return [r.path for r in report.layers if r.scheme not in ("skipped", "dense")]
 
 
 def test_skip_first(trained: CNN) -> None:
@@ -299,7 +299,7 @@ class ListNet(nnx.Module):
 def test_convs_in_an_nnx_list(data: tuple[jax.Array, jax.Array]) -> None:
   model = ListNet(nnx.Rngs(1))
   compressed, report = efficonv.compress(
-    model, efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"]), input_shape=INPUT_SHAPE
+    model, efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"], force=True), input_shape=INPUT_SHAPE
   )
   assert [r.path for r in report.layers] == ["stem", "blocks/0", "blocks/1"]
   assert replaced_paths(report) == ["blocks/0", "blocks/1"]
@@ -308,7 +308,9 @@ def test_convs_in_an_nnx_list(data: tuple[jax.Array, jax.Array]) -> None:
   x, _ = data
   assert relative(compressed(x), model(x)) < 1e-4
   _, report = efficonv.compress(
-    model, efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"], include=["blocks/1"]), input_shape=INPUT_SHAPE
+    model,
+    efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"], include=["blocks/1"], force=True),
+    input_shape=INPUT_SHAPE,
   )
   assert replaced_paths(report) == ["blocks/1"]
 
@@ -327,7 +329,7 @@ class DropoutNet(nnx.Module):
 
 def test_forward_for_models_with_extra_arguments(data: tuple[jax.Array, jax.Array]) -> None:
   model = DropoutNet(nnx.Rngs(2))
-  policy = efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"])
+  policy = efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"], force=True)
   with pytest.raises(TypeError, match="train"):
     efficonv.compress(model, policy, input_shape=INPUT_SHAPE)
   forward: Callable[[nnx.Module, jax.Array], jax.Array] = lambda m, x: m(x, train=False)  # noqa: E731
@@ -351,14 +353,14 @@ class DepthwiseNet(nnx.Module):
 
 def test_ineligible_convs_are_skipped_or_rejected_when_named() -> None:
   model = DepthwiseNet(nnx.Rngs(3))
-  policy = efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"])
+  policy = efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"], force=True)
   compressed, report = efficonv.compress(model, policy, input_shape=INPUT_SHAPE)
   assert replaced_paths(report) == ["conv2"]
   depthwise = report.layers[1]
   assert depthwise.path == "depthwise" and "feature_group_count" in depthwise.rank_reason
   assert depthwise.macs_before == depthwise.macs_after == cost.macs(model.depthwise, depthwise.input_shape)
   assert type(compressed.depthwise) is nnx.Conv
-  named = efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"], include=["depthwise"])
+  named = efficonv.Policy(scheme="tucker2", rank=EXACT_RANK["tucker2"], include=["depthwise"], force=True)
   with pytest.raises(ValueError, match=r"include.*'depthwise'.*feature_group_count"):
     efficonv.compress(model, named, input_shape=INPUT_SHAPE)
 
@@ -438,3 +440,219 @@ def test_bad_dense_implementation_names_the_argument() -> None:
     efficonv.Policy(scheme="cp", rank=2, dense_implementation="fast")
   with pytest.raises(ValueError, match="implementation must be 'auto', 'autotune' or one of"):
     replace_dense(nnx.Conv(1, 1, (1, 1), rngs=nnx.Rngs(0)), "fast")
+
+
+# --- per-layer policies, their JSON, replay -------------------------------------------------------
+
+
+def test_policy_json_round_trip_is_lossless() -> None:
+  policy = efficonv.Policy(
+    scheme="tt",
+    rank=rank_rules.Energy(0.9),
+    skip_first=False,
+    include=["conv2", "conv3"],
+    implementation="factorized",
+    dense_implementation="im2col",
+    decompose_kwargs={"in_modes": [2, 4], "out_modes": (4, 2)},
+    layers={
+      "conv1": "dense",
+      "conv2": ["tucker2", [4, 3]],
+      "conv3": ("cp", rank_rules.MacReduction(4), {"n_iter": 50, "tol": 0.0}),
+      "block/0": ("spatial", rank_rules.VBMF()),
+      "block/1": ("separable", rank_rules.Fixed(2)),
+      "block/2": ("tt", rank_rules.ParamFraction(0.25)),
+    },
+    force=["conv2"],
+  )
+  assert policy.layers["conv2"] == ("tucker2", (4, 3)) and policy.decompose_kwargs["in_modes"] == (2, 4)
+  text = policy.to_json()
+  again = efficonv.Policy.from_json(text)
+  assert again == policy
+  assert again.to_json() == text
+  assert json.loads(text)["layers"]["conv3"][1] == {"rule": "MacReduction", "reduction": 4.0}
+  for rule in (rank_rules.VBMF(), rank_rules.Fixed((2, 3)), 7, (3, 4)):
+    plain = efficonv.Policy(scheme="tucker2", rank=rule)
+    assert efficonv.Policy.from_json(plain.to_json()) == plain
+
+
+def test_policy_json_rejects_what_it_cannot_write() -> None:
+  with pytest.raises(ValueError, match="include"):
+    efficonv.Policy(scheme="cp", rank=2, include=lambda path, conv: True).to_json()
+  with pytest.raises(ValueError, match="decompose_kwargs"):
+    efficonv.Policy(scheme="cp", rank=2, decompose_kwargs={"key": jax.random.key(0)}).to_json()
+  with pytest.raises(ValueError, match=r"data has keys that are not Policy fields.*'ranks'"):
+    efficonv.Policy.from_dict({"scheme": "cp", "ranks": 2})
+  with pytest.raises(ValueError, match=r"rule of efficonv\.rank"):
+    efficonv.Policy.from_dict({"scheme": "cp", "rank": {"rule": "Magic"}})
+
+
+@pytest.mark.parametrize(
+  ("layers", "match"),
+  [
+    ({"conv2": "sparse"}, r"policy\.layers\['conv2'\] must be 'dense'"),
+    ({"conv2": ("cp",)}, r"policy\.layers\['conv2'\] must be"),
+    ({"conv2": ("svd", 2)}, r"policy\.layers\['conv2'\]'s scheme must be one of"),
+    ({"conv2": ("cp", 2.5)}, r"policy\.layers\['conv2'\]'s rank must be"),
+    ({"conv2": ("cp", 2, [1])}, r"policy\.layers\['conv2'\]'s decompose_kwargs must be a dict"),
+  ],
+)
+def test_bad_layer_entries_name_the_path(layers: dict, match: str) -> None:
+  with pytest.raises(ValueError, match=match):
+    efficonv.Policy(scheme="cp", rank=2, layers=layers)
+
+
+def test_per_layer_policy_overrides_the_uniform_fields(trained: CNN) -> None:
+  policy = efficonv.Policy(
+    scheme="cp", rank=CP_RANK, layers={"conv1": ("spatial", 3), "conv3": ("tucker2", (4, 4))}, force=["conv1"]
+  )  # conv1 is named, so skip_first does not apply to it; spatial costs more MACs there, hence force
+  compressed, report = efficonv.compress(trained, policy, input_shape=INPUT_SHAPE)
+  assert [(r.path, r.scheme, r.rank) for r in report.layers] == [
+    ("conv1", "spatial", 3),
+    ("conv2", "cp", CP_RANK),
+    ("conv3", "tucker2", (4, 4)),
+  ]
+  assert isinstance(compressed.conv1, enn.SpatialConv) and isinstance(compressed.conv3, enn.TuckerConv)
+  assert report.policy.layers == {"conv1": ("spatial", 3), "conv2": ("cp", CP_RANK), "conv3": ("tucker2", (4, 4))}
+  only, report = efficonv.compress(trained, efficonv.Policy(layers={"conv2": ("cp", 2)}), input_shape=INPUT_SHAPE)
+  assert replaced_paths(report) == ["conv2"] and type(only.conv3) is nnx.Conv
+  assert "policy.rank is None" in report.layers[2].rank_reason
+  with pytest.raises(ValueError, match=r"policy\.layers names paths that are not convs: \['head'\]"):
+    efficonv.compress(trained, efficonv.Policy(layers={"head": "dense"}), input_shape=INPUT_SHAPE)
+  with pytest.raises(ValueError, match=r"policy\.force names paths that are not convs: \['conv9'\]"):
+    efficonv.compress(trained, efficonv.Policy(scheme="cp", rank=2, force="conv9"), input_shape=INPUT_SHAPE)
+
+
+def structure(model: nnx.Module) -> dict[str, Any]:
+  """Each state leaf's path with its shape and dtype, and each module's type and configuration."""
+  leaves = {
+    jax.tree_util.keystr(p): (tuple(v.shape), str(v.dtype))
+    for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+  }
+  modules = {
+    "/".join(map(str, p)): (type(m).__name__, getattr(m, "strides", None), getattr(m, "padding", None))
+    for p, m in nnx.iter_graph(model)
+    if isinstance(m, nnx.Module)
+  }
+  return {"leaves": leaves, "modules": modules}
+
+
+@pytest.mark.parametrize(
+  ("scheme", "rule"),
+  [("cp", rank_rules.MacReduction(4)), ("tucker2", rank_rules.VBMF()), ("tt", rank_rules.Energy(0.6))],
+)
+def test_report_policy_replays_the_compression(scheme: str, rule: Any, trained: CNN) -> None:
+  compressed, report = efficonv.compress(
+    trained, efficonv.Policy(scheme=scheme, rank=rule, dense_implementation="xla"), input_shape=INPUT_SHAPE
+  )
+  resolved = report.policy
+  assert set(resolved.layers) == set(PATHS) and resolved.include is None
+  for r in report.layers:
+    assert resolved.layers[r.path] == ("dense" if r.rank is None else (r.scheme, r.rank))
+  policy = efficonv.Policy.from_json(resolved.to_json())
+  rebuilt, again = efficonv.compress(trained, policy, input_shape=INPUT_SHAPE, decompose=False)
+  assert structure(rebuilt) == structure(compressed)
+  assert [(r.path, r.rank, r.macs_after) for r in again.layers] == [
+    (r.path, r.rank, r.macs_after) for r in report.layers
+  ]
+  assert replaced_paths(again) == replaced_paths(report)
+  assert all(math.isnan(r.relative_error) for r in again.layers if r.rank is not None)
+  assert again.policy == policy
+
+
+def test_decompose_false_runs_under_eval_shape(trained: CNN) -> None:
+  policy = efficonv.Policy(scheme="cp", rank=rank_rules.MacReduction(4))
+  abstract = nnx.eval_shape(
+    lambda: efficonv.compress(CNN(nnx.Rngs(5)), policy, input_shape=INPUT_SHAPE, decompose=False)[0]
+  )
+  compressed, _ = efficonv.compress(trained, policy, input_shape=INPUT_SHAPE)
+  assert structure(abstract) == structure(compressed)
+  assert all(isinstance(v, jax.ShapeDtypeStruct) for v in jax.tree_util.tree_leaves(nnx.state(abstract)))
+  with pytest.raises(ValueError, match=r"policy\.rank.*Energy.*decompose=False"):
+    efficonv.compress(
+      trained, efficonv.Policy(scheme="cp", rank=rank_rules.Energy(0.9)), input_shape=INPUT_SHAPE, decompose=False
+    )
+
+
+RESTORE_SCRIPT = """
+import sys
+import jax.numpy as jnp, numpy as np, orbax.checkpoint as ocp
+from flax import nnx
+sys.path.insert(0, sys.argv[1])
+import efficonv
+from test_compression import CNN, INPUT_SHAPE
+directory = sys.argv[2]
+policy = efficonv.Policy.from_json(open(directory + "/policy.json").read())
+abstract = nnx.eval_shape(
+  lambda: efficonv.compress(CNN(nnx.Rngs(123)), policy, input_shape=INPUT_SHAPE, decompose=False)[0]
+)
+graphdef, abstract_state = nnx.split(abstract)
+state = ocp.StandardCheckpointer().restore(directory + "/state", abstract_state)
+model = nnx.merge(graphdef, state)
+np.save(directory + "/restored.npy", np.asarray(model(jnp.asarray(np.load(directory + "/x.npy")))))
+"""
+
+
+def test_saved_compressed_model_restores_in_a_new_process(
+  trained: CNN, data: tuple[jax.Array, jax.Array], tmp_path: Any
+) -> None:
+  import os
+  import subprocess
+  import sys
+
+  ocp = pytest.importorskip("orbax.checkpoint")
+  compressed, report = efficonv.compress(
+    trained, efficonv.Policy(scheme="tucker2", rank=rank_rules.VBMF()), input_shape=INPUT_SHAPE
+  )
+  assert replaced_paths(report)  # something to restore beyond the dense layers
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(tmp_path / "state", nnx.state(compressed))
+  checkpointer.wait_until_finished()
+  (tmp_path / "policy.json").write_text(report.policy.to_json())
+  x = np.asarray(data[0][:4])
+  np.save(tmp_path / "x.npy", x)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  done = subprocess.run(
+    [sys.executable, "-c", RESTORE_SCRIPT, tests_dir, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=env,
+    cwd=os.path.dirname(tests_dir),
+  )
+  assert done.returncode == 0, done.stderr[-3000:]
+  np.testing.assert_array_equal(np.load(tmp_path / "restored.npy"), np.asarray(compressed(jnp.asarray(x))))
+
+
+# --- never worse than dense ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+  ("scheme", "rule"),
+  [("tt", rank_rules.Energy(0.9)), ("spatial", rank_rules.Energy(0.95)), ("tucker2", rank_rules.Energy(0.99))],
+)
+def test_costlier_candidates_stay_dense_unless_forced(scheme: str, rule: Any, trained: CNN) -> None:
+  _, forced_report = efficonv.compress(
+    trained, efficonv.Policy(scheme=scheme, rank=rule, force=True), input_shape=INPUT_SHAPE
+  )
+  costlier = [r.path for r in forced_report.layers if r.macs_after > r.macs_before]
+  assert costlier  # the rule does make layers costlier here
+  compressed, report = efficonv.compress(trained, efficonv.Policy(scheme=scheme, rank=rule), input_shape=INPUT_SHAPE)
+  for r, f in zip(report.layers, forced_report.layers):
+    assert r.macs_after <= r.macs_before
+    if r.path in costlier:
+      assert (r.scheme, r.rank) == ("dense", None) and type(getattr(compressed, r.path)) is nnx.Conv
+      assert (
+        r.rank_reason
+        == f"candidate {scheme} rank {f.rank if isinstance(f.rank, int) else tuple(f.rank)} costs {f.macs_after:,} MACs > dense {r.macs_before:,}"
+      )
+      assert report.policy.layers[r.path] == "dense"
+    else:
+      assert (r.scheme, r.rank, r.macs_after) == (f.scheme, f.rank, f.macs_after)
+  assert report.macs_after <= report.macs_before
+  # Forcing one layer by path replaces only that one anyway.
+  one = costlier[0]
+  _, by_path = efficonv.compress(
+    trained, efficonv.Policy(scheme=scheme, rank=rule, force=[one]), input_shape=INPUT_SHAPE
+  )
+  assert [r.scheme == "dense" for r in by_path.layers] == [r.path in costlier and r.path != one for r in report.layers]

@@ -237,6 +237,24 @@ def test_vbmf_recovers_planted_tucker2_ranks(seed: int) -> None:
   assert rk.choose_rank("tucker2", 1e-4 * kernel, rk.VBMF()).rank == (5, 7)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vbmf_gives_the_numerical_rank_of_a_noise_free_kernel(dtype: type) -> None:
+  # Without a floor on the noise estimate this float32 kernel got ranks in the 20s-40s.
+  kernel = _tucker_kernel((4, 4), (3, 3, 64, 64), noise=0.0, seed=3).astype(dtype)
+  choice = rk.choose_rank("tucker2", kernel, rk.VBMF())
+  assert choice.rank == (4, 4)
+  if dtype is np.float32:
+    assert "numerical rank" in choice.reason
+  fit = decompose.tucker2(kernel, choice.rank)[1]
+  assert float(fit.relative_error) < 1e-5
+
+
+@pytest.mark.parametrize("noise", [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+def test_vbmf_keeps_the_planted_rank_under_small_noise(noise: float) -> None:
+  kernel = _tucker_kernel((4, 4), (3, 3, 64, 64), noise=noise, seed=3).astype(np.float32)
+  assert rk.choose_rank("tucker2", kernel, rk.VBMF()).rank == (4, 4)
+
+
 def test_vbmf_recovers_planted_spatial_and_separable_ranks() -> None:
   rng = np.random.default_rng(7)
   kh, kw, cin, cout = 3, 3, 16, 24

@@ -128,3 +128,37 @@ def test_zero_matrix_has_rank_zero() -> None:
 def test_errors_name_the_argument(matrix: np.ndarray, kwargs: dict, name: str) -> None:
   with pytest.raises(ValueError, match=name):
     evbmf(matrix, **kwargs)
+
+
+def _exact(rng: np.random.Generator, L: int, M: int, r: int) -> np.ndarray:
+  return rng.normal(size=(L, r)) @ rng.normal(size=(r, M))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("L", "M", "r"), [(64, 576, 4), (40, 40, 6), (120, 30, 3)])
+def test_noise_free_low_rank_gives_the_numerical_rank(dtype: type, L: int, M: int, r: int) -> None:
+  y = _exact(np.random.default_rng(L + r), L, M, r).astype(dtype)
+  res = evbmf(y)
+  assert res.rank == r
+  assert np.all(res.singular_values[r:] <= res.threshold) and res.threshold < res.singular_values[r - 1]
+  if dtype is np.float32:  # the rounding tail is what the estimate collapsed onto
+    assert res.numerical
+  # A float32 matrix cast to float64 needs the source's eps (as efficonv.rank passes it).
+  assert evbmf(y.astype(np.float64), eps=float(np.finfo(dtype).eps)).rank == r
+
+
+@pytest.mark.parametrize("noise", [1e-6, 1e-4, 1e-2, 1e-1])
+def test_small_noise_keeps_the_planted_rank(noise: float) -> None:
+  rng = np.random.default_rng(3)
+  y = _exact(rng, 64, 576, 4)
+  y = (y + noise * y.std() * rng.normal(size=y.shape)).astype(np.float32)
+  res = evbmf(y)
+  assert res.rank == 4
+
+
+def test_the_floor_leaves_noisy_estimates_alone() -> None:
+  y = _planted(np.random.default_rng(4), 32, 288, 5, 0.02)
+  res = evbmf(y)
+  assert not res.numerical and res.sigma2 == pytest.approx(0.02**2, rel=0.2)
+  with pytest.raises(ValueError, match="eps"):
+    evbmf(y, eps=1.5)

@@ -60,6 +60,8 @@ Init = Union[Literal["svd", "random"], CP]
 INITS = ("svd", "random")
 Method = Literal["als", "lm"]
 METHODS = ("als", "lm")
+# Fits from which the best is kept (see cp's n_restarts).
+DEFAULT_RESTARTS = 4
 
 
 def cp(
@@ -72,6 +74,7 @@ def cp(
   key: Array | None = None,
   l2: float = 1e-6,
   method: Method = "als",
+  n_restarts: int = DEFAULT_RESTARTS,
 ) -> tuple[CP, FitInfo]:
   """Rank-``rank`` CP decomposition of an HWIO kernel by regularized CP-ALS or LM (see the module docstring).
 
@@ -103,6 +106,13 @@ def cp(
     l2: ridge on the rank-one term norms (relative to the unit Gram diagonal); guarantees
       ``FitInfo.degeneracy <= 1/sqrt(l2)``. ``0`` disables the guard and the float32 safety margin.
     method: ``"als"`` (alternating least squares) or ``"lm"`` (Levenberg–Marquardt).
+    n_restarts: fits run (one after another, in one compiled ``lax.map``) from different starts, of
+      which the one with the least relative error is returned: the first from ``init`` (the fit
+      ``n_restarts=1`` returns, so more restarts are never worse), the others alternately from the SVD
+      init with positive random columns for the modes shorter than ``rank`` (TensorLy's padding) and
+      from Gaussian unit columns. ALS reaches different local minima from different starts; with
+      ``n_restarts=1`` it can lose to TensorLy's ``parafac`` at the same rank and sweeps. Costs up to
+      ``n_restarts`` times one fit.
 
   Returns:
     ``(CP, FitInfo)``. The term weights ``λ_r`` are absorbed evenly (``λ_r^{1/4}`` into each factor
@@ -112,12 +122,14 @@ def cp(
 
   Raises:
     ValueError: naming the argument: ``kernel`` not 4-D/real/finite, ``rank`` out of range, ``n_iter``
-      ``< 1``, ``tol``/``l2`` negative, ``init`` unknown or of the wrong shape, ``method`` unknown.
+      or ``n_restarts`` ``< 1``, ``tol``/``l2`` negative, ``init`` unknown or of the wrong shape,
+      ``method`` unknown.
   """
   w = check_kernel(kernel)
   shape = tuple(int(d) for d in w.shape)
   rank = single_rank(CP.check_rank(rank, shape))
   n_iter = check_int(n_iter, "n_iter", minimum=1)
+  n_restarts = check_int(n_restarts, "n_restarts", minimum=1)
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
   tol = check_float(tol, "tol")
@@ -135,11 +147,23 @@ def cp(
     start, init_kind = None, init
   else:
     raise ValueError(f"init must be one of {INITS} or a CP format, got {init!r}")
-  return _fit(w, key, start, n_iter, tol, l2, rank=rank, init=init_kind, method=method, check_convergence=tol > 0)
+  return _fit(
+    w,
+    key,
+    start,
+    n_iter,
+    tol,
+    l2,
+    rank=rank,
+    init=init_kind,
+    method=method,
+    check_convergence=tol > 0,
+    n_restarts=n_restarts,
+  )
 
 
 # Only what changes the program is static, so new values of n_iter, tol or l2 reuse the compiled fit.
-@functools.partial(jax.jit, static_argnames=("rank", "init", "method", "check_convergence"))
+@functools.partial(jax.jit, static_argnames=("rank", "init", "method", "check_convergence", "n_restarts"))
 def _fit(
   w: Array,
   key: Array,
@@ -152,8 +176,37 @@ def _fit(
   init: str,
   method: str,
   check_convergence: bool,
+  n_restarts: int,
 ) -> tuple[CP, FitInfo]:
-  factors = _initial_factors(w, rank, init, key) if start is None else factors_of(unit_columns(f)[0] for f in start)
+  first = _initial_factors(w, rank, init, key) if start is None else factors_of(unit_columns(f)[0] for f in start)
+  fit = functools.partial(
+    _fit_from, w, n_iter=n_iter, tol=tol, l2=l2, method=method, check_convergence=check_convergence
+  )
+  if n_restarts == 1:
+    return fit(first)
+  # The first fit starts where a single fit would (so the best is never worse than it); the others from
+  # random unit columns: ALS converges to different local minima from different starts. lax.map, not
+  # vmap: vmapped, the Cholesky/LU solves become batched LAPACK calls, which deadlocked in OpenBLAS here.
+  keys = [jax.random.fold_in(key, i) for i in range(1, n_restarts)]
+  others = [_initial_factors(w, rank, _RESTART_INITS[(i - 1) % 2], k) for i, k in enumerate(keys, 1)]
+  starts = factors_of(jnp.stack([f, *(o[mode] for o in others)]) for mode, f in enumerate(first))
+  fmts, infos = jax.lax.map(fit, starts)
+  errors = jnp.where(jnp.isnan(infos.relative_error), jnp.inf, infos.relative_error)
+  best = jnp.argmin(errors)
+  return jax.tree_util.tree_map(lambda x: x[best], (fmts, infos))
+
+
+def _fit_from(
+  w: Array,
+  factors: Factors,
+  *,
+  n_iter: int | Array,
+  tol: float | Array,
+  l2: float | Array,
+  method: str,
+  check_convergence: bool,
+) -> tuple[CP, FitInfo]:
+  """One fit from unit-column starting factors."""
   w_norm = jnp.linalg.norm(w.ravel())
   if method == "als":
     factors, weights, sweeps = als(
@@ -179,12 +232,21 @@ def _fit(
   return fmt, info
 
 
+# The restarts after the first alternate between these starts: the SVD init with positive (uniform)
+# instead of Gaussian columns for the modes shorter than the rank (TensorLy's padding, whose fits often
+# reach another minimum), and Gaussian unit columns everywhere.
+_RESTART_INITS = ("svd_positive", "random")
+
+
 def _initial_factors(w: Array, rank: int, init: str, key: Array) -> Factors:
   keys = jax.random.split(key, 4)
   unfoldings = CP.unfoldings(w)
   factors = []
   for mode, size in enumerate(w.shape):
-    random = unit_columns(jax.random.normal(keys[mode], (size, rank), w.dtype))[0]
+    if init == "svd_positive":
+      random = unit_columns(jax.random.uniform(keys[mode], (size, rank), w.dtype))[0]
+    else:
+      random = unit_columns(jax.random.normal(keys[mode], (size, rank), w.dtype))[0]
     if init == "random":
       factors.append(random)
       continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +158,7 @@ def test_max_rank() -> None:
     (np.ones(SHAPE), {"rank": 2, "l2": -1e-6}, "l2"),
     (np.ones(SHAPE), {"rank": 2, "init": "hosvd"}, "init"),
     (np.ones(SHAPE), {"rank": 2, "method": "gn"}, "method"),
+    (np.ones(SHAPE), {"rank": 2, "n_restarts": 0}, "n_restarts"),
     (
       np.ones(SHAPE),
       {"rank": 2, "init": CP(np.ones((8, 3)), np.ones((3, 3)), np.ones((3, 3)), np.ones((3, 10)))},
@@ -184,3 +186,39 @@ def test_no_worse_than_tensorly_parafac() -> None:
   _, ours = cp(w, 3, n_iter=30, tol=0.0, init="svd")
   theirs = parafac(tl.tensor(w), 3, n_iter_max=30, tol=0, init="svd")
   assert float(ours.relative_error) <= build.relative_error(w, tl.cp_to_tensor(theirs)) * (1 + 1e-3) + 1e-6
+
+
+def test_restarts_keep_the_best_of_the_individual_fits() -> None:
+  rng = np.random.default_rng(9)
+  w = build.cp_kernel(rng, SHAPE, 6) + 0.3 * build.gaussian(rng, SHAPE)
+  key = jax.random.key(3)
+  fmt, info = cp(w, 5, n_iter=40, tol=0.0, key=key, n_restarts=4)
+  # Restart 0 is the single fit; 1 and 3 start from the SVD with positive padding columns, 2 from random.
+  single = float(cp(w, 5, n_iter=40, tol=0.0, key=key, n_restarts=1)[1].relative_error)
+  randoms = float(
+    cp(w, 5, n_iter=40, tol=0.0, init="random", key=jax.random.fold_in(key, 2), n_restarts=1)[1].relative_error
+  )
+  assert float(info.relative_error) <= min(single, randoms) * (1 + 1e-4)
+  assert build.relative_error(w, fmt.to_dense()) == pytest.approx(float(info.relative_error), rel=1e-4)
+  fits = jax.jit(jax.vmap(lambda k: cp(k, 5, n_iter=10, n_restarts=3)))(jnp.stack([w, -w]))
+  assert fits[1].relative_error.shape == (2,) and fits[0].first.shape == (2, SHAPE[2], 5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_default_is_no_worse_than_tensorly_svd_init(seed: int) -> None:
+  # A small analogue of the trained-like 3×3×64×64 kernel (rank-48 structure plus noise, rank 32): the
+  # rank exceeds the 3-long modes, so most of their starting columns are random, and which minimum a fit
+  # reaches depends on them.
+  tl = pytest.importorskip("tensorly", reason="TensorLy is an optional peer (test extra), used only to cross-check")
+  from tensorly.decomposition import parafac
+
+  shape = (3, 3, 16, 16)
+  rng = np.random.default_rng(seed)
+  factors = [rng.standard_normal((size, 12)) for size in shape]
+  w = np.einsum("r,xr,yr,cr,sr->xycs", 0.9 ** np.arange(12), *factors)
+  w = (w / w.std() + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+  _, ours = cp(w, 8, n_iter=100, tol=0.0)
+  with warnings.catch_warnings():  # TensorLy warns that the 3-long modes have fewer than 8 singular vectors
+    warnings.simplefilter("ignore", UserWarning)
+    theirs = parafac(tl.tensor(w), 8, n_iter_max=100, tol=0, init="svd", random_state=0)
+  assert float(ours.relative_error) <= build.relative_error(w, tl.cp_to_tensor(theirs)) * (1 + 1e-4)
