@@ -357,6 +357,14 @@ Payload = (
   | DecomposePayload
 )
 
+
+class DenseConvPayload(TypedDict):
+  """``bench_dense_conv/*.json`` (:mod:`experiments.bench.dense_conv`): every dense formulation per shape."""
+
+  machine: dict[str, Any]
+  cases: list[dict[str, Any]]
+
+
 _SCHEMAS: dict[str, tuple[type, dict[str, type]]] = {
   "compare": (ComparePayload, {"results": CompareRow}),
   "compress": (CompressPayload, {"results": CompressRow}),
@@ -365,6 +373,7 @@ _SCHEMAS: dict[str, tuple[type, dict[str, type]]] = {
   "auto_sweep": (AutoSweepPayload, {"records": LayerRecord}),
   "quick_timing": (QuickTimingPayload, {}),
   "decompose": (DecomposePayload, {}),
+  "dense_conv": (DenseConvPayload, {}),
 }
 KINDS: tuple[str, ...] = tuple(_SCHEMAS)
 """The kinds of results file :func:`load` reads."""
