@@ -655,7 +655,10 @@ def _candidate_macs(
   scheme: str, rank: Any, options: Mapping[str, Any], conv: nnx.Conv, input_shape: tuple[int, ...]
 ) -> int:
   """MACs of the factorized layer of ``scheme`` at ``rank`` that would replace ``conv`` (shapes only)."""
-  fmt = schemes.get(scheme).format.abstract(tuple(int(d) for d in conv.kernel.shape), rank, **options)
+  fmt_cls = schemes.get(scheme).format
+  shape = tuple(int(d) for d in conv.kernel.shape)
+  # Clipped as the decompositions clip (TT); a rank they reject is rejected by ``abstract`` already.
+  fmt = fmt_cls.abstract(shape, fmt_cls.clip_rank(rank, shape, **options)[0], **options)
   return int(fmt.macs(input_shape, **_conv_options(conv)))
 
 
