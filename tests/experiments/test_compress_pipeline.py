@@ -41,7 +41,7 @@ def test_tiny_preset_writes_both_files_with_expected_keys(tiny_run):
   assert list(rows) == [v.name for v in settings_for("tiny").variants]
   for row in rows.values():
     assert ROW_KEYS <= set(row)
-    assert set(row["report"]) == {"layers", "totals"}
+    assert set(row["report"]) == {"layers", "totals", "policy"}
     assert row["drop_points"] == pytest.approx(100 * (row["accuracy_dense"] - row["accuracy_after_ft"]))
     assert row["inference_speedup"] > 0 and len(row["finetune_losses"]) == row["finetune_steps"]
   # Every conv after the stem is factorized; the stem is left dense.
