@@ -37,6 +37,7 @@ from flax import nnx
 from efficonv import cost, schemes
 from efficonv import rank as rank_lib
 from efficonv.convert import conv_kernel, conv_padding
+from efficonv.kernels.dense import check_layer_implementation
 
 Path = tuple[Any, ...]
 
@@ -111,7 +112,7 @@ class Policy:
     if self.rank is not None:
       object.__setattr__(self, "rank", _canonical_rank(self.rank, "rank"))
     if self.dense_implementation is not None:
-      _check_dense_implementation(self.dense_implementation, "policy.dense_implementation")
+      check_layer_implementation(self.dense_implementation, "policy.dense_implementation")
     if isinstance(self.include, str):  # one path, not a sequence of one-letter paths (nor a substring test)
       object.__setattr__(self, "include", (self.include,))
     elif isinstance(self.include, Sequence):
@@ -510,14 +511,6 @@ def _choice_for(policy: Policy, name: str, conv: nnx.Conv, index: int) -> tuple[
   return (policy.scheme, policy.rank, policy.decompose_kwargs, False), "given"
 
 
-def _check_dense_implementation(value: object, name: str) -> str:
-  from efficonv.kernels import DENSE_IMPLEMENTATIONS
-
-  if value not in ("auto", "autotune") and value not in DENSE_IMPLEMENTATIONS:
-    raise ValueError(f"{name} must be 'auto', 'autotune' or one of {DENSE_IMPLEMENTATIONS}, got {value!r}")
-  return str(value)
-
-
 def fast_conv(conv: nnx.Conv, implementation: str = "auto") -> nnx.Conv:
   """An :class:`efficonv.nnx.Conv` with ``conv``'s configuration and a copy of its state.
 
@@ -527,7 +520,7 @@ def fast_conv(conv: nnx.Conv, implementation: str = "auto") -> nnx.Conv:
   """
   from efficonv.nnx.conv import Conv as FastConv
 
-  _check_dense_implementation(implementation, "implementation")
+  check_layer_implementation(implementation, "implementation")
   if not isinstance(conv, nnx.Conv):
     raise ValueError(f"conv must be a flax.nnx.Conv, got {type(conv).__name__}")
   layer = FastConv(
@@ -574,7 +567,7 @@ def replace_dense(model: nnx.Module, implementation: str = "auto") -> nnx.Module
     >>> type(fast.layers[0]).__module__, bool(jnp.allclose(fast(jnp.ones((1, 4, 4, 3))), net(jnp.ones((1, 4, 4, 3)))))
     ('efficonv.nnx.conv', True)
   """
-  _check_dense_implementation(implementation, "implementation")
+  check_layer_implementation(implementation, "implementation")
   new_model = nnx.clone(model)
   paths = {tuple(p) for p, node in nnx.iter_graph(new_model) if type(node) is nnx.Conv}
   return _swap_dense(new_model, paths, implementation)

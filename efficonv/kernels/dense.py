@@ -65,6 +65,17 @@ DENSE_AUTO_RULES: dict[str, dict[str, Any]] = {
 }
 
 
+def check_layer_implementation(value: object, name: str = "implementation") -> str:
+  """A dense layer's ``implementation``: ``"auto"``, ``"autotune"`` or one of :data:`DENSE_IMPLEMENTATIONS`.
+
+  Raises:
+    ValueError: naming ``name`` and the allowed values.
+  """
+  if value not in ("auto", "autotune") and value not in DENSE_IMPLEMENTATIONS:
+    raise ValueError(f"{name} must be 'auto', 'autotune' or one of {DENSE_IMPLEMENTATIONS}, got {value!r}")
+  return str(value)
+
+
 def _output_hw(
   input_shape: Sequence[int],
   kernel_shape: Sequence[int],

@@ -11,7 +11,7 @@ from flax import nnx
 
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
-from efficonv.kernels.dense import DENSE_IMPLEMENTATIONS, dense_implementation
+from efficonv.kernels.dense import check_layer_implementation, dense_implementation
 from efficonv.planning import autotune_dense
 from efficonv.typing import Array
 
@@ -50,10 +50,7 @@ class Conv(nnx.Conv):
   """
 
   def __init__(self, *args: Any, implementation: str = "auto", **kwargs: Any) -> None:
-    if implementation not in ("auto", "autotune") and implementation not in DENSE_IMPLEMENTATIONS:
-      raise ValueError(
-        f"implementation must be 'auto', 'autotune' or one of {DENSE_IMPLEMENTATIONS}, got {implementation!r}"
-      )
+    check_layer_implementation(implementation)
     super().__init__(*args, **kwargs)
     self.implementation = implementation
 
