@@ -75,14 +75,14 @@ class Conv(nnx.Conv):
       return "preferred_element_type"
     if out_sharding is not None:
       return "out_sharding"
+    pairs = []
+    for name in ("strides", "kernel_dilation"):
+      try:
+        pairs.append(opt.pair(self._pair(getattr(self, name)), name))
+      except ValueError:  # e.g. strides=(2,) on a 2-D kernel: nnx.Conv raises its own error for it
+        return f"{name}={getattr(self, name)!r}"
     try:
-      opt.resolve_padding(
-        self.padding,
-        (input_shape[-3], input_shape[-2]),
-        self.kernel_size,
-        opt.pair(self._pair(self.strides), "strides"),
-        opt.pair(self._pair(self.kernel_dilation), "kernel_dilation"),
-      )
+      opt.resolve_padding(self.padding, (input_shape[-3], input_shape[-2]), self.kernel_size, pairs[0], pairs[1])
     except ValueError:
       return f"padding {self.padding!r}"
     return None
