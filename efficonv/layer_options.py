@@ -298,8 +298,9 @@ def check_unsupported(layer: str, why: str, **options: Any) -> None:
     ValueError: naming the first option whose value is not its default.
   """
   for name, (value, default) in options.items():
-    if value is not default and value != default:
-      raise ValueError(f"{name} must be {default!r} for {layer} ({why}), got {value!r}")
+    if value is not None if default is None else value != default:
+      shown = f"an array of shape {value.shape}" if hasattr(value, "shape") and value.shape else repr(value)
+      raise ValueError(f"{name} must be {default!r} for {layer} ({why}), got {shown}")
 
 
 def promote_tree(tree: Any, dtype: Dtype | None) -> Any:
