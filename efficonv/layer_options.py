@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 # The one import of the planner's option types: they move with the planning code, and only this line follows.
 from efficonv.formats import TT
-from efficonv.formats.ranks import as_int
 from efficonv.formats.init import Initializer as Initializer
+from efficonv.formats.ranks import as_int
 from efficonv.kernels import _options as opt
 from efficonv.kernels._options import PaddingLike as PaddingLike
 from efficonv.kernels.depthwise import _DEPTHWISE_IMPLS as DEPTHWISE_IMPLEMENTATIONS

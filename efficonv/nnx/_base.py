@@ -326,10 +326,9 @@ class FactorizedConv(nnx.Module):
     """MACs on ``input_shape`` (bias adds excluded): of the factorized sequence, or of the dense conv where
     an option forces the reconstructed path (groups, mask, ``preferred_element_type``)."""
     shape = _factorized.conv_input_shape(input_shape, self.input_dilation, self.feature_group_count)
-    options = {"strides": self.strides, "padding": self.padding, "dilation": self.kernel_dilation}
-    if _factorized.reconstruction_reason(self.feature_group_count, self.mask, self.preferred_element_type):
-      return self.format.dense_macs(shape, **options)
-    return self.format.macs(shape, **options)
+    dense = _factorized.reconstruction_reason(self.feature_group_count, self.mask, self.preferred_element_type)
+    count = self.format.dense_macs if dense else self.format.macs
+    return count(shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
 
   def __call__(self, inputs: Array) -> Array:
     """Applies the layer.
