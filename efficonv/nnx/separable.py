@@ -48,6 +48,9 @@ class SeparableConv(FactorizedConv):
       :class:`~efficonv.nnx.FactorizedConv` (``nnx.Conv``'s arguments; groups, a mask
       and ``preferred_element_type`` run the reconstructed path).
 
+  ``model.train()``/``model.eval()`` set what ``"auto"``/``"autotune"`` optimise
+  (:attr:`~efficonv.nnx.FactorizedConv.deterministic`).
+
   References:
     Chollet, `Xception: Deep Learning with Depthwise Separable Convolutions
     <https://arxiv.org/abs/1610.02357>`_, CVPR 2017.

@@ -50,6 +50,9 @@ class TTConv(FactorizedConv):
       :class:`~efficonv.nnx.FactorizedConv` (``nnx.Conv``'s arguments; groups, a mask
       and ``preferred_element_type`` run the reconstructed path).
 
+  ``model.train()``/``model.eval()`` set what ``"auto"``/``"autotune"`` optimise
+  (:attr:`~efficonv.nnx.FactorizedConv.deterministic`).
+
   References:
     Garipov et al., `Ultimate tensorization: compressing convolutional and FC
     layers alike <https://arxiv.org/abs/1611.03214>`_, 2016.
