@@ -97,9 +97,9 @@ def shard_batch(parallel: Parallel, *arrays: np.ndarray) -> tuple[jax.Array, ...
     size = array.shape[0]
     if size % parallel.num_devices:
       raise ValueError(f"batch size must be a multiple of the number of devices {parallel.num_devices}, got {size}")
-    per_process = size // jax.process_count()
-    start = jax.process_index() * per_process
-    local = array[start : start + per_process]
+    # This process's rows: those of its devices (contiguous, as the mesh lists each process's devices together).
+    rows = [index[0].indices(size) for index in parallel.batch.addressable_devices_indices_map(array.shape).values()]
+    local = array[min(r[0] for r in rows) : max(r[1] for r in rows)]
     out.append(jax.make_array_from_process_local_data(parallel.batch, local, array.shape))
   return tuple(out)
 
