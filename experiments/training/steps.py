@@ -105,8 +105,22 @@ def shard_batch(parallel: Parallel, *arrays: np.ndarray) -> tuple[jax.Array, ...
 
 
 def replicate(parallel: Parallel, tree: Any) -> Any:
-  """Copies every array leaf of ``tree`` to all devices of the mesh."""
-  return jax.device_put(tree, parallel.replicated)
+  """Copies every array leaf of ``tree`` to all devices of the mesh.
+
+  In a multi-process run every process passes the same values, and each global array is built from this
+  process's copy (``jax.device_put`` of a process-local ``jax.Array`` onto a mesh spanning processes gives, in
+  JAX 0.10, arrays that Orbax cannot save: their per-device pieces are not single-device arrays).
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, parallel.replicated)
+
+  def leaf(x: Any) -> jax.Array:
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, parallel.replicated, lambda index: host[index])
+
+  return jax.tree.map(leaf, tree)
 
 
 def init_model(cfg: ModelConfig, image_shape: Sequence[int], seed: int) -> tuple[nnx.GraphDef, State, State]:
