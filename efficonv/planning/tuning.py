@@ -141,10 +141,15 @@ def _local(key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
   return entry
 
 
-def _shared(key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-  from jax._src import distributed  # the runtime's client; orbax reads it the same way
+def _store() -> Any:
+  """The distributed runtime's client (its key-value store), ``None`` without :func:`jax.distributed.initialize`."""
+  from jax._src import distributed  # no public accessor; orbax reads it the same way
 
-  client = distributed.global_state.client
+  return distributed.global_state.client
+
+
+def _shared(key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+  client = _store()
   if client is None:
     raise RuntimeError(
       f"implementation='autotune' in a run of {jax.process_count()} processes shares process 0's choice through "
