@@ -28,7 +28,8 @@ gloo (JAX's default). The mesh then spans every process's devices; every process
 (same seed, same order) and contributes the rows of its own devices
 (:func:`jax.make_array_from_process_local_data`), so the run computes what one process with the same global
 batch computes, up to float summation order; metrics are global; layers on ``implementation="autotune"`` run
-process 0's choices (:mod:`efficonv.planning.tuning`); Orbax writes each checkpoint once, so the workdir must
+process 0's choices (:mod:`efficonv.planning.tuning`); at the end the processes check that they hold the
+same parameters (:func:`jax.experimental.multihost_utils.assert_equal` of per-array sums); Orbax writes each checkpoint once, so the workdir must
 be on a file system all processes share. Two processes on one machine::
 
   python -m experiments.training.train --config compare_fashion_mnist --preset tiny --scheme cp \\
@@ -166,6 +167,14 @@ def train(
   train_set, test_set = datasets if datasets is not None else load_datasets(cfg.data, cfg.model.num_classes)
   tc = cfg.train
   parallel = make_parallel(tc.num_devices)
+  if jax.process_count() > 1:
+    logger.info(
+      "process %d of %d: %d of the %d devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      parallel.num_devices,
+    )
   if tc.batch_size % parallel.num_devices:
     raise ValueError(f"train.batch_size must be a multiple of the {parallel.num_devices} devices, got {tc.batch_size}")
   steps_per_epoch = data.num_batches(len(train_set), tc.batch_size)
@@ -279,11 +288,25 @@ def train(
     )
     save(epoch + 1, 0)
   checkpointer.close()
+  if jax.process_count() > 1:
+    _check_replicas(params)
 
   tests = [r for r in log.records if r["split"] == "test"]
   final = {"loss": tests[-1]["loss"], "accuracy": tests[-1]["accuracy"]} if tests else {}
   return TrainResult(
     graphdef, params, rest, list(log.records), final, step, elapsed, parallel, opt_state, train_step, predict
+  )
+
+
+def _check_replicas(params: Any) -> None:
+  """Raises unless every process ends with the same parameters (one float64 sum per array compared)."""
+  sums = np.array([np.asarray(leaf.addressable_data(0), np.float64).sum() for leaf in jax.tree.leaves(params)])
+  multihost_utils.assert_equal(sums, "the processes ended training with different parameters")
+  logger.info(
+    "process %d of %d: parameters equal on every process (sums of %d arrays compared)",
+    jax.process_index(),
+    jax.process_count(),
+    sums.size,
   )
 
 
