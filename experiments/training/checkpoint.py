@@ -9,6 +9,7 @@ run killed mid-save leaves the previous checkpoint as the latest.
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Any
 
 import jax
@@ -88,7 +89,6 @@ def read_checkpoint(directory: str | os.PathLike[str], step: int | None = None) 
     # Onto this process's first device, whatever topology saved it (a multi-process run's checkpoint too,
     # which Orbax refuses to restore without a target).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), checkpointer.metadata(item).item_metadata.tree
-    )
+    saved = ocp.StandardCheckpointHandler().metadata(pathlib.Path(item)).tree  # shapes and dtypes
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
     return checkpointer.restore(item, target)
