@@ -16,11 +16,11 @@
    makes; its reconstructed kernel, which the factorized layer computes exactly up to rounding, so one
    compiled forward pass serves every candidate): the relative L2 error of the outputs, or, with
    ``loss_fn``, the increase of the loss.
-4. **Allocation** (:func:`allocate`): starting from the dense network, the greedy step takes, over every
-   layer and every cheaper candidate, the move with the least added penalty per unit of cost saved, until
-   the target is met; then a clean-up pass swaps back any layer to a less sensitive candidate that still
-   fits the budget (the best such swap first) until none does. Deterministic (ties go to the earlier layer
-   and candidate).
+4. **Allocation** (:func:`allocate`): the least total penalty whose cost meets the target, a multiple-choice
+   knapsack over the tables: the better of a dynamic program over costs rounded up to 1/4096 of the budget
+   and AIMET's greedy path (from the dense network, the move with the least added penalty per unit of cost
+   saved, until the target is met), each followed by a clean-up pass that swaps single layers to less
+   sensitive candidates while the budget holds. Deterministic (ties go to the earlier candidate).
 
 **What is predicted.** Layers are assumed to act independently: the penalty of a choice is the sum over
 layers of the squared relative output error (so the predicted output error is the root of the sum, as for
@@ -32,9 +32,11 @@ uncorrelated errors) or of the loss increase. Costs add up:
   :class:`~efficonv.rank.ParamFraction` is the whole-network fraction.
 * time: ``T_rest + Σ_conv t(choice)``, with ``T_rest = T_network − Σ_conv t(conv as in the model)`` — the
   time of everything that is not a conv (normalization, activations, pooling, the head) plus the
-  difference between the network's fused program and its convs run alone — floored at 0. The predicted
-  speedup is ``T_network / (T_rest + Σ t(choice))``, against the model as given, at ``input_shape``'s batch
-  size.
+  difference between the network's fused program and its convs run alone (negative when the convs alone
+  take longer, so that the dense point predicts ``T_network`` exactly). Each conv's ``t`` is its median
+  time alone minus that of a trivial compiled call (the dispatch overhead the network pays once, not once
+  per conv), at least 0. The predicted speedup is ``T_network / (T_rest + Σ t(choice))``, against the model
+  as given, at ``input_shape``'s batch size.
 
 Example:
   >>> import jax, numpy as np
@@ -151,6 +153,8 @@ class SearchReport:
     network_macs, network_params: of the model as given (:mod:`efficonv.cost`, on ``input_shape``).
     network_seconds: measured time of the model as given at ``input_shape`` (NaN when not measured).
     policy: the per-layer policy of the chosen point (every conv named).
+    call_overhead_seconds: the time of a trivial compiled call, subtracted from every layer's time (NaN when
+      nothing was timed).
   """
 
   target: Any
@@ -162,6 +166,7 @@ class SearchReport:
   network_params: int
   network_seconds: float
   policy: Policy
+  call_overhead_seconds: float = math.nan
 
   def choice(self, path: str) -> Candidate:
     """The chosen candidate of the conv at ``path``.
@@ -202,7 +207,10 @@ class SearchReport:
   @property
   def predicted_speedup(self) -> float:
     """Measured network time over the predicted time of the chosen point (NaN when nothing was timed)."""
-    return self.network_seconds / self.predicted_seconds if self.timed else math.nan
+    if not self.timed:
+      return math.nan
+    predicted = self.predicted_seconds
+    return self.network_seconds / predicted if predicted > 0 else math.inf
 
   @property
   def predicted_penalty(self) -> float:
@@ -229,6 +237,7 @@ class SearchReport:
         "macs": self.network_macs,
         "params": self.network_params,
         "seconds": _json_float(self.network_seconds),
+        "call_overhead_seconds": _json_float(self.call_overhead_seconds),
       },
       "predicted": {
         "macs": self.predicted_macs,
@@ -417,7 +426,8 @@ def search(
   batches = _check_data(data, shape, loss_fn is not None)
   forward = forward or (lambda m, x: m(x))
   timed = isinstance(target, rank_lib.Speedup) if measure_time is None else bool(measure_time)
-  time_of = functools.partial(_layer_seconds, repeats=repeats, min_seconds=min_seconds)
+  overhead = _call_overhead(repeats, min_seconds) if timed else math.nan
+  time_of = functools.partial(_layer_seconds, repeats=repeats, min_seconds=min_seconds, overhead=overhead)
 
   work = nnx.clone(model)
   calls = conv_calls(work, shape, forward)
@@ -462,8 +472,9 @@ def search(
           entry = schemes_lib.get(scheme)
           fmt, info = entry.decompose(conv_kernel(conv), rank, **kwargs_by_scheme.get(scheme, {}))
           seconds = math.nan
-          if timed:  # the layer compress builds, timed alone
-            seconds = time_of(layer_of_format(entry.nnx_layer, fmt, conv, implementation), call_shape)
+          if timed:  # the layer compress builds, timed alone; its structure is enough (times do not depend on values)
+            layer = nnx.eval_shape(lambda e=entry, f=fmt, c=conv: layer_of_format(e.nnx_layer, f, c, implementation))
+            seconds = time_of(layer, call_shape)
           candidates.append(
             Candidate(
               scheme,
@@ -495,6 +506,7 @@ def search(
       dense_implementation=dense_implementation,
       skip_first=False,
     ),
+    overhead,
   )
   return allocate(provisional, target, decompose_kwargs=kwargs_by_scheme)
 
@@ -532,7 +544,7 @@ def allocate(
   penalties = [[_penalty(report.metric, c.sensitivity) for c in t.candidates] for t in report.layers]
   budget = _budget(report, target)
   fixed = _rest(report, field)
-  chosen, met = _greedy(costs, penalties, budget - fixed)
+  chosen, met = _allocate(costs, penalties, budget - fixed)
   if not met:
     best = dataclasses.replace(report, chosen=tuple(chosen))
     warnings.warn(
@@ -556,12 +568,66 @@ def allocate(
 # --- allocation -------------------------------------------------------------------------------------------
 
 
-def _greedy(costs: list[list[float]], penalties: list[list[float]], budget: float) -> tuple[list[int], bool]:
-  """Indices (one per layer) with ``Σ cost ≤ budget`` at a small ``Σ penalty``; and whether the budget is met.
+def _allocate(costs: list[list[float]], penalties: list[list[float]], budget: float) -> tuple[list[int], bool]:
+  """One candidate index per layer with ``Σ cost ≤ budget`` at the least ``Σ penalty`` found, and whether the
+  budget is met (when not: the cheapest point).
 
-  From all-dense (index 0), repeatedly takes the move (a layer to any cheaper candidate) with the least added
-  penalty per unit of cost saved; then, while some swap of one layer to a less penalized candidate keeps the
-  total within the budget, makes the one that removes the most penalty.
+  The better of two solutions of this multiple-choice knapsack, each followed by the clean-up pass
+  (:func:`_improve`): a dynamic program over costs rounded up to multiples of ``budget / _BINS`` (so that its
+  solution fits; optimal up to that rounding) and AIMET's greedy path (:func:`_greedy`).
+  """
+  cheapest = [min(range(len(c)), key=list(zip(c, p)).__getitem__) for c, p in zip(costs, penalties)]
+  if sum(c[j] for c, j in zip(costs, cheapest)) > budget:
+    return cheapest, False
+  found = [_improve(costs, penalties, budget, _greedy(costs, penalties, budget))]
+  programmed = _knapsack(costs, penalties, budget)
+  if programmed is not None:
+    found.append(_improve(costs, penalties, budget, programmed))
+  return min(found, key=lambda chosen: sum(p[j] for p, j in zip(penalties, chosen))), True
+
+
+# Cost resolution of the dynamic program, in parts of the budget.
+_BINS = 1 << 12
+
+
+def _knapsack(costs: list[list[float]], penalties: list[list[float]], budget: float) -> list[int] | None:
+  """The least-penalty choice with ``Σ ceil(cost / unit) ≤ _BINS``, ``unit = budget / _BINS`` (``None``: none)."""
+  if budget <= 0:
+    return None
+  unit = budget / _BINS
+
+  def weight(c: float) -> int:
+    return max(math.ceil(c / unit - 1e-9), 0)
+
+  best = np.full(_BINS + 1, np.inf)  # best[b]: least penalty of the layers so far at total weight b
+  best[0] = 0.0
+  picks = []
+  for cs, ps in zip(costs, penalties):
+    new, pick = np.full(_BINS + 1, np.inf), np.full(_BINS + 1, -1)
+    for j, (c, p) in enumerate(zip(cs, ps)):
+      w = weight(c)
+      if w > _BINS:
+        continue
+      shifted = np.full(_BINS + 1, np.inf)
+      shifted[w:] = best[: _BINS + 1 - w] + p
+      better = shifted < new  # strict: a tie keeps the earlier candidate
+      new[better], pick[better] = shifted[better], j
+    best = new
+    picks.append(pick)
+  if not np.isfinite(best).any():
+    return None
+  b = int(np.argmin(best))  # the first least penalty: the lightest weight among them
+  chosen = []
+  for cs, pick in zip(reversed(costs), reversed(picks)):
+    j = int(pick[b])
+    chosen.append(j)
+    b -= weight(cs[j])
+  return chosen[::-1]
+
+
+def _greedy(costs: list[list[float]], penalties: list[list[float]], budget: float) -> list[int]:
+  """From all-dense (index 0), the move (one layer to any cheaper candidate) with the least added penalty per
+  unit of cost saved, until ``Σ cost ≤ budget`` (AIMET's greedy; the caller checks that the cheapest point fits).
   """
   chosen = [0] * len(costs)
   total = sum(c[0] for c in costs)
@@ -576,10 +642,18 @@ def _greedy(costs: list[list[float]], penalties: list[list[float]], budget: floa
           if best is None or ratio < best[0]:
             best = (ratio, layer, j)
     if best is None:
-      return chosen, False
+      break
     _, layer, j = best
     total -= costs[layer][chosen[layer]] - costs[layer][j]
     chosen[layer] = j
+  return chosen
+
+
+def _improve(costs: list[list[float]], penalties: list[list[float]], budget: float, chosen: list[int]) -> list[int]:
+  """While some swap of one layer to a less penalized candidate keeps ``Σ cost ≤ budget``, makes the one that
+  removes the most penalty."""
+  chosen = list(chosen)
+  total = sum(c[j] for c, j in zip(costs, chosen))
   while True:
     swap: tuple[float, int, int] | None = None
     for layer, (cs, ps) in enumerate(zip(costs, penalties)):
@@ -589,7 +663,7 @@ def _greedy(costs: list[list[float]], penalties: list[list[float]], budget: floa
         if gain > 0 and total - cs[here] + c <= budget and (swap is None or gain > swap[0]):
           swap = (gain, layer, j)
     if swap is None:
-      return chosen, True
+      return chosen
     _, layer, j = swap
     total += costs[layer][j] - costs[layer][chosen[layer]]
     chosen[layer] = j
@@ -609,7 +683,7 @@ def _rest(report: SearchReport, field: str) -> float:
     return float(report.network_macs - sum(t.candidates[0].macs for t in report.layers))
   if field == "params":
     return float(report.network_params - sum(t.candidates[0].params for t in report.layers))
-  return max(report.network_seconds - sum(t.given_seconds for t in report.layers), 0.0)
+  return report.network_seconds - sum(t.given_seconds for t in report.layers)
 
 
 def _total(report: SearchReport, field: str, chosen: Sequence[int]) -> Any:
@@ -699,12 +773,28 @@ def _random_input(shape: tuple[int, ...]) -> jax.Array:
   return jnp.asarray(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
 
 
-def _layer_seconds(layer: nnx.Module, shape: tuple[int, ...], *, repeats: int, min_seconds: float) -> float:
-  """Median time of ``layer(x)`` compiled alone at ``shape``."""
+def _call_overhead(repeats: int, min_seconds: float) -> float:
+  """Median time of a compiled call that does (almost) nothing: what every call pays whatever it computes."""
+  x = jnp.zeros((1,), jnp.float32)
+  compiled = jax.jit(lambda x: x + 1).lower(x).compile()
+  return median_seconds(functools.partial(compiled, x), repeats=max(repeats, 20), min_seconds=min_seconds)[0]
+
+
+def _layer_seconds(
+  layer: nnx.Module, shape: tuple[int, ...], *, repeats: int, min_seconds: float, overhead: float
+) -> float:
+  """Median time of ``layer(x)`` compiled alone at ``shape`` less ``overhead``, at least 0 (abstract leaves, from
+  ``nnx.eval_shape``, get random values)."""
   graphdef, state = nnx.split(layer)
+  rng = np.random.default_rng(0)
+  state = jax.tree.map(
+    lambda a: jnp.asarray(rng.standard_normal(a.shape).astype(a.dtype)) if isinstance(a, jax.ShapeDtypeStruct) else a,
+    state,
+  )
   x = _random_input(shape)
   compiled = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)).lower(state, x).compile()
-  return median_seconds(functools.partial(compiled, state, x), repeats=repeats, min_seconds=min_seconds)[0]
+  median = median_seconds(functools.partial(compiled, state, x), repeats=repeats, min_seconds=min_seconds)[0]
+  return max(median - overhead, 0.0)
 
 
 def _network_seconds(
