@@ -14,7 +14,11 @@ The pipeline (Lebedev et al. 2014; Kim et al. 2016):
 2. For each variant (a decomposition scheme and a rank rule from :mod:`efficonv.rank`), replace every conv
    after the stem with :func:`efficonv.compress` (which clones the model, so BatchNorm statistics and the
    other layers are kept), measure the test accuracy, fine-tune the whole network for a few steps with the
-   training run's own step (:func:`experiments.training.steps.make_train_step`), and measure it again.
+   training run's own step (:func:`experiments.training.steps.make_train_step`), and measure it again. A
+   search variant (``search_speedup4``, ``search_speedup8``) first chooses a scheme and rank (or dense) per
+   conv with :func:`efficonv.search` — candidates timed at the benchmark's batch on this machine, sensitivity
+   on a calibration batch of the training set — and compresses with the policy it returns; its row records
+   the search's predicted speedup next to the measured one.
 3. Time inference of the dense model and every compressed one in the same process, interleaved
    (:mod:`experiments.training.throughput`), and count whole-network MACs (:func:`efficonv.cost.macs`).
 4. Write ``compress.md`` and ``compress.json`` into the workdir.
@@ -33,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 from efficonv import cost
 from efficonv import rank as rank_lib
 from efficonv.compression import Policy, compress, replace_dense
+from efficonv.policy_search import SearchReport, allocate, search
 from experiments import data
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common import results
@@ -54,17 +60,25 @@ logger = logging.getLogger("experiments.claims.compress")
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One compressed model: a scheme and a rank rule applied to every conv after the stem.
+  """One compressed model: a scheme and a rank rule applied to every conv after the stem, or a search.
 
   Attributes:
     name: the variant's name in the report.
-    scheme: a scheme of :data:`efficonv.schemes`.
-    rule: a rank rule of :mod:`efficonv.rank` (or a fixed rank of the scheme's kind).
+    scheme: a scheme of :data:`efficonv.schemes` (``"search"`` for a search variant).
+    rule: a rank rule of :mod:`efficonv.rank` (or a fixed rank of the scheme's kind); for a search variant
+      its whole-network target (:data:`efficonv.rank.TARGETS`).
+    search: the schemes :func:`efficonv.search` chooses among (empty: not a search variant).
   """
 
   name: str
   scheme: str
   rule: Any
+  search: tuple[str, ...] = ()
+
+  @property
+  def is_search(self) -> bool:
+    """Whether the variant is a :func:`efficonv.search` over the schemes of ``search`` (``rule`` its target)."""
+    return bool(self.search)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +94,12 @@ class CompressSettings:
     dense_implementation: what the convs left dense run (:class:`efficonv.Policy`): ``None`` keeps them
       ``nnx.Conv``; ``"auto"`` makes them :class:`efficonv.nnx.Conv` (the fastest dense formulation per
       shape). The dense baseline is timed both ways either way (the faster one counts).
+    calibration_size: training images the search variants measure sensitivity on (the first ones).
+    search_ranks: the candidate rank rules of the search variants (``None``: :func:`efficonv.search`'s
+      default, ``MacReduction`` 2–16).
+    search_decompose_kwargs: ``{scheme: keywords}`` of the search variants' fits (e.g.
+      ``{"cp": {"n_restarts": 1}}`` to make CP's fit at every candidate rank cheaper); the final compression
+      makes the same fits.
   """
 
   variants: tuple[Variant, ...]
@@ -87,6 +107,9 @@ class CompressSettings:
   finetune_lr_fraction: float = 0.1
   implementation: str = "factorized"
   dense_implementation: str | None = None
+  calibration_size: int = 256
+  search_ranks: tuple[Any, ...] | None = None
+  search_decompose_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 _STANDARD = (
@@ -110,6 +133,8 @@ CATALOG: dict[str, Variant] = {
     Variant("separable_mac4", "separable", rank_lib.MacReduction(4)),
     Variant("tt_mac4", "tt", rank_lib.MacReduction(4)),
     Variant("tucker2_full", "tucker2", rank_lib.Fixed(1 << 20)),  # clipped to (C_in, C_out)
+    Variant("search_speedup4", "search", rank_lib.Speedup(4), search=("cp", "tucker2")),
+    Variant("search_speedup8", "search", rank_lib.Speedup(8), search=("cp", "tucker2")),
   )
 }
 
@@ -194,6 +219,52 @@ def finetune(
     "losses": losses,
     "elapsed_s": time.perf_counter() - start,
   }
+
+
+def search_policy(
+  variant: Variant,
+  settings: CompressSettings,
+  model: nnx.Module,
+  calibration: Sequence[np.ndarray],
+  input_shape: Sequence[int],
+  tables: dict[tuple[str, ...], SearchReport],
+) -> tuple[Policy, SearchReport]:
+  """The policy of a search variant: :func:`efficonv.search` for its target, or, when an earlier variant
+  searched the same schemes (``tables``, updated), :func:`efficonv.policy_search.allocate` on its tables.
+
+  Args:
+    variant: a search variant (``variant.search`` its schemes, ``variant.rule`` its target).
+    settings: the implementations, candidate ranks and fit keywords.
+    model: the trained dense model.
+    calibration: standardized input batches the sensitivities are measured on.
+    input_shape: NHWC shape the candidates are timed at (the benchmark's batch).
+    tables: reports of earlier searches, by their schemes.
+
+  Returns:
+    ``(policy, report)``.
+
+  Raises:
+    ValueError: naming ``variant`` when it is not a search variant.
+  """
+  if not variant.is_search:
+    raise ValueError(f"variant must be a search variant (with search schemes), got {variant!r}")
+  earlier = tables.get(variant.search)
+  if earlier is not None:
+    return allocate(earlier, variant.rule)
+  policy, report = search(
+    model,
+    variant.rule,
+    input_shape=input_shape,
+    data=list(calibration),
+    schemes=variant.search,
+    ranks=settings.search_ranks,
+    decompose_kwargs=settings.search_decompose_kwargs or None,
+    implementation=settings.implementation,
+    dense_implementation=settings.dense_implementation,
+    measure_time=True,
+  )
+  tables[variant.search] = report
+  return policy, report
 
 
 #: XLA:CPU without YNNPACK library fusion: one of the compile settings the fastest dense network is sought in.
@@ -302,14 +373,25 @@ def run(
   )["accuracy"]
 
   rows: list[CompressRow] = []
+  bench_batch = cfg.bench.batch_size or cfg.train.batch_size
+  calibration = [
+    np.asarray(data.normalize(train_set.images[i : i + eval_batch], train_set.name))
+    for i in range(0, min(settings.calibration_size, len(train_set)), eval_batch)
+  ]
+  tables: dict[tuple[str, ...], SearchReport] = {}
   for variant in settings.variants:
     start = time.perf_counter()
-    policy = Policy(
-      scheme=variant.scheme,
-      rank=variant.rule,
-      implementation=settings.implementation,
-      dense_implementation=settings.dense_implementation,
-    )
+    searched: SearchReport | None = None
+    if variant.is_search:
+      policy, searched = search_policy(variant, settings, dense_model, calibration, (bench_batch, *image_shape), tables)
+      search_s = time.perf_counter() - start
+    else:
+      policy = Policy(
+        scheme=variant.scheme,
+        rank=variant.rule,
+        implementation=settings.implementation,
+        dense_implementation=settings.dense_implementation,
+      )
     model, report = compress(dense_model, policy, input_shape=input_shape)
     compress_s = time.perf_counter() - start
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -341,6 +423,17 @@ def run(
       "report": report.to_dict(),
       "report_markdown": report.to_markdown(),
     }
+    if searched is not None:
+      row.update(
+        searched_schemes=list(variant.search),
+        predicted_speedup=searched.predicted_speedup,
+        predicted_mac_ratio=searched.predicted_mac_ratio,
+        search_target_met=searched.target_met,
+        search_s=search_s,
+        search=searched.to_dict(),
+        search_markdown=searched.to_markdown(),
+      )
+      searched.plot(workdir / f"search_{variant.name}.png")
     rows.append(row)
     logger.info(
       "%s: %.2fx fewer MACs, accuracy %.4f -> %.4f after %d fine-tuning steps (dense %.4f)",
@@ -356,7 +449,6 @@ def run(
     )
 
   logger.info("Timing %d models (at least %d calls each)", len(subjects), cfg.bench.repeats)
-  bench_batch = cfg.bench.batch_size or cfg.train.batch_size
   timings = benchmark(subjects, cfg.bench, image_shape, bench_batch)
   dense_names = [name for name in subjects if name == "dense" or name.startswith("dense/")]
   fastest_throughput = max(dense_names, key=lambda n: timings[n].inference_images_per_s)
@@ -379,6 +471,7 @@ def run(
       latency_ms=t.latency_ms,
       inference_speedup=t.inference_images_per_s / dense_t.inference_images_per_s,
       latency_speedup=timings[fastest_latency].latency_ms / t.latency_ms,
+      measured_speedup_vs_dense=t.inference_images_per_s / timings["dense"].inference_images_per_s,
       bench_stats=t.stats,
     )
   payload: CompressPayload = {
@@ -389,6 +482,9 @@ def run(
       "finetune_lr_fraction": settings.finetune_lr_fraction,
       "implementation": settings.implementation,
       "dense_implementation": settings.dense_implementation,
+      "calibration_size": settings.calibration_size,
+      "search_ranks": None if settings.search_ranks is None else [rule_label(r) for r in settings.search_ranks],
+      "search_decompose_kwargs": settings.search_decompose_kwargs,
     },
     "environment": environment(command or None),
     "bench_batch_size": bench_batch,
@@ -440,19 +536,28 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
       "",
     ]
   lines += [
+    "Search variants (`efficonv.search`) predict their throughput speedup over the `dense` build (the network "
+    "as trained) from each conv's candidates timed alone at the benchmark batch plus the rest of the network; "
+    "*predicted* and *measured vs dense* compare that prediction with the benchmark.",
+    "",
     "| variant | scheme | rule | MAC ratio | throughput speedup | latency speedup | acc dense | acc before FT | "
-    "acc after FT | drop (points) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "acc after FT | drop (points) | predicted speedup | measured vs dense |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in payload["results"]:
+    predicted = f"{r['predicted_speedup']:.2f}×" if "predicted_speedup" in r else "—"
+    measured = f"{r['measured_speedup_vs_dense']:.2f}×" if "measured_speedup_vs_dense" in r else "—"
+    scheme = f"search({', '.join(r['searched_schemes'])})" if "searched_schemes" in r else r["scheme"]
     lines.append(
-      f"| {r['variant']} | {r['scheme']} | {r['rule']} | {r['mac_ratio']:.2f}× | {r['inference_speedup']:.2f}× | "
+      f"| {r['variant']} | {scheme} | {r['rule']} | {r['mac_ratio']:.2f}× | {r['inference_speedup']:.2f}× | "
       f"{r['latency_speedup']:.2f}× | {100 * r['accuracy_dense']:.2f}% | {100 * r['accuracy_before_ft']:.2f}% | "
-      f"{100 * r['accuracy_after_ft']:.2f}% | {r['drop_points']:+.2f} |"
+      f"{100 * r['accuracy_after_ft']:.2f}% | {r['drop_points']:+.2f} | {predicted} | {measured} |"
     )
   lines += ["", "## Per-layer compression reports", ""]
   for r in payload["results"]:
     lines += [f"### {r['variant']}", "", r["report_markdown"], ""]
+    if "search_markdown" in r:
+      lines += [f"Search tables ({r['search_s']:.0f} s):", "", r["search_markdown"], ""]
   return "\n".join(lines)
 
 
@@ -496,6 +601,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument(
     "--dense-implementation", default=None, help="what the convs left dense run: 'auto' (efficonv.nnx.Conv) or None"
   )
+  parser.add_argument(
+    "--search-reductions",
+    default=None,
+    help="comma-separated MAC reductions whose ranks are the search variants' candidates (default 2,3,4,6,8,12,16)",
+  )
+  parser.add_argument(
+    "--search-cp-restarts", type=int, default=None, help="n_restarts of the search variants' CP fits (default 4)"
+  )
   return parser.parse_args(argv)
 
 
@@ -519,6 +632,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = dataclasses.replace(settings, dense_implementation=args.dense_implementation)
   if args.implementation is not None:
     settings = dataclasses.replace(settings, implementation=args.implementation)
+  if args.search_reductions is not None:
+    reductions = tuple(rank_lib.MacReduction(float(v)) for v in args.search_reductions.split(",") if v.strip())
+    settings = dataclasses.replace(settings, search_ranks=reductions)
+  if args.search_cp_restarts is not None:
+    kwargs = {**settings.search_decompose_kwargs, "cp": {"n_restarts": args.search_cp_restarts}}
+    settings = dataclasses.replace(settings, search_decompose_kwargs=kwargs)
   workdir = args.workdir or os.path.join("results", f"compress_{args.config}_{args.preset}")
   command = command_line(__spec__.name, argv)
   payload = run(cfg, settings, workdir, command=command)
