@@ -85,6 +85,7 @@ from efficonv.compression import (
 )
 from efficonv.convert import conv_kernel
 from efficonv.kernels.dense import check_layer_implementation
+from efficonv.planning.plan import check_implementation
 from efficonv.planning.timing import median_seconds
 
 #: The MAC reductions whose ranks are every scheme's candidates by default.
@@ -299,7 +300,7 @@ class SearchReport:
         note = " (" + t.note + ")" if t.note and i == 0 else ""
         rows.append(
           f"| {t.path if i == 0 else ''} | {c.scheme}{note} | {'' if c.rank is None else c.rank} | {c.rules} | "
-          f"{c.macs:,} | {c.params:,} | {1e3 * c.seconds:.3g} | {c.sensitivity:.3g} | {c.relative_error:.3g} | "
+          f"{c.macs:,} | {c.params:,} | {f'{1e3 * c.seconds:.3g}' if math.isfinite(c.seconds) else '—'} | {c.sensitivity:.3g} | {c.relative_error:.3g} | "
           f"{'**chosen**' if i == chosen else ''} |"
         )
     return "\n".join(rows)
@@ -413,10 +414,7 @@ def search(
     raise ValueError(f"multiple_of must be None or an int >= 1, got {multiple_of!r}")
   kwargs_by_scheme = _check_decompose_kwargs(decompose_kwargs)
   check_layer_implementation(dense_implementation or "auto", "dense_implementation")
-  if implementation not in ("auto", "autotune", "factorized", "reconstructed"):
-    raise ValueError(
-      f"implementation must be 'auto', 'autotune', 'factorized' or 'reconstructed', got {implementation!r}"
-    )
+  check_implementation(implementation)
   if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
     raise ValueError(f"repeats must be a positive int, got {repeats!r}")
   if not min_seconds >= 0:

@@ -12,7 +12,8 @@ One entry point, :func:`choose_rank`, takes a scheme, a dense HWIO kernel (or on
   :mod:`efficonv.vbmf`) finds in the same unfolding(s), as Kim et al. (2016) do for Tucker-2.
 
 and returns a :class:`RankChoice`: a rank the scheme's format accepts (``Format.init``) and its
-:mod:`efficonv.decompose` function accepts, plus a sentence saying why. A rule never raises because its
+:mod:`efficonv.decompose` function accepts, plus a sentence saying why. (:class:`Speedup` is no rule: it is,
+with :class:`MacReduction` and :class:`ParamFraction`, a whole-network target of :func:`efficonv.search`.) A rule never raises because its
 target cannot be met: it returns the closest valid rank and says so (``details["target_met"]`` is
 ``False``), so a compression report can show it. Ranks outside the valid range are clipped, and the
 reason says so (``details["clipped"]``).
