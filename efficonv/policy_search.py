@@ -330,11 +330,11 @@ class SearchReport:
       base = getattr(t.candidates[0], field)
       order = sorted(range(len(t.candidates)), key=lambda i: getattr(t.candidates[i], field))
       xs = [getattr(t.candidates[i], field) / base for i in order]
-      ys = [max(t.candidates[i].sensitivity, 1e-12) for i in order]
+      ys = [t.candidates[i].sensitivity for i in order]
       (line,) = ax.plot(xs, ys, marker=".", label=t.path)
       c = t.candidates[chosen]
-      ax.scatter([getattr(c, field) / base], [max(c.sensitivity, 1e-12)], marker="*", s=150, color=line.get_color())
-    ax.set_yscale("log")
+      ax.scatter([getattr(c, field) / base], [c.sensitivity], marker="*", s=150, color=line.get_color())
+    ax.set_yscale("symlog", linthresh=1e-3)  # dense is at 0
     ax.set_xlabel(f"{ {'seconds': 'time', 'params': 'parameters', 'macs': 'MACs'}[field] } / dense conv's")
     ax.set_ylabel(self.metric.replace("_", " "))
     ax.set_title(f"{_target_label(self.target)}: per-layer sensitivity (★ chosen)")
@@ -506,7 +506,7 @@ def search(
     ),
     overhead,
   )
-  return allocate(provisional, target, decompose_kwargs=kwargs_by_scheme)
+  return _allocate_report(provisional, target, kwargs_by_scheme, stacklevel=3)
 
 
 def allocate(
@@ -529,6 +529,14 @@ def allocate(
   Raises:
     ValueError: naming ``target`` when it is not a target, or a ``Speedup`` and ``report`` has no times.
   """
+  if decompose_kwargs is None:
+    decompose_kwargs = _policy_kwargs(report.policy)
+  return _allocate_report(report, target, decompose_kwargs, stacklevel=3)
+
+
+def _allocate_report(
+  report: SearchReport, target: Any, decompose_kwargs: Mapping[str, Mapping[str, Any]], stacklevel: int
+) -> tuple[Policy, SearchReport]:
   _check_target(target)
   field = _cost_field(target)
   if field == "seconds" and not report.timed:
@@ -536,8 +544,6 @@ def allocate(
       f"target {target!r} needs measured times, and report's tables have none: search with a Speedup target "
       "or measure_time=True"
     )
-  if decompose_kwargs is None:
-    decompose_kwargs = _policy_kwargs(report.policy)
   costs = [[float(getattr(c, field)) for c in t.candidates] for t in report.layers]
   penalties = [[_penalty(report.metric, c.sensitivity) for c in t.candidates] for t in report.layers]
   budget = _budget(report, target)
@@ -549,7 +555,7 @@ def allocate(
       f"target {target!r} cannot be met with these candidates: the cheapest point reaches "
       f"{_achieved(best, target)}; returning it (report.target_met is False)",
       UserWarning,
-      stacklevel=2,
+      stacklevel=stacklevel,
     )
   layers: dict[str, Any] = {}
   for t, i in zip(report.layers, chosen):
