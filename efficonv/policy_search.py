@@ -548,7 +548,8 @@ def _allocate_report(
   penalties = [[_penalty(report.metric, c.sensitivity) for c in t.candidates] for t in report.layers]
   budget = _budget(report, target)
   fixed = _rest(report, field)
-  chosen, met = _allocate(costs, penalties, budget - fixed)
+  # A relative slack, so that a target met exactly (the dense point at Speedup(1)) is not lost to rounding.
+  chosen, met = _allocate(costs, penalties, budget - fixed + 1e-9 * abs(budget))
   if not met:
     best = dataclasses.replace(report, chosen=tuple(chosen))
     warnings.warn(

@@ -121,7 +121,7 @@ def test_speedup_target_is_met_on_the_measured_tables_or_warns(searched) -> None
   best = dataclasses.replace(report, chosen=tuple(fastest)).predicted_speedup
   reachable = rank_rules.Speedup(max(1.0, 1.0 + (best - 1.0) / 2))
   _, met = allocate(report, reachable)
-  assert met.target_met and met.predicted_speedup >= reachable.speedup
+  assert met.target_met and met.predicted_speedup >= reachable.speedup * (1 - 1e-9)
   assert met.predicted_seconds == pytest.approx(
     report.network_seconds
     - sum(t.given_seconds for t in report.layers)
