@@ -42,7 +42,8 @@ from flax import nnx
 
 from efficonv import cost
 from efficonv import rank as rank_lib
-from efficonv.compression import Policy, compress, replace_dense
+from efficonv.compression import Policy, Report, compress, conv_calls, replace_dense
+from efficonv.convert import conv_kernel
 from efficonv.policy_search import SearchReport, allocate, search
 from experiments import data
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
@@ -95,6 +96,10 @@ class CompressSettings:
       ``nnx.Conv``; ``"auto"`` makes them :class:`efficonv.nnx.Conv` (the fastest dense formulation per
       shape). The dense baseline is timed both ways either way (the faster one counts).
     calibration_size: training images the search variants measure sensitivity on (the first ones).
+    stages: compress in this many stages (MUSCO-style, :func:`compress_in_stages`): the convs a variant
+      replaces are split into ``stages`` groups in forward order; each group is factorized from the weights
+      the previous stages' fine-tuning left, then the network is fine-tuned for its share of
+      ``finetune_steps`` (the same total as one stage).
     search_ranks: the candidate rank rules of the search variants (``None``: :func:`efficonv.search`'s
       default, ``MacReduction`` 2–16).
     search_decompose_kwargs: ``{scheme: keywords}`` of the search variants' fits (e.g.
@@ -108,6 +113,7 @@ class CompressSettings:
   implementation: str = "factorized"
   dense_implementation: str | None = None
   calibration_size: int = 256
+  stages: int = 1
   search_ranks: tuple[Any, ...] | None = None
   search_decompose_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -267,6 +273,122 @@ def search_policy(
   return policy, report
 
 
+def stage_groups(policy: Policy, model: nnx.Module, input_shape: Sequence[int], stages: int) -> list[tuple[str, ...]]:
+  """The convs ``policy`` replaces in ``model``, in forward order, split into at most ``stages`` groups.
+
+  A conv counts when the policy names it with a scheme, or, not named, when the uniform fields select it
+  (a rank, not the skipped first conv, in ``include``); convs no factorized layer can replace are left out.
+
+  Raises:
+    ValueError: naming ``stages`` when it is not a positive int.
+  """
+  if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+    raise ValueError(f"stages must be a positive int, got {stages!r}")
+  convs = {"/".join(str(p) for p in path): node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Conv)}
+  paths: list[str] = []
+  for index, (path, _) in enumerate(conv_calls(model, input_shape)):
+    name = "/".join(str(p) for p in path)
+    if name in paths:
+      continue
+    if name in policy.layers:
+      selected = policy.layers[name] != "dense"
+    else:
+      included = policy.include is None or (not callable(policy.include) and name in policy.include)
+      selected = policy.rank is not None and not (policy.skip_first and index == 0) and included
+    try:
+      conv_kernel(convs[name])
+    except ValueError:
+      selected = False
+    if selected:
+      paths.append(name)
+  return [tuple(group) for group in np.array_split(np.array(paths, dtype=object), stages) if len(group)]
+
+
+def compress_in_stages(
+  cfg: ExperimentConfig,
+  settings: CompressSettings,
+  model: nnx.Module,
+  policy: Policy,
+  input_shape: Sequence[int],
+  train_set: data.Dataset,
+  test_set: data.Dataset,
+  parallel: Any,
+) -> dict[str, Any]:
+  """Multi-stage compression (MUSCO-style: compress some layers, fine-tune, repeat).
+
+  The convs of :func:`stage_groups` are factorized group by group (each group's policy is ``policy``
+  restricted to it, so rank rules read the weights the earlier stages' fine-tuning left), each stage followed
+  by fine-tuning for ``finetune_steps // stages`` steps (the last stage also gets the remainder).
+
+  Returns:
+    ``{"report", "graphdef", "predict", "before", "tuned", "stages"}``: the combined per-layer report (each
+    conv's entry from the stage that replaced it; the policy every stage applied, merged), the final model's
+    graphdef and predict function, the test metrics right after the last stage's compression, the last
+    fine-tuning (with every stage's losses and time), and one record per stage (its convs, accuracy after
+    compression and after fine-tuning, steps).
+  """
+  eval_batch = cfg.train.eval_batch_size or cfg.train.batch_size
+  groups = stage_groups(policy, model, input_shape, settings.stages)
+  share, extra = divmod(settings.finetune_steps, max(len(groups), 1))
+  entries: dict[str, Any] = {}
+  order: list[str] = []
+  resolved: dict[str, Any] = {}
+  records, losses, elapsed = [], [], 0.0
+  first_policy: Policy | None = None
+  current, tuned, before, graphdef, predict = model, None, None, None, None
+  for k, group in enumerate(groups):
+    stage_policy = dataclasses.replace(
+      policy, include=group, layers={p: c for p, c in policy.layers.items() if p in group}, skip_first=False
+    )
+    compressed, report = compress(current, stage_policy, input_shape=input_shape)
+    for layer in report.layers:
+      if not order or layer.path in group:
+        entries[layer.path] = layer
+    if not order:
+      order = [layer.path for layer in report.layers]
+      first_policy = report.policy
+    assert report.policy is not None
+    resolved.update({p: report.policy.layers[p] for p in group})
+    graphdef, params, rest = nnx.split(compressed, nnx.Param, ...)
+    predict = make_predict(graphdef)
+    before = evaluate(predict, params, rest, test_set, eval_batch, parallel)
+    steps = share + (extra if k == len(groups) - 1 else 0)
+    tuned = finetune(cfg, graphdef, params, rest, train_set, steps, settings.finetune_lr_fraction, parallel)
+    after = evaluate(predict, tuned["params"], tuned["rest"], test_set, eval_batch, parallel)
+    losses += tuned["losses"]
+    elapsed += tuned["elapsed_s"]
+    records.append(
+      {
+        "convs": list(group),
+        "accuracy_compressed": before["accuracy"],
+        "accuracy_tuned": after["accuracy"],
+        "finetune_steps": steps,
+      }
+    )
+    logger.info(
+      "stage %d/%d: %d convs, accuracy %.4f -> %.4f",
+      k + 1,
+      len(groups),
+      len(group),
+      before["accuracy"],
+      after["accuracy"],
+    )
+    current = merge(graphdef, tuned["params"], tuned["rest"])
+  if tuned is None or first_policy is None:
+    raise ValueError(f"policy replaces no conv of the model, so there is nothing to compress in stages: {policy!r}")
+  merged = dict(first_policy.layers)
+  merged.update(resolved)
+  report = Report(tuple(entries[p] for p in order), dataclasses.replace(first_policy, layers=merged))
+  return {
+    "report": report,
+    "graphdef": graphdef,
+    "predict": predict,
+    "before": before,
+    "tuned": {**tuned, "losses": losses, "elapsed_s": elapsed},
+    "stages": records,
+  }
+
+
 #: XLA:CPU without YNNPACK library fusion: one of the compile settings the fastest dense network is sought in.
 NO_YNN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -392,14 +514,22 @@ def run(
         implementation=settings.implementation,
         dense_implementation=settings.dense_implementation,
       )
-    model, report = compress(dense_model, policy, input_shape=input_shape)
-    compress_s = time.perf_counter() - start
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    predict = make_predict(graphdef)
-    before = evaluate(predict, params, rest, test_set, eval_batch, parallel)
-    tuned = finetune(
-      cfg, graphdef, params, rest, train_set, settings.finetune_steps, settings.finetune_lr_fraction, parallel
-    )
+    stages = None
+    if settings.stages > 1:
+      staged = compress_in_stages(cfg, settings, dense_model, policy, input_shape, train_set, test_set, parallel)
+      report, graphdef, predict = staged["report"], staged["graphdef"], staged["predict"]
+      before, tuned, stages = staged["before"], staged["tuned"], staged["stages"]
+      model = merge(graphdef, tuned["params"], tuned["rest"])
+      compress_s = time.perf_counter() - start - tuned["elapsed_s"]
+    else:
+      model, report = compress(dense_model, policy, input_shape=input_shape)
+      compress_s = time.perf_counter() - start
+      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+      predict = make_predict(graphdef)
+      before = evaluate(predict, params, rest, test_set, eval_batch, parallel)
+      tuned = finetune(
+        cfg, graphdef, params, rest, train_set, settings.finetune_steps, settings.finetune_lr_fraction, parallel
+      )
     after = evaluate(predict, tuned["params"], tuned["rest"], test_set, eval_batch, parallel)
     macs = cost.macs(model, input_shape)
     row: CompressRow = {  # type: ignore[typeddict-item]  # the timings are added below
@@ -423,6 +553,8 @@ def run(
       "report": report.to_dict(),
       "report_markdown": report.to_markdown(),
     }
+    if stages is not None:
+      row["stages"] = stages
     if searched is not None:
       row.update(
         searched_schemes=list(variant.search),
@@ -483,6 +615,7 @@ def run(
       "implementation": settings.implementation,
       "dense_implementation": settings.dense_implementation,
       "calibration_size": settings.calibration_size,
+      "stages": settings.stages,
       "search_ranks": None if settings.search_ranks is None else [rule_label(r) for r in settings.search_ranks],
       "search_decompose_kwargs": settings.search_decompose_kwargs,
     },
@@ -513,7 +646,13 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
     f"{dense['inference_images_per_s']:.0f} images/s inference (batch {payload['bench_batch_size']}). "
     f"Each variant factorizes every conv after the stem (`efficonv.compress`, implementation "
     f"`{settings['implementation']}`), then fine-tunes {settings['finetune_steps']} steps at "
-    f"{settings['finetune_lr_fraction']:g}× the training learning rate.",
+    f"{settings['finetune_lr_fraction']:g}× the training learning rate"
+    + (
+      f", in {settings['stages']} stages (MUSCO-style: one group of convs at a time, in forward order, each "
+      "followed by its share of the fine-tuning)."
+      if settings.get("stages", 1) > 1
+      else "."
+    ),
     "",
     f"Measured on {env.get('device_kind', '?')} ({env.get('date', '?')}); MAC ratio is whole-network "
     "(`efficonv.cost.macs` of the dense model / of the compressed one); speedups are against the fastest dense "
@@ -602,6 +741,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     "--dense-implementation", default=None, help="what the convs left dense run: 'auto' (efficonv.nnx.Conv) or None"
   )
   parser.add_argument(
+    "--stages", type=int, default=None, help="compress in this many stages, fine-tuning after each (default 1)"
+  )
+  parser.add_argument(
     "--search-reductions",
     default=None,
     help="comma-separated MAC reductions whose ranks are the search variants' candidates (default 2,3,4,6,8,12,16)",
@@ -632,6 +774,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = dataclasses.replace(settings, dense_implementation=args.dense_implementation)
   if args.implementation is not None:
     settings = dataclasses.replace(settings, implementation=args.implementation)
+  if args.stages is not None:
+    if args.stages < 1:
+      raise ValueError(f"--stages must be >= 1, got {args.stages}")
+    settings = dataclasses.replace(settings, stages=args.stages)
   if args.search_reductions is not None:
     reductions = tuple(rank_lib.MacReduction(float(v)) for v in args.search_reductions.split(",") if v.strip())
     settings = dataclasses.replace(settings, search_ranks=reductions)

@@ -192,6 +192,7 @@ class CompressRow(_CompressRowRequired, total=False):
   bench_stats: dict[str, TimingStats]
   bench_rounds: dict[str, list[float]]
   measured_speedup_vs_dense: float
+  stages: list[dict[str, Any]]
   # Search variants (efficonv.search) only:
   searched_schemes: list[str]
   predicted_speedup: float

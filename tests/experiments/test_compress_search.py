@@ -5,7 +5,8 @@ import pytest
 from flax import nnx
 
 from efficonv import rank as rank_rules
-from experiments.claims.compress import CATALOG, CompressSettings, Variant, markdown, search_policy
+from efficonv.compression import Policy
+from experiments.claims.compress import CATALOG, CompressSettings, Variant, markdown, search_policy, stage_groups
 from experiments.common.config import load
 from experiments.models import build_model
 
@@ -72,3 +73,18 @@ def test_markdown_shows_predicted_and_measured_speedups() -> None:
   assert "| search_speedup4 | search(cp, tucker2) | Speedup(4) | 5.00× | 3.50× |" in text
   assert text.count("| 4.10× | 3.80× |") == 1 and "| — | 3.80× |" in text
   assert "Search tables (12 s):" in text and "Target Speedup(4) (met)" in text
+
+
+def test_stage_groups_split_the_replaced_convs_in_forward_order() -> None:
+  cfg = load("compare_fashion_mnist", "tiny")
+  shape = tuple(cfg.data.synthetic_shape)
+  model = build_model(cfg.model, shape, rngs=nnx.Rngs(0))
+  uniform = Policy(scheme="cp", rank=rank_rules.MacReduction(4))
+  paths = [p for group in stage_groups(uniform, model, (1, *shape), 1) for p in group]
+  assert paths == ["layers/0/conv", "layers/1/conv", "layers/2/conv", "layers/3/conv"]  # all but the stem
+  assert stage_groups(uniform, model, (1, *shape), 2) == [tuple(paths[:2]), tuple(paths[2:])]
+  assert stage_groups(uniform, model, (1, *shape), 9) == [(p,) for p in paths]  # no empty stage
+  per_layer = Policy(layers={"layers/1/conv": ("cp", 4), "layers/3/conv": "dense"})
+  assert stage_groups(per_layer, model, (1, *shape), 2) == [("layers/1/conv",)]
+  with pytest.raises(ValueError, match="stages must be a positive int"):
+    stage_groups(uniform, model, (1, *shape), 0)
