@@ -191,6 +191,16 @@ class CompressRow(_CompressRowRequired, total=False):
   report_markdown: str
   bench_stats: dict[str, TimingStats]
   bench_rounds: dict[str, list[float]]
+  measured_speedup_vs_dense: float
+  stages: list[dict[str, Any]]
+  # Search variants (efficonv.search) only:
+  searched_schemes: list[str]
+  predicted_speedup: float
+  predicted_mac_ratio: float
+  search_target_met: bool
+  search_s: float
+  search: dict[str, Any]
+  search_markdown: str
 
 
 class CompressPayload(TypedDict):
