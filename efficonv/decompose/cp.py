@@ -111,12 +111,14 @@ def cp(
       which the one with the least relative error is returned. The first starts from ``init`` (it is the
       fit ``n_restarts=1`` returns, so more restarts are never worse). The others start from the SVD init
       with fresh random padding columns (keys ``fold_in(key, i)``) when some mode is shorter than
-      ``rank`` — those columns decide which local minimum ALS reaches, and SVD starts reach better ones
-      than Gaussian starts — and from Gaussian unit columns when the SVD init has no random part or
-      ``init="random"``. The default, ``4``, is never worse than TensorLy's ``parafac`` (NumPy, float32,
-      ``init="svd"``) at the same rank and sweeps, taking the median of its seeds, on the cases of
-      :mod:`experiments.bench.cp_quality` (rank-48-plus-noise ``3×3×64×64`` kernels at rank 32, real
-      trained kernels), where a single fit lost by up to a few percent. Costs ``n_restarts`` times one fit.
+      ``rank`` — those columns decide which local minimum ALS reaches, and fully random starts reached
+      worse minima than SVD starts — and from Gaussian unit columns when the SVD init has no random part
+      or ``init="random"``. A single fit's error is a draw from the same distribution as TensorLy's
+      ``parafac(init="svd")`` at the same rank and sweeps, and lost to it by up to a few percent on
+      rank-48-plus-noise ``3×3×64×64`` kernels at rank 32 and on real trained kernels; the best of the
+      default ``4`` was not worse than the median of TensorLy's seeds there (the experiments'
+      ``bench.cp_quality``). Costs ``n_restarts`` times one fit.
+
   Returns:
     ``(CP, FitInfo)``. The term weights ``λ_r`` are absorbed evenly (``λ_r^{1/4}`` into each factor
     column), which balances the factor scales for fine-tuning. ``CP.first`` is ``(C_in, R)``,
@@ -240,7 +242,7 @@ def _restart_init(shape: tuple[int, ...], rank: int, init: str) -> str:
   """The start of the restarts after the first.
 
   The SVD init again, with fresh random columns, when some mode is shorter than the rank (its random
-  columns are what decide the minimum ALS reaches, and SVD starts reach better minima than Gaussian ones);
+  columns are what decide the minimum ALS reaches, and fully random starts reached worse minima);
   Gaussian unit columns when the SVD init has no random part (every SVD restart would repeat the first)
   or the caller asked for random starts.
   """
@@ -261,8 +263,8 @@ def _initial_factors(w: Array, rank: int, init: str, key: Array) -> Factors:
     u = leading_eigenvectors(unfoldings[mode].matrix, k)
     if k < rank:
       # A mode shorter than the rank has only `size` singular vectors. The rest start as uniform [0, 1)
-      # columns, as TensorLy's parafac init="svd" pads them: so a single fit reaches the minima TensorLy's
-      # reaches (Gaussian columns led ALS to worse minima on rank-48-plus-noise 3×3×64×64 kernels at rank 32).
+      # columns, as TensorLy's parafac init="svd" pads them, so that a single fit is a draw from the same
+      # distribution of minima as TensorLy's and the restarts (more draws) can only improve on it.
       padding = unit_columns(jax.random.uniform(keys[mode], (size, rank - k), w.dtype))[0]
       u = jnp.concatenate([u, padding], axis=1)
     factors.append(u)

@@ -205,12 +205,13 @@ def test_restarts_keep_the_best_of_the_individual_fits() -> None:
   assert fits[1].relative_error.shape == (2,) and fits[0].first.shape == (2, SHAPE[2], 5)
 
 
-@pytest.mark.parametrize(("rank", "init"), [(5, "svd"), (3, "svd"), (5, "random")])
+@pytest.mark.parametrize(("rank", "init"), [(3, "svd"), (5, "random")])
 def test_restarts_are_never_worse_than_restart_zero(rank: int, init: str) -> None:
-  # Rank 3 fits every mode: the SVD init has no random part, so the restarts start from Gaussian columns.
+  # Rank 3 fits every mode: the SVD init has no random part, so the restarts start from Gaussian columns
+  # (test_restarts_keep_the_best_of_the_individual_fits covers SVD restarts).
   rng = np.random.default_rng(10)
   w = build.cp_kernel(rng, SHAPE, 6) + 0.3 * build.gaussian(rng, SHAPE)
-  errors = [float(cp(w, rank, n_iter=30, tol=0.0, init=init, n_restarts=n)[1].relative_error) for n in (1, 3)]
+  errors = [float(cp(w, rank, n_iter=30, tol=0.0, init=init, n_restarts=n)[1].relative_error) for n in (1, 2)]
   assert errors[1] <= errors[0] * (1 + 1e-5)
 
 
