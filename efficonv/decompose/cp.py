@@ -116,8 +116,9 @@ def cp(
       or ``init="random"``. A single fit's error is a draw from the same distribution as TensorLy's
       ``parafac(init="svd")`` at the same rank and sweeps, and lost to it by up to a few percent on
       rank-48-plus-noise ``3×3×64×64`` kernels at rank 32 and on real trained kernels; the best of the
-      default ``4`` was not worse than the median of TensorLy's seeds there (the experiments'
-      ``bench.cp_quality``). Costs ``n_restarts`` times one fit.
+      default ``4`` was not worse than the median of TensorLy's seeds on all but one of them, where about
+      half of the SVD starts reach TensorLy's minimum (the experiments' ``bench.cp_quality``). Costs
+      ``n_restarts`` times one fit.
 
   Returns:
     ``(CP, FitInfo)``. The term weights ``λ_r`` are absorbed evenly (``λ_r^{1/4}`` into each factor
