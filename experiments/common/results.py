@@ -368,6 +368,16 @@ Payload = (
 )
 
 
+class CpQualityPayload(TypedDict):
+  """``cp_quality/cp_quality.json`` (:mod:`experiments.bench.cp_quality`): CP errors and speed against TensorLy."""
+
+  benchmark: str
+  settings: dict[str, Any]
+  machine: MachineInfo
+  quality: list[dict[str, Any]]
+  speed: dict[str, Any] | None
+
+
 class DenseConvPayload(TypedDict):
   """``bench_dense_conv/*.json`` (:mod:`experiments.bench.dense_conv`): every dense formulation per shape."""
 
@@ -384,6 +394,7 @@ _SCHEMAS: dict[str, tuple[type, dict[str, type]]] = {
   "quick_timing": (QuickTimingPayload, {}),
   "decompose": (DecomposePayload, {}),
   "dense_conv": (DenseConvPayload, {}),
+  "cp_quality": (CpQualityPayload, {}),
 }
 KINDS: tuple[str, ...] = tuple(_SCHEMAS)
 """The kinds of results file :func:`load` reads."""
