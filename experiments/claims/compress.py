@@ -137,6 +137,7 @@ CATALOG: dict[str, Variant] = {
     *_STANDARD,
     Variant("cp_energy0.9", "cp", rank_lib.Energy(0.9)),
     Variant("cp_vbmf", "cp", rank_lib.VBMF()),
+    Variant("cp_mac12", "cp", rank_lib.MacReduction(12)),
     Variant("separable_mac4", "separable", rank_lib.MacReduction(4)),
     Variant("tt_mac4", "tt", rank_lib.MacReduction(4)),
     Variant("tucker2_full", "tucker2", rank_lib.Fixed(1 << 20)),  # clipped to (C_in, C_out)
