@@ -31,6 +31,7 @@ from efficonv.formats.init import Initializer, init_factors
 from efficonv.formats.ranks import KernelShape, RankLike, as_int, check_in_range, check_kernel_shape, single_rank
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
+from efficonv.kernels.sharding import data_parallel
 from efficonv.kernels.shapes import Geometry, conv_geometry, dense_macs
 from efficonv.planning import Implementation, Objective, Plan, Step, plan_conv
 from efficonv.typing import Array, Dtype, PrecisionLike
@@ -382,7 +383,8 @@ class Format:
 
     Equal, up to float error, to
     ``lax.conv_general_dilated(x, self.to_dense(), strides, padding, rhs_dilation=dilation)``
-    with NHWC/HWIO dimension numbers.
+    with NHWC/HWIO dimension numbers. On an Explicit mesh it runs data parallel over ``x``'s batch sharding,
+    with the factors gathered for the computation (:mod:`efficonv.kernels.sharding`).
 
     Args:
       x: ``(N, H, W, C_in)``.
@@ -402,7 +404,9 @@ class Format:
       ``(N, H', W', C_out)``.
     """
     opt.check_input(x, channels=self.in_features)
-    p = self.plan(
+    # On an Explicit mesh: data parallel over x's batch sharding, the factors gathered (efficonv.kernels.sharding).
+    x, fmt = data_parallel(x, self)
+    p = fmt.plan(
       x.shape,
       strides=strides,
       padding=padding,
@@ -414,6 +418,6 @@ class Format:
       precision=precision,
     )
     if p.implementation == "reconstructed":
-      kernel = self.to_dense(precision=precision).astype(self.dtype)
+      kernel = fmt.to_dense(precision=precision).astype(fmt.dtype)
       return dense_conv(x, kernel, strides=strides, padding=padding, dilation=dilation, precision=precision)
-    return self._factorized(x, strides, padding, dilation, p.depthwise or "auto", precision)
+    return fmt._factorized(x, strides, padding, dilation, p.depthwise or "auto", precision)

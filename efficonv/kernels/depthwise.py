@@ -25,6 +25,7 @@ from jax.custom_derivatives import SymbolicZero
 from efficonv.kernels import _options as opt
 from efficonv.kernels._mac_scope import elementwise_macs
 from efficonv.kernels.conv import promote_operands
+from efficonv.kernels.sharding import batch_shards
 from efficonv.typing import Array, PrecisionLike
 
 DepthwiseImpl = Literal["auto", "shift", "xla"]
@@ -155,19 +156,6 @@ def _images_per_tile(n: int, image_bytes: int) -> int:
   return best
 
 
-def _batch_shards(x: Array) -> int:
-  """How many ways an Explicit mesh splits ``x``'s leading (batch) axis (1 when unsharded or not typed so).
-
-  Under an Auto mesh or outside any mesh the sharding is not part of the type, and this is 1.
-  """
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  spec = getattr(sharding, "spec", None)
-  if not spec or spec[0] is None:
-    return 1
-  names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-  return math.prod(sharding.mesh.shape[name] for name in names)
-
-
 def _shift_kernel_tangent(xp: Array, kernel_dot: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:
   """:func:`_shift_valid` of ``xp`` and ``kernel_dot``, computed one cache-sized tile of images at a time.
 
@@ -183,7 +171,7 @@ def _shift_kernel_tangent(xp: Array, kernel_dot: Array, strides: tuple[int, int]
   its own images that fits in cache.
   """
   n = xp.shape[0]
-  shards = _batch_shards(xp)
+  shards = batch_shards(xp)
   image_bytes = math.prod(xp.shape[1:]) * xp.dtype.itemsize
   per_shard = _images_per_tile(n // shards, image_bytes) if n % shards == 0 else n // shards
   if n % shards or per_shard * shards == n:
