@@ -195,8 +195,9 @@ class Format:
       kernel_size: ``k`` or ``(kh, kw)``.
       rank: the scheme's rank (:meth:`check_rank`).
       dtype: parameter dtype.
-      initializer: when given, each factor is ``initializer(key, shape, dtype)`` instead (no variance
-        matching).
+      initializer: the dense kernel's initializer (as ``kernel_init`` of :class:`flax.nnx.Conv`): the
+        factors are scaled so the reconstructed kernel has the variance of its draw
+        (:func:`efficonv.formats.init.init_factors`); ``None``: LeCun normal's.
       **options: the scheme's options (TT: ``in_modes``, ``out_modes``).
 
     Returns:
@@ -210,7 +211,7 @@ class Format:
     options = cls.scheme_options(shape, **options)
     rank = cls.check_rank(rank, shape, **options)
     shapes = cls.factor_shapes(shape, rank, **options)
-    factors = init_factors(key, shapes, cls.terms_per_entry(rank), kh * kw * in_features, dtype, initializer)
+    factors = init_factors(key, shapes, cls.terms_per_entry(rank), shape, dtype, initializer)
     return cls.from_factors(factors)
 
   @classmethod

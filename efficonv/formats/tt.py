@@ -211,7 +211,7 @@ class TT(Format):
       in_modes: ``(c_1, …, c_d)`` (default: balanced).
       out_modes: ``(s_1, …, s_d)`` (default: balanced).
       dtype: parameter dtype.
-      initializer: optional per-core initializer (no variance matching).
+      initializer: the dense kernel's initializer, whose variance the reconstructed kernel gets (:meth:`Format.init`).
 
     Raises:
       ValueError: naming ``in_modes``/``out_modes``/``rank`` when they do not fit.
