@@ -263,6 +263,19 @@ class Format:
     """The factorized sequence on geometry ``g`` as cost-model steps (:class:`efficonv.planning.Step`)."""
     raise NotImplementedError
 
+  #: The dense kernel's axes, as :meth:`factor_axes` names them.
+  KERNEL_AXES: ClassVar[tuple[str, str, str, str]] = ("kh", "kw", "C_in", "C_out")
+
+  def factor_axes(self) -> list[tuple[str | None, ...]]:
+    """For each factor (flat, in :meth:`arrays` order), which dense-kernel axis each of its axes runs along.
+
+    An entry is one of :attr:`KERNEL_AXES` when the factor's axis has that axis's size and its blocks
+    split the dense kernel along it (so one sharding of the dense kernel's axes fits the factors), and
+    ``None`` for rank, multiplier and mode axes. The NNX layers map ``kernel_init``'s and
+    ``kernel_metadata``'s sharding names onto the factors with it.
+    """
+    raise NotImplementedError
+
   def arrays(self) -> list[Array]:
     """The factor arrays, flat, in :attr:`_fields` order."""
     leaves: list[Array] = []

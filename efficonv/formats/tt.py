@@ -259,6 +259,10 @@ class TT(Format):
   def out_features(self) -> int:
     return math.prod(self.out_modes)
 
+  def factor_axes(self) -> list[tuple[str | None, ...]]:
+    # The channel cores hold modes of C_in and C_out, not the channel axes themselves.
+    return [("kh", "kw", None)] + [(None, None, None, None)] * len(self.cores)
+
   def to_dense(self, *, precision: PrecisionLike = None) -> Array:
     return tt_to_dense(self.spatial, self.cores, precision=precision)
 

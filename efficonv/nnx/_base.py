@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import jax
@@ -12,6 +13,7 @@ from flax import nnx
 from efficonv import schemes
 from efficonv.convert import conv_kernel, conv_padding
 from efficonv.formats import Format
+from efficonv.kernels.sharding import data_parallel
 from efficonv.layer_options import (
   OBJECTIVES,
   DepthwiseImplementation,
@@ -24,6 +26,7 @@ from efficonv.layer_options import (
   default_bias_init,
   promote_tree,
 )
+from efficonv.nnx import _metadata
 from efficonv.planning import Plan
 from efficonv.typing import Array, Dtype, PrecisionLike
 
@@ -86,13 +89,27 @@ class FactorizedConv(nnx.Module):
     dtype: computation dtype (inferred from inputs and params when ``None``).
     param_dtype: parameter dtype.
     precision: XLA precision of the matmuls/convs.
-    kernel_init: ``None`` draws factors whose reconstructed kernel has
-      LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
-      every factor instead.
+    kernel_init: the initializer of the dense kernel, as for ``nnx.Conv``:
+      the factors are drawn so that the reconstructed kernel has the variance
+      of its draw (``None``: LeCun normal's, ``nnx.Conv``'s default; see
+      :func:`efficonv.formats.init.init_factors`). It may be wrapped by
+      :func:`flax.nnx.with_partitioning` (names for the dense axes ``(kh, kw,
+      C_in, C_out)``, moved onto the factors as ``kernel_metadata``'s).
     bias_init: bias initializer.
     implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
+    kernel_metadata: metadata of the dense kernel, as for ``nnx.Conv``, set
+      on every factor; its sharding (``out_sharding``, one name per dense axis
+      ``(kh, kw, C_in, C_out)``) goes to the factor axes along those dense axes
+      (:meth:`efficonv.Format.factor_axes`), rank and mode axes unsharded.
+    bias_metadata: metadata of the bias, as for ``nnx.Conv``.
+    factor_metadata: per-factor metadata over ``kernel_metadata``'s, keyed by
+      factor name (the format's fields, e.g. ``{"first": {"out_sharding":
+      (None, "model")}}`` to shard CP's rank axis); a list of factors (TT's
+      ``cores``) takes one mapping for all or one per array. On an Explicit
+      mesh a sharding is the factor's storage layout: the layer gathers the
+      factors and runs data parallel (:mod:`efficonv.kernels.sharding`).
     **scheme_args: the subclass's other scheme arguments, passed to :meth:`_init_format`.
   """
 
@@ -117,6 +134,9 @@ class FactorizedConv(nnx.Module):
     implementation: Implementation = "auto",
     depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
+    kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+    bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    factor_metadata: Mapping[str, Any] = MappingProxyType({}),
     **scheme_args: Any,
   ):
     ks, s, d = check_options(
@@ -129,8 +149,10 @@ class FactorizedConv(nnx.Module):
       implementation,
       depthwise_implementation,
     )
+    dense_metadata = dict(kernel_metadata)
+    initializer = None if kernel_init is None else _metadata.unboxed(kernel_init, dense_metadata)
     fmt = self._init_format(
-      rngs.params(), in_features, out_features, ks, rank, dtype=param_dtype, initializer=kernel_init, **scheme_args
+      rngs.params(), in_features, out_features, ks, rank, dtype=param_dtype, initializer=initializer, **scheme_args
     )
     self.in_features = fmt.in_features
     self.out_features = fmt.out_features
@@ -146,14 +168,15 @@ class FactorizedConv(nnx.Module):
     self.depthwise_implementation: DepthwiseImplementation = depthwise_implementation
     # What "auto"/"autotune" optimise; see set_objective.
     self.objective: Objective = "inference"
+    metadata = iter(_metadata.factor_metadata(fmt, dense_metadata, factor_metadata))
     for name in fmt._fields:
       value = getattr(fmt, name)
       if isinstance(value, tuple):
-        setattr(self, name, nnx.List([nnx.Param(jnp.asarray(v, param_dtype)) for v in value]))
+        setattr(self, name, nnx.List([nnx.Param(jnp.asarray(v, param_dtype), **next(metadata)) for v in value]))
       else:
-        setattr(self, name, nnx.Param(jnp.asarray(value, param_dtype)))
+        setattr(self, name, nnx.Param(jnp.asarray(value, param_dtype), **next(metadata)))
     self.bias: nnx.Param | None = (
-      nnx.Param(bias_init(rngs.params(), (fmt.out_features,), param_dtype)) if use_bias else None
+      nnx.Param(bias_init(rngs.params(), (fmt.out_features,), param_dtype), **bias_metadata) if use_bias else None
     )
 
   @classmethod
@@ -179,7 +202,7 @@ class FactorizedConv(nnx.Module):
       in_features, out_features, kernel_size: the conv's shape (``kernel_size`` a pair).
       rank: the constructor's ``rank``.
       dtype: the parameter dtype.
-      initializer: ``kernel_init`` (``None``: the variance-matched draw).
+      initializer: ``kernel_init``, the dense kernel's initializer (``None``: LeCun normal's variance).
       **scheme_args: the scheme's other arguments (TT: ``in_modes``, ``out_modes``).
 
     Returns:
@@ -224,11 +247,13 @@ class FactorizedConv(nnx.Module):
     """MACs of the factorized sequence on ``input_shape`` (bias adds excluded)."""
     return self.format.macs(input_shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
 
-  def __call__(self, inputs: Array) -> Array:
+  def __call__(self, inputs: Array, out_sharding: Any = None) -> Array:
     """Applies the layer.
 
     Args:
       inputs: ``(N, H, W, in_features)``, or unbatched ``(H, W, in_features)``.
+      out_sharding: as for ``nnx.Conv``: the output's sharding (a ``PartitionSpec``
+        or ``NamedSharding``); by default, on an Explicit mesh, the input's batch sharding.
 
     Returns:
       ``(N, H', W', out_features)`` (unbatched in, unbatched out).
@@ -237,6 +262,7 @@ class FactorizedConv(nnx.Module):
     fmt = self.format
     bias = self.bias[...] if self.bias is not None else None
     inputs, fmt, bias = promote_tree((inputs, fmt, bias), self.dtype)
+    inputs, (fmt, bias) = data_parallel(inputs, (fmt, bias))
     y = fmt.conv(
       inputs,
       strides=self.strides,
@@ -249,7 +275,8 @@ class FactorizedConv(nnx.Module):
     )
     if bias is not None:
       y = y + bias.reshape(1, 1, 1, -1)
-    return y[0] if unbatched else y
+    y = y[0] if unbatched else y
+    return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
 
   @classmethod
   def from_format(

@@ -9,6 +9,7 @@ from flax import nnx
 
 from efficonv import _blocks
 from efficonv.formats.tucker2 import Tucker2
+from efficonv.kernels.sharding import data_parallel
 from efficonv.layer_options import (
   ActivationFn,
   Initializer,
@@ -118,6 +119,8 @@ class Bottleneck(nnx.Module):
     kernels = (self.first[...], self.core[...], self.last[...])
     biases = tuple(b[...] if b is not None else None for b in (self.first_bias, self.core_bias, self.bias))
     inputs, kernels, biases = promote_tree((inputs, kernels, biases), self.dtype)
+    # On an Explicit mesh: data parallel over the input's batch sharding, the kernels gathered.
+    inputs, (kernels, biases) = data_parallel(inputs, (kernels, biases))
     y = _blocks.bottleneck_conv(
       inputs,
       kernels,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import jax.numpy as jnp
@@ -46,9 +47,10 @@ class SeparableConv(FactorizedConv):
     dtype: computation dtype (inferred from inputs and params when ``None``).
     param_dtype: parameter dtype.
     precision: XLA precision of the matmuls/convs.
-    kernel_init: ``None`` draws factors whose reconstructed kernel has
-      LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
-      every factor instead.
+    kernel_init: the dense kernel's initializer (as ``nnx.Conv``; ``None``:
+      LeCun normal): the reconstructed kernel gets its variance; see
+      :class:`~efficonv.nnx.FactorizedConv`, also for ``kernel_metadata``,
+      ``bias_metadata`` and ``factor_metadata``.
     bias_init: bias initializer.
     implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
@@ -80,6 +82,9 @@ class SeparableConv(FactorizedConv):
     implementation: Implementation = "auto",
     depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
+    kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+    bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    factor_metadata: Mapping[str, Any] = MappingProxyType({}),
   ):
     super().__init__(
       in_features,
@@ -98,6 +103,9 @@ class SeparableConv(FactorizedConv):
       implementation=implementation,
       depthwise_implementation=depthwise_implementation,
       rngs=rngs,
+      kernel_metadata=kernel_metadata,
+      bias_metadata=bias_metadata,
+      factor_metadata=factor_metadata,
     )
 
   @classmethod

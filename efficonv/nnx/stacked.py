@@ -9,6 +9,7 @@ from flax import nnx
 
 from efficonv import _blocks
 from efficonv.kernels import _options as opt
+from efficonv.kernels.sharding import data_parallel
 from efficonv.layer_options import (
   ActivationFn,
   Initializer,
@@ -114,6 +115,8 @@ class StackedConv(nnx.Module):
     kernels = [k[...] for k in self.kernels]
     biases = [b[...] if b is not None else None for b in self.biases]
     inputs, kernels, biases = promote_tree((inputs, kernels, biases), self.dtype)
+    # On an Explicit mesh: data parallel over the input's batch sharding, the kernels gathered.
+    inputs, (kernels, biases) = data_parallel(inputs, (kernels, biases))
     y = _blocks.stacked_conv(
       inputs,
       kernels,

@@ -1,0 +1,145 @@
+"""Factorized layers with per-factor sharding train under ``nnx.jit`` on 2 (fake CPU) devices, batch-sharded.
+
+A model holds every scheme on the ``"factorized"`` and ``"reconstructed"`` paths, CP also on the XLA depthwise
+path, and the two blocks; its factors carry sharding annotations (``kernel_init`` wrapped by
+:func:`flax.nnx.with_partitioning`, ``factor_metadata``, ``bias_metadata``). Two SGD steps on a 2-device
+Explicit mesh must give the losses and parameters of the same steps on a 1-device mesh, and keep every
+annotated sharding. The shift-and-add kernel tangent's batch tiling is forced at these tiny shapes (a small
+tile budget), so its tiled transpose runs with a sharded batch too. A second model of ``"auto"`` layers
+trains on an Auto mesh; ``"auto"`` picks one of the two paths above for each layer (asserted), so a
+data-parallel step no longer depends on its choice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Runs in a fresh process: the device count is fixed when JAX starts.
+SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np, optax
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+import efficonv.kernels.depthwise as depthwise
+from efficonv import nnx as enn
+
+assert jax.device_count() == 2, jax.devices()
+depthwise._TILE_BYTES = 2048  # tiles of 2 images per shard at 6×6×4 float32 (the batch has 4 per shard)
+C = 4
+SHARD_OUT = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, None, "data"))
+FACTOR_SHARDINGS = {  # one rank (or multiplier) axis sharded per scheme, over the batch's mesh axis (FSDP)
+  "CPConv": {"first": {"out_sharding": (None, "data")}},
+  "SeparableConv": {"depthwise": {"out_sharding": (None, None, None, "data")}},
+  "TTConv": {"cores": [{"out_sharding": (None, None, None, "data")}, {}]},
+  "TuckerConv": {"core": {"out_sharding": (None, None, "data", None)}},
+  "SpatialConv": {"vertical": {"out_sharding": (None, None, "data")}},
+}
+
+
+def model(impls, rngs):
+  layers = []
+  for impl in impls:
+    kw = dict(kernel_init=SHARD_OUT, implementation=impl, bias_metadata={"out_sharding": ("data",)}, rngs=rngs)
+    layers += [
+      enn.CPConv(C, C, 3, rank=2, factor_metadata=FACTOR_SHARDINGS["CPConv"], **kw),
+      enn.SeparableConv(C, C, 3, depth_multiplier=2, factor_metadata=FACTOR_SHARDINGS["SeparableConv"], **kw),
+      enn.TTConv(C, C, 3, rank=2, in_modes=(2, 2), out_modes=(2, 2), factor_metadata=FACTOR_SHARDINGS["TTConv"], **kw),
+      enn.TuckerConv(C, C, 3, rank=2, factor_metadata=FACTOR_SHARDINGS["TuckerConv"], **kw),
+      enn.SpatialConv(C, C, 3, rank=2, factor_metadata=FACTOR_SHARDINGS["SpatialConv"], **kw),
+    ]
+  if "factorized" in impls:
+    layers.append(enn.CPConv(C, C, 3, rank=2, depthwise_implementation="xla", implementation="factorized", rngs=rngs))
+  layers += [enn.Bottleneck(C, C, 3, width=2, rngs=rngs), enn.StackedConv(C, C, 5, kernel_init=SHARD_OUT, rngs=rngs)]
+  return nnx.Sequential(*layers)
+
+
+def on(mesh, m):
+  # m's graph with its parameters moved to the same specs on mesh.
+  graphdef, state = nnx.split(m)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, a.sharding.spec)), state))
+
+
+def train(mesh, m):
+  x = jax.random.normal(jax.random.key(1), (8, 6, 6, C))
+  y = jax.random.normal(jax.random.key(2), (8, 6, 6, C))
+  with jax.set_mesh(mesh):
+    x, y = jax.device_put((x, y), P("data"))
+    opt = nnx.Optimizer(m, optax.sgd(0.5), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(m, opt, x, y):
+      loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(m)
+      opt.update(m, grads)
+      return loss
+
+    losses = [float(step(m, opt, x, y)) for _ in range(2)]
+    flat = nnx.to_flat_state(nnx.state(m, nnx.Param))
+    return {
+      "losses": losses,
+      "params": {"/".join(map(str, k)): np.asarray(v[...]).tolist() for k, v in flat},
+      "specs": {"/".join(map(str, k)): list(v[...].sharding.spec) for k, v in flat},
+      "annotated": [list(v.get_metadata().get("out_sharding") or ()) for _, v in flat],
+    }
+
+
+explicit = jax.make_mesh((2,), ("data",))
+with jax.set_mesh(explicit):
+  full = model(("factorized", "reconstructed"), nnx.Rngs(0))
+single = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+one = on(single, full)
+out = {"one": train(single, one)}
+out["explicit"] = train(explicit, full)
+auto_mesh = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Auto,))
+with jax.set_mesh(auto_mesh):
+  auto = model(("auto",), nnx.Rngs(0))
+out["auto_paths"] = [layer.plan((8, 6, 6, C)).implementation for layer in auto.layers[:5]]
+out["auto"] = train(auto_mesh, auto)
+print("RESULT", json.dumps(out))
+"""
+
+
+def run_script() -> dict:
+  env = dict(os.environ)
+  env["JAX_PLATFORMS"] = "cpu"
+  # Unoptimized compilation: the test checks results, not speed, and all three runs use the same flags.
+  env["XLA_FLAGS"] = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_force_host_platform_device_count=2"
+  )
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+  result = subprocess.run(
+    [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+  )
+  assert result.returncode == 0, result.stdout + result.stderr
+  return json.loads(result.stdout.split("RESULT", 1)[1])
+
+
+def test_sharded_factors_train_data_parallel_on_explicit_and_auto_meshes() -> None:
+  out = run_script()
+  one, explicit, auto = out["one"], out["explicit"], out["auto"]
+  assert one["losses"][1] < one["losses"][0]  # the steps train
+  np.testing.assert_allclose(explicit["losses"], one["losses"], rtol=1e-5)
+  assert explicit["params"].keys() == one["params"].keys()
+  for name, value in one["params"].items():
+    np.testing.assert_allclose(explicit["params"][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+  # Every annotation (the kernel's C_out name moved onto the factors, the per-factor rank names, the biases)
+  # is the sharding the Explicit run's parameters keep after training.
+  specs = explicit["specs"]
+  for (name, spec), names in zip(specs.items(), explicit["annotated"]):
+    assert spec == (names or [None] * len(spec)), (name, spec, names)
+  assert specs["layers/0/first"] == [None, "data"] and specs["layers/0/last"] == [None, "data"]
+  assert specs["layers/0/bias"] == ["data"]
+  assert specs["layers/2/cores/0"] == [None, None, None, "data"] and specs["layers/2/cores/1"] == [None] * 4
+  assert specs["layers/2/spatial"] == [None, None, None]  # TT's channel modes take no dense-kernel name
+  assert specs["layers/12/kernels/0"] == [None, None, None, "data"]  # StackedConv: with_partitioning as nnx.Conv
+  # "auto" resolves to the paths trained above; on the Auto mesh its layers train too.
+  assert set(out["auto_paths"]) <= {"factorized", "reconstructed"}
+  assert np.isfinite(auto["losses"]).all() and auto["losses"][1] < auto["losses"][0]
