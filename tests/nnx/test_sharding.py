@@ -5,9 +5,9 @@ path, and the two blocks; its factors carry sharding annotations (``kernel_init`
 :func:`flax.nnx.with_partitioning`, ``factor_metadata``, ``bias_metadata``). Two SGD steps on a 2-device
 Explicit mesh must give the losses and parameters of the same steps on a 1-device mesh, and keep every
 annotated sharding. The shift-and-add kernel tangent's batch tiling is forced at these tiny shapes (a small
-tile budget), so its tiled transpose runs with a sharded batch too. A second model of ``"auto"`` layers
-trains on an Auto mesh; ``"auto"`` picks one of the two paths above for each layer (asserted), so a
-data-parallel step no longer depends on its choice.
+tile budget), so its tiled transpose runs with a sharded batch too. On a 2-device Auto mesh the same model,
+with every layer switched to ``"auto"`` (which picks one of the two paths per layer, asserted), must give the
+same results too.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from efficonv import nnx as enn
 assert jax.device_count() == 2, jax.devices()
 depthwise._TILE_BYTES = 2048  # tiles of 2 images per shard at 6×6×4 float32 (the batch has 4 per shard)
 C = 4
-SHARD_OUT = nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, None, "data"))
+# LeCun's variance from a plain normal draw: its eager init compiles faster than lecun_normal's truncated normal.
+SHARD_OUT = nnx.with_partitioning(nnx.initializers.variance_scaling(1.0, "fan_in", "normal"), (None, None, None, "data"))
 FACTOR_SHARDINGS = {  # one rank (or multiplier) axis sharded per scheme, over the batch's mesh axis (FSDP)
   "CPConv": {"first": {"out_sharding": (None, "data")}},
   "SeparableConv": {"depthwise": {"out_sharding": (None, None, None, "data")}},
@@ -44,9 +45,9 @@ FACTOR_SHARDINGS = {  # one rank (or multiplier) axis sharded per scheme, over t
 }
 
 
-def model(impls, rngs):
+def model(rngs):
   layers = []
-  for impl in impls:
+  for impl in ("factorized", "reconstructed"):
     kw = dict(kernel_init=SHARD_OUT, implementation=impl, bias_metadata={"out_sharding": ("data",)}, rngs=rngs)
     layers += [
       enn.CPConv(C, C, 3, rank=2, factor_metadata=FACTOR_SHARDINGS["CPConv"], **kw),
@@ -55,9 +56,11 @@ def model(impls, rngs):
       enn.TuckerConv(C, C, 3, rank=2, factor_metadata=FACTOR_SHARDINGS["TuckerConv"], **kw),
       enn.SpatialConv(C, C, 3, rank=2, factor_metadata=FACTOR_SHARDINGS["SpatialConv"], **kw),
     ]
-  if "factorized" in impls:
-    layers.append(enn.CPConv(C, C, 3, rank=2, depthwise_implementation="xla", implementation="factorized", rngs=rngs))
-  layers += [enn.Bottleneck(C, C, 3, width=2, rngs=rngs), enn.StackedConv(C, C, 5, kernel_init=SHARD_OUT, rngs=rngs)]
+  layers += [
+    enn.CPConv(C, C, 3, rank=2, depthwise_implementation="xla", implementation="factorized", rngs=rngs),
+    enn.Bottleneck(C, C, 3, width=2, kernel_init=nnx.initializers.normal(0.3), rngs=rngs),
+    enn.StackedConv(C, C, 5, kernel_init=SHARD_OUT, rngs=rngs),
+  ]
   return nnx.Sequential(*layers)
 
 
@@ -92,16 +95,17 @@ def train(mesh, m):
 
 explicit = jax.make_mesh((2,), ("data",))
 with jax.set_mesh(explicit):
-  full = model(("factorized", "reconstructed"), nnx.Rngs(0))
+  full = model(nnx.Rngs(0))
 single = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
-one = on(single, full)
-out = {"one": train(single, one)}
-out["explicit"] = train(explicit, full)
 auto_mesh = jax.make_mesh((2,), ("data",), axis_types=(AxisType.Auto,))
-with jax.set_mesh(auto_mesh):
-  auto = model(("auto",), nnx.Rngs(0))
-out["auto_paths"] = [layer.plan((8, 6, 6, C)).implementation for layer in auto.layers[:5]]
-out["auto"] = train(auto_mesh, auto)
+one, auto = on(single, full), on(auto_mesh, full)
+# The same model with every layer on "auto": the cost model picks one of the two paths per layer.
+out = {"auto_paths": []}
+for layer in auto.layers:
+  if isinstance(layer, enn.FactorizedConv):
+    layer.implementation = "auto"
+    out["auto_paths"].append(layer.plan((8, 6, 6, C)).implementation)
+out.update(one=train(single, one), explicit=train(explicit, full), auto=train(auto_mesh, auto))
 print("RESULT", json.dumps(out))
 """
 
@@ -140,6 +144,8 @@ def test_sharded_factors_train_data_parallel_on_explicit_and_auto_meshes() -> No
   assert specs["layers/2/cores/0"] == [None, None, None, "data"] and specs["layers/2/cores/1"] == [None] * 4
   assert specs["layers/2/spatial"] == [None, None, None]  # TT's channel modes take no dense-kernel name
   assert specs["layers/12/kernels/0"] == [None, None, None, "data"]  # StackedConv: with_partitioning as nnx.Conv
-  # "auto" resolves to the paths trained above; on the Auto mesh its layers train too.
-  assert set(out["auto_paths"]) <= {"factorized", "reconstructed"}
-  assert np.isfinite(auto["losses"]).all() and auto["losses"][1] < auto["losses"][0]
+  # On the Auto mesh, with every layer on "auto" (either path: the same maths up to float rounding).
+  assert len(out["auto_paths"]) == 11 and set(out["auto_paths"]) <= {"factorized", "reconstructed"}
+  np.testing.assert_allclose(auto["losses"], one["losses"], rtol=1e-5)
+  for name, value in one["params"].items():
+    np.testing.assert_allclose(auto["params"][name], value, rtol=1e-4, atol=1e-6, err_msg=f"auto: {name}")
