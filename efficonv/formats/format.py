@@ -31,8 +31,8 @@ from efficonv.formats.init import Initializer, init_factors
 from efficonv.formats.ranks import KernelShape, RankLike, as_int, check_in_range, check_kernel_shape, single_rank
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
-from efficonv.kernels.sharding import data_parallel
 from efficonv.kernels.shapes import Geometry, conv_geometry, dense_macs
+from efficonv.kernels.sharding import data_parallel
 from efficonv.planning import Implementation, Objective, Plan, Step, plan_conv
 from efficonv.typing import Array, Dtype, PrecisionLike
 

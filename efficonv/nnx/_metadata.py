@@ -54,7 +54,9 @@ def _sharding(metadata: dict[str, Any], what: str, ndim: int, axes: str) -> tupl
   if names is None:
     return None
   if isinstance(names, str) or not isinstance(names, Sequence) or len(names) != ndim:
-    raise ValueError(f"{what} sharding must name the {ndim} axes {axes}, one mesh axis name (or None) each, got {names!r}")
+    raise ValueError(
+      f"{what} sharding must name the {ndim} axes {axes}, one mesh axis name (or None) each, got {names!r}"
+    )
   return tuple(names)
 
 

@@ -149,3 +149,68 @@ def test_sharded_factors_train_data_parallel_on_explicit_and_auto_meshes() -> No
   np.testing.assert_allclose(auto["losses"], one["losses"], rtol=1e-5)
   for name, value in one["params"].items():
     np.testing.assert_allclose(auto["params"][name], value, rtol=1e-4, atol=1e-6, err_msg=f"auto: {name}")
+
+
+# In this process (one CPU device): how the annotations reach the factors, and the errors.
+def _one_device_mesh():
+  import jax
+
+  return jax.make_mesh((1, 1, 1, 1), ("rows", "cols", "data", "model"), devices=jax.devices()[:1])
+
+
+def test_kernel_sharding_names_move_onto_the_factor_axes() -> None:
+  import jax
+  from flax import nnx
+
+  from efficonv import nnx as enn
+
+  init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("rows", "cols", "data", "model"), note="x")
+  with jax.set_mesh(_one_device_mesh()):
+    # Abstract layers (nothing drawn or compiled): the metadata is all this test reads.
+    layer = nnx.eval_shape(
+      lambda: enn.CPConv(
+        4,
+        6,
+        3,
+        rank=2,
+        kernel_init=init,
+        factor_metadata={"vertical": {"out_sharding": (None, "model")}},
+        rngs=nnx.Rngs(0),
+      )
+    )
+    dense = {"out_sharding": (None, None, "data", "model")}
+    tt = nnx.eval_shape(lambda: enn.TTConv(4, 6, 3, rank=2, kernel_metadata=dense, rngs=nnx.Rngs(0)))
+    sep = nnx.eval_shape(lambda: enn.SeparableConv(4, 6, 3, kernel_metadata=dense, rngs=nnx.Rngs(0)))
+  meta = {name: getattr(layer, name).get_metadata() for name in ("first", "vertical", "horizontal", "last")}
+  assert meta["first"]["out_sharding"] == ("data", None)
+  assert meta["vertical"]["out_sharding"] == (None, "model")  # factor_metadata overrides the mapped ("rows", None)
+  assert meta["horizontal"]["out_sharding"] == ("cols", None)
+  assert meta["last"]["out_sharding"] == (None, "model")
+  assert all(m["note"] == "x" for m in meta.values())  # other metadata is copied to every factor
+  assert layer.bias.get_metadata().get("out_sharding") is None  # the bias has its own bias_metadata
+  assert tt.spatial.get_metadata()["out_sharding"] == (None, None, None)
+  assert [c.get_metadata()["out_sharding"] for c in tt.cores] == [(None,) * 4] * 2
+  assert sep.depthwise.get_metadata()["out_sharding"] == (None, None, "data", None)
+  assert sep.pointwise.get_metadata()["out_sharding"] == ("data", "model")
+
+
+def test_bad_metadata_is_rejected_naming_the_argument() -> None:
+  import pytest
+  from flax import nnx
+
+  from efficonv import nnx as enn
+
+  with pytest.raises(ValueError, match=r"kernel_init/kernel_metadata sharding must name the 4 axes"):
+    nnx.eval_shape(
+      lambda: enn.CPConv(4, 6, 3, rank=2, kernel_metadata={"out_sharding": (None, "model")}, rngs=nnx.Rngs(0))
+    )
+  with pytest.raises(ValueError, match=r"factor_metadata\['first'\] sharding must name the 2 axes of first"):
+    nnx.eval_shape(
+      lambda: enn.CPConv(
+        4, 6, 3, rank=2, factor_metadata={"first": {"out_sharding": (None, None, "m")}}, rngs=nnx.Rngs(0)
+      )
+    )
+  with pytest.raises(ValueError, match=r"factor_metadata keys must be factors of CP"):
+    nnx.eval_shape(lambda: enn.CPConv(4, 6, 3, rank=2, factor_metadata={"kernel": {}}, rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match=r"factor_metadata\['cores'\] must be a mapping \(for all 2 arrays\)"):
+    nnx.eval_shape(lambda: enn.TTConv(4, 6, 3, rank=2, factor_metadata={"cores": [{}]}, rngs=nnx.Rngs(0)))
