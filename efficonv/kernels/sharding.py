@@ -67,6 +67,20 @@ def _reshard(x: Any, spec: tuple[Any, ...]) -> Any:
   return jax.sharding.reshard(x, NamedSharding(jax.typeof(x).sharding.mesh, PartitionSpec(*spec)))
 
 
+def with_out_sharding(y: Array, out_sharding: Any) -> Array:
+  """``y`` resharded to ``out_sharding`` (a ``PartitionSpec`` or ``NamedSharding``), as ``nnx.Conv``'s argument.
+
+  A reshard where the spec names only Explicit mesh axes; a sharding constraint (XLA's partitioner then
+  follows it) where it names Auto ones, which :func:`jax.sharding.reshard` rejects.
+  """
+  spec = out_sharding.spec if isinstance(out_sharding, NamedSharding) else out_sharding
+  mesh = out_sharding.mesh if isinstance(out_sharding, NamedSharding) else jax.sharding.get_abstract_mesh()
+  names = [n for entry in spec if entry is not None for n in (entry if isinstance(entry, tuple) else (entry,))]
+  if all(n in mesh.explicit_axes for n in names) and (names or mesh.explicit_axes):
+    return jax.sharding.reshard(y, out_sharding)
+  return jax.lax.with_sharding_constraint(y, out_sharding)
+
+
 def data_parallel(x: Array, params: Any) -> tuple[Array, Any]:
   """``x`` sharded over its batch axis only and every array of ``params`` replicated, on an Explicit mesh.
 

@@ -13,7 +13,7 @@ from flax import nnx
 from efficonv import schemes
 from efficonv.convert import conv_kernel, conv_padding
 from efficonv.formats import Format
-from efficonv.kernels.sharding import data_parallel
+from efficonv.kernels.sharding import data_parallel, with_out_sharding
 from efficonv.layer_options import (
   OBJECTIVES,
   DepthwiseImplementation,
@@ -276,7 +276,7 @@ class FactorizedConv(nnx.Module):
     if bias is not None:
       y = y + bias.reshape(1, 1, 1, -1)
     y = y[0] if unbatched else y
-    return y if out_sharding is None else jax.sharding.reshard(y, out_sharding)
+    return y if out_sharding is None else with_out_sharding(y, out_sharding)
 
   @classmethod
   def from_format(

@@ -84,9 +84,12 @@ def train(mesh, m):
       return loss
 
     losses = [float(step(m, opt, x, y)) for _ in range(2)]
+    # out_sharding, as nnx.Conv's: here the output's channels over the mesh axis.
+    channels = nnx.jit(lambda m, x: m.layers[0](x, out_sharding=P(None, None, None, "data")))(m, x)
     flat = nnx.to_flat_state(nnx.state(m, nnx.Param))
     return {
       "losses": losses,
+      "out_spec": list(channels.sharding.spec),
       "params": {"/".join(map(str, k)): np.asarray(v[...]).tolist() for k, v in flat},
       "specs": {"/".join(map(str, k)): list(v[...].sharding.spec) for k, v in flat},
       "annotated": [list(v.get_metadata().get("out_sharding") or ()) for _, v in flat],
@@ -120,7 +123,7 @@ def run_script() -> dict:
   )
   env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
   result = subprocess.run(
-    [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
   )
   assert result.returncode == 0, result.stdout + result.stderr
   return json.loads(result.stdout.split("RESULT", 1)[1])
@@ -144,6 +147,9 @@ def test_sharded_factors_train_data_parallel_on_explicit_and_auto_meshes() -> No
   assert specs["layers/2/cores/0"] == [None, None, None, "data"] and specs["layers/2/cores/1"] == [None] * 4
   assert specs["layers/2/spatial"] == [None, None, None]  # TT's channel modes take no dense-kernel name
   assert specs["layers/12/kernels/0"] == [None, None, None, "data"]  # StackedConv: with_partitioning as nnx.Conv
+  for run in out.values():
+    if isinstance(run, dict):
+      assert run["out_spec"] == [None, None, None, "data"]
   # On the Auto mesh, with every layer on "auto" (either path: the same maths up to float rounding).
   assert len(out["auto_paths"]) == 11 and set(out["auto_paths"]) <= {"factorized", "reconstructed"}
   np.testing.assert_allclose(auto["losses"], one["losses"], rtol=1e-5)
