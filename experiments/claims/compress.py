@@ -37,8 +37,9 @@ from flax import nnx
 
 from efficonv import cost
 from efficonv import rank as rank_lib
-from efficonv.compression import Policy, compress, replace_dense
+from efficonv.compression import Policy, compress
 from experiments import data
+from experiments.bench.dense_baselines import dense_network_builds
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common import results
 from experiments.common.config import PRESETS, ExperimentConfig
@@ -196,10 +197,6 @@ def finetune(
   }
 
 
-#: XLA:CPU without YNNPACK library fusion: one of the compile settings the fastest dense network is sought in.
-NO_YNN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-
-
 def compiled_with(graphdef: nnx.GraphDef, options: dict[str, Any]) -> Any:
   """``predict(params, rest, x)`` like :func:`make_predict`'s, compiled with XLA ``options`` (once per shape)."""
   jitted = jax.jit(lambda params, rest, x: merge(graphdef, params, rest)(x, train=False))
@@ -219,24 +216,30 @@ def dense_builds(
 ) -> dict[str, Subject]:
   """Every dense build of the trained network that is timed; the fastest one is the baseline of the speedups.
 
-  ``dense`` is the network as trained (``nnx.Conv``); ``dense/efficonv`` has every conv as
-  :class:`efficonv.nnx.Conv` with ``implementation="auto"`` (:func:`efficonv.compression.replace_dense`: the
-  fastest dense formulation per layer, im2col on small maps on a CPU). On a CPU both are also compiled without
-  YNNPACK fusion (``/no_ynn``). All compute the same function with the same weights.
+  The builds of :func:`experiments.bench.dense_baselines.dense_network_builds` (the whole-network benchmark's
+  own): ``dense`` is the network as trained (``nnx.Conv``), ``dense/efficonv`` has every conv as
+  :class:`efficonv.nnx.Conv` with ``implementation="auto"`` (the fastest dense formulation per layer); on a
+  CPU each is also compiled without YNNPACK fusion (``/no_ynn``). All compute the same function with the
+  same weights.
   """
-  builds = {
-    "dense": Subject(base.graphdef, base.params, base.rest, base.opt_state, base.train_step, parallel, base.predict)
-  }
-  fast = replace_dense(dense_model, "auto")
-  graphdef, params, rest = nnx.split(fast, nnx.Param, ...)
-  step = finetune(cfg, graphdef, params, rest, train_set, 0, 1.0, parallel)  # its training step, no update
-  builds["dense/efficonv"] = Subject(
-    graphdef, params, rest, step["opt_state"], step["train_step"], parallel, make_predict(graphdef)
-  )
-  if jax.default_backend() == "cpu":
-    for name in ("dense", "dense/efficonv"):
-      s = builds[name]
-      builds[f"{name}/no_ynn"] = dataclasses.replace(s, predict=compiled_with(s.graphdef, NO_YNN_OPTIONS))
+  builds: dict[str, Subject] = {}
+  steps: dict[int, Subject] = {}  # one training step per build's model, shared by its compile settings
+  for name, (model, options) in dense_network_builds(dense_model, ("nnx", "auto"), ("default", "no_ynn")).items():
+    if id(model) not in steps:
+      if model is dense_model:
+        steps[id(model)] = Subject(
+          base.graphdef, base.params, base.rest, base.opt_state, base.train_step, parallel, base.predict
+        )
+      else:
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        step = finetune(cfg, graphdef, params, rest, train_set, 0, 1.0, parallel)  # its training step, no update
+        steps[id(model)] = Subject(
+          graphdef, params, rest, step["opt_state"], step["train_step"], parallel, make_predict(graphdef)
+        )
+    subject = steps[id(model)]
+    builds[name] = (
+      dataclasses.replace(subject, predict=compiled_with(subject.graphdef, options)) if options else subject
+    )
   return builds
 
 
