@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from efficonv.formats import Format
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
+from efficonv.kernels.sharding import data_parallel
 from efficonv.layer_options import dilate_input
 from efficonv.planning import Plan
 from efficonv.typing import Array, Dtype, PrecisionLike
@@ -154,6 +155,8 @@ def layer_conv(
   Returns:
     ``(N, H', W', C_out)``.
   """
+  # On an Explicit mesh: data parallel over the input's batch sharding, factors, bias and mask gathered.
+  inputs, (fmt, bias, mask) = data_parallel(inputs, (fmt, bias, mask))
   x = dilate_input(inputs, input_dilation)
   compute = dtype if dtype is not None else jnp.result_type(x.dtype, param_dtype)
   plan = layer_plan(

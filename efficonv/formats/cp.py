@@ -124,6 +124,9 @@ class CP(Format):
   def out_features(self) -> int:
     return int(self.last.shape[-1])
 
+  def factor_axes(self) -> list[tuple[str | None, ...]]:
+    return [("C_in", None), ("kh", None), ("kw", None), (None, "C_out")]
+
   def to_dense(self, *, precision: PrecisionLike = None) -> Array:
     return cp_to_dense(self.first, self.vertical, self.horizontal, self.last, precision=precision)
 

@@ -32,6 +32,7 @@ from efficonv.formats.ranks import KernelShape, RankLike, as_int, check_in_range
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
 from efficonv.kernels.shapes import Geometry, conv_geometry, dense_macs
+from efficonv.kernels.sharding import data_parallel
 from efficonv.planning import Implementation, Objective, Plan, Step, plan_conv
 from efficonv.typing import Array, Dtype, PrecisionLike
 
@@ -194,8 +195,9 @@ class Format:
       kernel_size: ``k`` or ``(kh, kw)``.
       rank: the scheme's rank (:meth:`check_rank`).
       dtype: parameter dtype.
-      initializer: when given, each factor is ``initializer(key, shape, dtype)`` instead (no variance
-        matching).
+      initializer: the dense kernel's initializer (as ``kernel_init`` of :class:`flax.nnx.Conv`): the
+        factors are scaled so the reconstructed kernel has the variance of its draw
+        (:func:`efficonv.formats.init.init_factors`); ``None``: LeCun normal's.
       **options: the scheme's options (TT: ``in_modes``, ``out_modes``).
 
     Returns:
@@ -209,7 +211,7 @@ class Format:
     options = cls.scheme_options(shape, **options)
     rank = cls.check_rank(rank, shape, **options)
     shapes = cls.factor_shapes(shape, rank, **options)
-    factors = init_factors(key, shapes, cls.terms_per_entry(rank), kh * kw * in_features, dtype, initializer)
+    factors = init_factors(key, shapes, cls.terms_per_entry(rank), shape, dtype, initializer)
     return cls.from_factors(factors)
 
   @classmethod
@@ -259,6 +261,19 @@ class Format:
 
   def steps(self, g: Geometry) -> list[Step]:
     """The factorized sequence on geometry ``g`` as cost-model steps (:class:`efficonv.planning.Step`)."""
+    raise NotImplementedError
+
+  #: The dense kernel's axes, as :meth:`factor_axes` names them.
+  KERNEL_AXES: ClassVar[tuple[str, str, str, str]] = ("kh", "kw", "C_in", "C_out")
+
+  def factor_axes(self) -> list[tuple[str | None, ...]]:
+    """For each factor (flat, in :meth:`arrays` order), which dense-kernel axis each of its axes runs along.
+
+    An entry is one of :attr:`KERNEL_AXES` when the factor's axis has that axis's size and its blocks
+    split the dense kernel along it (so one sharding of the dense kernel's axes fits the factors), and
+    ``None`` for rank, multiplier and mode axes. The NNX layers map ``kernel_init``'s and
+    ``kernel_metadata``'s sharding names onto the factors with it.
+    """
     raise NotImplementedError
 
   def reconstruction_macs(self) -> int:
@@ -390,7 +405,8 @@ class Format:
 
     Equal, up to float error, to
     ``lax.conv_general_dilated(x, self.to_dense(), strides, padding, rhs_dilation=dilation)``
-    with NHWC/HWIO dimension numbers.
+    with NHWC/HWIO dimension numbers. On an Explicit mesh it runs data parallel over ``x``'s batch sharding,
+    with the factors gathered for the computation (:mod:`efficonv.kernels.sharding`).
 
     Args:
       x: ``(N, H, W, C_in)``.
@@ -410,7 +426,9 @@ class Format:
       ``(N, H', W', C_out)``.
     """
     opt.check_input(x, channels=self.in_features)
-    p = self.plan(
+    # On an Explicit mesh: data parallel over x's batch sharding, the factors gathered (efficonv.kernels.sharding).
+    x, fmt = data_parallel(x, self)
+    p = fmt.plan(
       x.shape,
       strides=strides,
       padding=padding,
@@ -422,6 +440,6 @@ class Format:
       precision=precision,
     )
     if p.implementation == "reconstructed":
-      kernel = self.to_dense(precision=precision).astype(self.dtype)
+      kernel = fmt.to_dense(precision=precision).astype(fmt.dtype)
       return dense_conv(x, kernel, strides=strides, padding=padding, dilation=dilation, precision=precision)
-    return self._factorized(x, strides, padding, dilation, p.depthwise or "auto", precision)
+    return fmt._factorized(x, strides, padding, dilation, p.depthwise or "auto", precision)

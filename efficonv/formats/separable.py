@@ -127,6 +127,10 @@ class Separable(Format):
   def out_features(self) -> int:
     return int(self.pointwise.shape[-1])
 
+  def factor_axes(self) -> list[tuple[str | None, ...]]:
+    # The pointwise rows c·m + j run C_in-major, so a block split of C_in is a block split of its rows.
+    return [("kh", "kw", "C_in", None), ("C_in", "C_out")]
+
   def to_dense(self, *, precision: PrecisionLike = None) -> Array:
     return separable_to_dense(self.depthwise, self.pointwise, precision=precision)
 

@@ -92,6 +92,9 @@ class Spatial(Format):
   def out_features(self) -> int:
     return int(self.horizontal.shape[-1])
 
+  def factor_axes(self) -> list[tuple[str | None, ...]]:
+    return [("kh", "C_in", None), ("kw", None, "C_out")]
+
   def to_dense(self, *, precision: PrecisionLike = None) -> Array:
     return spatial_to_dense(self.vertical, self.horizontal, precision=precision)
 

@@ -211,7 +211,7 @@ class TT(Format):
       in_modes: ``(c_1, …, c_d)`` (default: balanced).
       out_modes: ``(s_1, …, s_d)`` (default: balanced).
       dtype: parameter dtype.
-      initializer: optional per-core initializer (no variance matching).
+      initializer: the dense kernel's initializer, whose variance the reconstructed kernel gets (:meth:`Format.init`).
 
     Raises:
       ValueError: naming ``in_modes``/``out_modes``/``rank`` when they do not fit.
@@ -258,6 +258,10 @@ class TT(Format):
   @property
   def out_features(self) -> int:
     return math.prod(self.out_modes)
+
+  def factor_axes(self) -> list[tuple[str | None, ...]]:
+    # The channel cores hold modes of C_in and C_out, not the channel axes themselves.
+    return [("kh", "kw", None)] + [(None, None, None, None)] * len(self.cores)
 
   def to_dense(self, *, precision: PrecisionLike = None) -> Array:
     return tt_to_dense(self.spatial, self.cores, precision=precision)

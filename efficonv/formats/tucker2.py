@@ -116,6 +116,9 @@ class Tucker2(Format):
   def out_features(self) -> int:
     return int(self.last.shape[-1])
 
+  def factor_axes(self) -> list[tuple[str | None, ...]]:
+    return [("C_in", None), ("kh", "kw", None, None), (None, "C_out")]
+
   def to_dense(self, *, precision: PrecisionLike = None) -> Array:
     return tucker2_to_dense(self.first, self.core, self.last, precision=precision)
 

@@ -14,6 +14,7 @@ either path can be forced.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from jax.custom_derivatives import SymbolicZero
 from efficonv.kernels import _options as opt
 from efficonv.kernels._mac_scope import elementwise_macs
 from efficonv.kernels.conv import promote_operands
+from efficonv.kernels.sharding import batch_shards
 from efficonv.typing import Array, PrecisionLike
 
 DepthwiseImpl = Literal["auto", "shift", "xla"]
@@ -161,17 +163,29 @@ def _shift_kernel_tangent(xp: Array, kernel_dot: Array, strides: tuple[int, int]
   whole-batch expression, XLA:CPU turns it into ``kh·kw`` separate reductions over the batch, each
   streaming the input and the cotangent from memory. As a scan over tiles that fit in cache, all taps
   reduce one tile while it is resident.
+
+  With the batch sharded over an Explicit mesh axis (``s`` shards), a scan over batch tiles would scan a
+  sharded axis, which the scan's typing forbids. So each tile then takes the same number of images from
+  every shard (tile ``t`` holds shard-local images ``t·p … t·p + p - 1`` of each shard): the scanned axis
+  is unsharded, the tile's own batch axis keeps the mesh axis, and each device still reduces a tile of
+  its own images that fits in cache.
   """
   n = xp.shape[0]
-  per_tile = _images_per_tile(n, xp[0].size * xp.dtype.itemsize)
-  if per_tile == n:
+  shards = batch_shards(xp)
+  image_bytes = math.prod(xp.shape[1:]) * xp.dtype.itemsize
+  per_shard = _images_per_tile(n // shards, image_bytes) if n % shards == 0 else n // shards
+  if n % shards or per_shard * shards == n:
     return _shift_valid(xp, kernel_dot, strides, dilation)
-  tiles = xp.reshape(n // per_tile, per_tile, *xp.shape[1:])
+  tiles_count = n // (per_shard * shards)
+  # (shard, tile, image) → (tile, shard, image): the shard axis, the one the mesh splits, stays major in a tile.
+  tiles = xp.reshape(shards, tiles_count, per_shard, *xp.shape[1:]).swapaxes(0, 1)
+  tiles = tiles.reshape(tiles_count, shards * per_shard, *xp.shape[1:])
   # Rematerialized, the transpose slices the windows from the resident tile; otherwise linearization
   # would save all kh·kw windows of the batch as residuals and stream them back from memory.
   tile_fn = jax.checkpoint(lambda tile: _shift_valid(tile, kernel_dot, strides, dilation))
   out = jax.lax.map(tile_fn, tiles)
-  return out.reshape(n, *out.shape[2:])
+  out = out.reshape(tiles_count, shards, per_shard, *out.shape[2:]).swapaxes(0, 1)
+  return out.reshape(n, *out.shape[3:])
 
 
 def _shift_input_tangent(xp_dot: Array, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int]) -> Array:

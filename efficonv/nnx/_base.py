@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import jax
@@ -13,6 +14,7 @@ from flax.nnx.nn import dtypes
 from efficonv import _factorized, schemes
 from efficonv.convert import conv_kernel, conv_padding
 from efficonv.formats import Format
+from efficonv.kernels.sharding import with_out_sharding
 from efficonv.layer_options import (
   OBJECTIVES,
   DepthwiseImplementation,
@@ -27,6 +29,7 @@ from efficonv.layer_options import (
   default_bias_init,
   restore_batch,
 )
+from efficonv.nnx import _metadata
 from efficonv.planning import Plan
 from efficonv.typing import Array, Dtype, PrecisionLike
 
@@ -105,9 +108,12 @@ class FactorizedConv(nnx.Module):
     dtype: computation dtype (inferred from inputs and params when ``None``).
     param_dtype: parameter dtype.
     precision: XLA precision of the matmuls/convs.
-    kernel_init: ``None`` draws factors whose reconstructed kernel has
-      LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
-      every factor instead.
+    kernel_init: the initializer of the dense kernel, as for ``nnx.Conv``:
+      the factors are drawn so that the reconstructed kernel has the variance
+      of its draw (``None``: LeCun normal's, ``nnx.Conv``'s default; see
+      :func:`efficonv.formats.init.init_factors`). It may be wrapped by
+      :func:`flax.nnx.with_partitioning` (names for the dense axes ``(kh, kw,
+      C_in, C_out)``, moved onto the factors as ``kernel_metadata``'s).
     bias_init: bias initializer.
     promote_dtype: as ``nnx.Conv``'s, ``promote_dtype(arrays, dtype=dtype)`` on one tuple:
       ``(inputs, kernel, bias)`` on the reconstructed path (the dense kernel, as ``nnx.Conv``),
@@ -119,6 +125,17 @@ class FactorizedConv(nnx.Module):
       ``preferred_element_type``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
+    kernel_metadata: metadata of the dense kernel, as for ``nnx.Conv``, set
+      on every factor; its sharding (``out_sharding``, one name per dense axis
+      ``(kh, kw, C_in, C_out)``) goes to the factor axes along those dense axes
+      (:meth:`efficonv.Format.factor_axes`), rank and mode axes unsharded.
+    bias_metadata: metadata of the bias, as for ``nnx.Conv``.
+    factor_metadata: per-factor metadata over ``kernel_metadata``'s, keyed by
+      factor name (the format's fields, e.g. ``{"first": {"out_sharding":
+      (None, "model")}}`` to shard CP's rank axis); a list of factors (TT's
+      ``cores``) takes one mapping for all or one per array. On an Explicit
+      mesh a sharding is the factor's storage layout: the layer gathers the
+      factors and runs data parallel (:mod:`efficonv.kernels.sharding`).
     **scheme_args: the subclass's other scheme arguments, passed to :meth:`_init_format`.
 
   Inputs are ``(*batch, H, W, C_in)`` with any number of batch axes, as ``nnx.Conv``.
@@ -157,6 +174,9 @@ class FactorizedConv(nnx.Module):
     implementation: Implementation = "auto",
     depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
+    kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+    bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    factor_metadata: Mapping[str, Any] = MappingProxyType({}),
     **scheme_args: Any,
   ):
     ks, s, d = check_options(
@@ -175,6 +195,8 @@ class FactorizedConv(nnx.Module):
       raise ValueError(f"promote_dtype must be a function (arrays, *, dtype) -> arrays, got {promote_dtype!r}")
     _factorized.check_reconstructed_only(implementation, groups, mask, preferred_element_type)
     # With groups the format holds nnx.Conv's grouped kernel (kh, kw, C_in // groups, C_out).
+    dense_metadata = dict(kernel_metadata)
+    initializer = None if kernel_init is None else _metadata.unboxed(kernel_init, dense_metadata)
     fmt = self._init_format(
       rngs.params(),
       in_features // groups,
@@ -182,7 +204,7 @@ class FactorizedConv(nnx.Module):
       ks,
       rank,
       dtype=param_dtype,
-      initializer=kernel_init,
+      initializer=initializer,
       **scheme_args,
     )
     _factorized.check_mask(mask, fmt.kernel_shape)
@@ -205,14 +227,15 @@ class FactorizedConv(nnx.Module):
     self.depthwise_implementation: DepthwiseImplementation = depthwise_implementation
     # What "auto"/"autotune" optimise; see set_objective and deterministic.
     self.objective: Objective = "inference"
+    metadata = iter(_metadata.factor_metadata(fmt, dense_metadata, factor_metadata))
     for name in fmt._fields:
       value = getattr(fmt, name)
       if isinstance(value, tuple):
-        setattr(self, name, nnx.List([nnx.Param(jnp.asarray(v, param_dtype)) for v in value]))
+        setattr(self, name, nnx.List([nnx.Param(jnp.asarray(v, param_dtype), **next(metadata)) for v in value]))
       else:
-        setattr(self, name, nnx.Param(jnp.asarray(value, param_dtype)))
+        setattr(self, name, nnx.Param(jnp.asarray(value, param_dtype), **next(metadata)))
     self.bias: nnx.Param | None = (
-      nnx.Param(bias_init(rngs.params(), (fmt.out_features,), param_dtype)) if use_bias else None
+      nnx.Param(bias_init(rngs.params(), (fmt.out_features,), param_dtype), **bias_metadata) if use_bias else None
     )
 
   @classmethod
@@ -238,7 +261,7 @@ class FactorizedConv(nnx.Module):
       in_features, out_features, kernel_size: the conv's shape (``kernel_size`` a pair).
       rank: the constructor's ``rank``.
       dtype: the parameter dtype.
-      initializer: ``kernel_init`` (``None``: the variance-matched draw).
+      initializer: ``kernel_init``, the dense kernel's initializer (``None``: LeCun normal's variance).
       **scheme_args: the scheme's other arguments (TT: ``in_modes``, ``out_modes``).
 
     Returns:
@@ -330,12 +353,14 @@ class FactorizedConv(nnx.Module):
     count = self.format.dense_macs if dense else self.format.macs
     return count(shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
 
-  def __call__(self, inputs: Array) -> Array:
+  def __call__(self, inputs: Array, out_sharding: Any = None) -> Array:
     """Applies the layer.
 
     Args:
       inputs: ``(*batch, H, W, in_features)``: NHWC, unbatched ``(H, W, in_features)``, or
         several batch axes (flattened for the conv and restored, as ``nnx.Conv``).
+      out_sharding: as for ``nnx.Conv``: the output's sharding (a ``PartitionSpec``
+        or ``NamedSharding``); by default, on an Explicit mesh, the input's batch sharding.
 
     Returns:
       ``(*batch, H', W', out_features)``.
@@ -360,7 +385,8 @@ class FactorizedConv(nnx.Module):
       depthwise_implementation=self.depthwise_implementation,
       objective=self.objective,
     )
-    return restore_batch(y, batch_shape)
+    y = restore_batch(y, batch_shape)
+    return y if out_sharding is None else with_out_sharding(y, out_sharding)
 
   @classmethod
   def from_format(

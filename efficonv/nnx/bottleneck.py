@@ -10,6 +10,7 @@ from flax.nnx.nn import dtypes
 
 from efficonv import _blocks
 from efficonv.formats.tucker2 import Tucker2
+from efficonv.kernels.sharding import data_parallel
 from efficonv.layer_options import (
   ActivationFn,
   Initializer,
@@ -151,6 +152,8 @@ class Bottleneck(nnx.Module):
     x = dilate_input(x, self.input_dilation)
     arrays = (self.first, self.core, self.last, self.first_bias, self.core_bias, self.bias)
     x, *promoted = self.promote_dtype((x, *(a[...] if a is not None else None for a in arrays)), dtype=self.dtype)
+    # On an Explicit mesh: data parallel over the input's batch sharding, the kernels gathered.
+    x, promoted = data_parallel(x, promoted)
     y = _blocks.bottleneck_conv(
       x,
       (promoted[0], promoted[1], promoted[2]),

@@ -35,9 +35,10 @@ class CPConv(FactorizedConv):
     dtype: computation dtype (inferred from inputs and params when ``None``).
     param_dtype: parameter dtype.
     precision: XLA precision of the matmuls/convs.
-    kernel_init: ``None`` draws factors whose reconstructed kernel has
-      LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
-      every factor instead.
+    kernel_init: the dense kernel's initializer (as ``nnx.Conv``; ``None``:
+      LeCun normal): the reconstructed kernel gets its variance; see
+      :class:`~efficonv.nnx.FactorizedConv`, also for ``kernel_metadata``,
+      ``bias_metadata`` and ``factor_metadata``.
     bias_init: bias initializer.
     implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import jax.numpy as jnp
@@ -44,9 +45,11 @@ class SeparableConv(FactorizedConv):
     padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
     input_dilation, kernel_dilation, feature_group_count, use_bias, mask, dtype,
     param_dtype, precision, kernel_init, bias_init, promote_dtype,
-    preferred_element_type, implementation, depthwise_implementation, rngs: as
+    preferred_element_type, implementation, depthwise_implementation, rngs,
+    kernel_metadata, bias_metadata, factor_metadata: as
       :class:`~efficonv.nnx.FactorizedConv` (``nnx.Conv``'s arguments; groups, a mask
-      and ``preferred_element_type`` run the reconstructed path).
+      and ``preferred_element_type`` run the reconstructed path; ``kernel_init`` is the
+      dense kernel's initializer, whose variance the reconstructed kernel gets).
 
   ``model.train()``/``model.eval()`` set what ``"auto"``/``"autotune"`` optimise
   (:attr:`~efficonv.nnx.FactorizedConv.deterministic`).
@@ -82,6 +85,9 @@ class SeparableConv(FactorizedConv):
     implementation: Implementation = "auto",
     depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
+    kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+    bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    factor_metadata: Mapping[str, Any] = MappingProxyType({}),
   ):
     super().__init__(
       in_features,
@@ -105,6 +111,9 @@ class SeparableConv(FactorizedConv):
       implementation=implementation,
       depthwise_implementation=depthwise_implementation,
       rngs=rngs,
+      kernel_metadata=kernel_metadata,
+      bias_metadata=bias_metadata,
+      factor_metadata=factor_metadata,
     )
 
   @classmethod

@@ -10,6 +10,7 @@ from flax.nnx.nn import dtypes
 
 from efficonv import _blocks
 from efficonv.kernels import _options as opt
+from efficonv.kernels.sharding import data_parallel
 from efficonv.layer_options import (
   ActivationFn,
   Initializer,
@@ -143,6 +144,8 @@ class StackedConv(nnx.Module):
     kernels = [k[...] for k in self.kernels]
     biases = [b[...] if b is not None else None for b in self.biases]
     x, *promoted = self.promote_dtype((x, *kernels, *biases), dtype=self.dtype)
+    # On an Explicit mesh: data parallel over the input's batch sharding, the kernels gathered.
+    x, promoted = data_parallel(x, promoted)
     y = _blocks.stacked_conv(
       x,
       promoted[: self.num_layers],

@@ -122,12 +122,58 @@ def test_check_rejects_a_wrong_variance(variance_factor: float) -> None:
     assert_lecun_variance(np.sqrt(variance_factor) * kernels, FAN_IN, f"{name} × {variance_factor}")
 
 
-def test_custom_kernel_init_is_applied_to_every_factor() -> None:
-  """``kernel_init`` replaces the variance-matched draw: each factor is drawn by it."""
-  layer = enn.CPConv(CIN, COUT, KERNEL, rank=4, kernel_init=nnx.initializers.ones_init(), rngs=nnx.Rngs(0))
-  for factor in layer.format.arrays():
-    np.testing.assert_array_equal(np.asarray(factor), 1.0)
-  np.testing.assert_allclose(np.asarray(layer.to_dense()), 4.0)  # sum over rank 4 of 1·1·1·1
+# One layer per scheme for the kernel_init tests: (name, factory taking kernel_init, number of layers L).
+KernelInitFactory = Callable[[nnx.Rngs, Callable], nnx.Module]
+KERNEL_INIT_CONFIGS: list[tuple[str, KernelInitFactory, int]] = [
+  ("CP", lambda r, k: enn.CPConv(CIN, COUT, KERNEL, rank=4, kernel_init=k, rngs=r), 4096),
+  ("Tucker", lambda r, k: enn.TuckerConv(CIN, COUT, KERNEL, rank=(2, 3), kernel_init=k, rngs=r), 2048),
+  ("Spatial", lambda r, k: enn.SpatialConv(CIN, COUT, KERNEL, rank=8, kernel_init=k, rngs=r), 1024),
+  ("Separable", lambda r, k: enn.SeparableConv(CIN, COUT, KERNEL, depth_multiplier=2, kernel_init=k, rngs=r), 1024),
+  (
+    "TT",
+    lambda r, k: enn.TTConv(CIN, COUT, KERNEL, rank=(3, 4), in_modes=(2, 4), out_modes=(4, 2), kernel_init=k, rngs=r),
+    2048,
+  ),
+]
+
+
+KERNEL_INIT_CASES = [(i, "he_uniform") for i in range(len(KERNEL_INIT_CONFIGS))] + [
+  (3, "lecun_normal"),
+  (4, "lecun_normal"),
+]
+
+
+@pytest.mark.parametrize(
+  ("index", "init_name"), KERNEL_INIT_CASES, ids=[f"{KERNEL_INIT_CONFIGS[i][0]}-{n}" for i, n in KERNEL_INIT_CASES]
+)
+def test_reconstructed_kernel_follows_the_kernel_init_variance(index: int, init_name: str) -> None:
+  """``kernel_init`` is the dense kernel's initializer: the reconstructed kernel gets its variance.
+
+  He-uniform's ``2 / fan_in`` for every scheme (not LeCun's, and not a per-factor draw, which gave TT and
+  separable layers an eighth of the std); LeCun normal's ``1 / fan_in`` on separable and TT.
+  """
+  name, make, n_layers = KERNEL_INIT_CONFIGS[index]
+  init, scale = {
+    "he_uniform": (nnx.initializers.he_uniform(), 2.0),
+    "lecun_normal": (nnx.initializers.lecun_normal(), 1.0),
+  }[init_name]
+  kernels = sample_kernels(lambda r: make(r, init), n_layers)
+  assert_lecun_variance(kernels / np.sqrt(scale), FAN_IN, f"{name} with {init_name}")
+
+
+def test_zeros_kernel_init_zeroes_only_the_last_factor() -> None:
+  """``zeros``: the kernel is zero, and only its last factor, so the gradient still reaches every factor."""
+  layer = enn.CPConv(CIN, COUT, KERNEL, rank=4, kernel_init=nnx.initializers.zeros, rngs=nnx.Rngs(0))
+  *others, last = layer.format.arrays()
+  np.testing.assert_array_equal(np.asarray(last), 0.0)
+  np.testing.assert_array_equal(np.asarray(layer.to_dense()), 0.0)
+  for factor in others:
+    assert float(np.std(np.asarray(factor))) > 0.1
+
+
+def test_nonzero_mean_kernel_init_is_rejected() -> None:
+  with pytest.raises(ValueError, match="kernel_init must draw zero-mean kernels"):
+    enn.CPConv(CIN, COUT, KERNEL, rank=4, kernel_init=nnx.initializers.ones_init(), rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("activation", [nnx.relu, None], ids=["relu", "linear"])
