@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from efficonv.kernels import _options as opt
+from efficonv.kernels import targets
 from efficonv.kernels.conv import conv as dense_conv
 from efficonv.kernels.dense import check_layer_implementation, dense_implementation
 from efficonv.planning import autotune_dense
@@ -104,7 +105,7 @@ class Conv(nnx.Conv):
     why = self._fallback_reason(input_shape)
     if why is not None:
       return "xla", f"nnx.Conv's own __call__ ({why})"
-    batch = 1
+    batch: Any = 1
     for n in input_shape[:-3]:
       batch *= n
     compute = self.dtype or jnp.result_type(dtype or self.param_dtype, self.param_dtype)
@@ -163,6 +164,8 @@ class Conv(nnx.Conv):
       precision=self.precision,
       implementation=implementation,
     )
+    if self.implementation == "autotune":  # measured here: the program holds this platform's choice only
+      y = targets.check_platforms(y)
     if bias is not None:
       y = y + bias.reshape(1, 1, 1, -1)
     if len(batch_shape) != 1:
