@@ -91,6 +91,9 @@ def plan_for(
   """Within this block, convs are planned for ``platforms`` and symbolic sizes as ``batch``/``spatial``.
 
   Use it around :func:`jax.export.export` (or any lowering for another platform than the default one).
+  JAX reuses the trace of a function it traced before, whatever the plan then; so entering and leaving a
+  block that changes the plan clears JAX's caches (:func:`jax.clear_caches`), and what runs after it is
+  compiled again.
 
   Args:
     platforms: a platform or several (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``, or ``"gpu"`` for both
@@ -118,11 +121,18 @@ def plan_for(
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
       raise ValueError(f"spatial must be a positive int or a pair (h, w) of them, got {spatial!r}")
     hw = (pair[0], pair[1])
-  token = _context.set(_Context(backends, batch or outer.batch, hw, outer.inside))
+  inner = _Context(backends, batch or outer.batch, hw, outer.inside)
+  # JAX reuses a function's trace whatever this context was when it was made: start and end on fresh traces.
+  changed = inner != outer
+  if changed:
+    jax.clear_caches()
+  token = _context.set(inner)
   try:
     yield
   finally:
     _context.reset(token)
+    if changed:
+      jax.clear_caches()
 
 
 def planned_backends() -> tuple[str, ...]:
