@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -198,13 +199,39 @@ class FactorizedConv(nnx.Module):
       values.append(tuple(p[...] for p in attr) if isinstance(attr, nnx.List) else attr[...])
     return self.format_type(*values)
 
+  @property
+  def stack_shape(self) -> tuple[int, ...]:
+    """The leading axes of a stack of these layers (``nnx.vmap`` over the constructor); ``()`` for one layer."""
+    fmt = self.format
+    own = fmt.factor_shapes(fmt.kernel_shape, fmt.rank, **{k: getattr(fmt, k) for k in fmt.option_names})
+    first = fmt.arrays()[0]
+    return tuple(first.shape[: first.ndim - len(own[0])])
+
+  def _check_one_layer(self, what: str) -> None:
+    stack = self.stack_shape
+    if stack:
+      raise ValueError(
+        f"this {type(self).__name__} is a stack of {math.prod(stack)} layers (leading axes {stack} on every "
+        f"parameter, as nnx.vmap makes them): {what} needs one layer; apply the stack with nnx.scan (or nnx.vmap) "
+        "over its layers"
+      )
+
   def to_dense(self) -> Array:
-    """The dense HWIO kernel the layer currently represents."""
+    """The dense HWIO kernel the layer currently represents.
+
+    Raises:
+      ValueError: for a stack of layers (:attr:`stack_shape`).
+    """
+    self._check_one_layer("to_dense()")
     return self.format.to_dense()
 
   def plan(self, input_shape: Sequence[int]) -> Plan:
-    """Which implementation this layer runs on ``input_shape`` (NHWC), and why."""
-    return self.format.plan(
+    """Which implementation this layer runs on ``input_shape`` (NHWC), and why (each layer's, for a stack)."""
+    fmt = self.format
+    stack = self.stack_shape
+    if stack:  # the layers of a stack share their shapes, and so their plan
+      fmt = jax.tree.map(lambda a: a[(0,) * len(stack)], fmt)
+    return fmt.plan(
       input_shape,
       strides=self.strides,
       padding=self.padding,
@@ -217,12 +244,13 @@ class FactorizedConv(nnx.Module):
     )
 
   def cost_params(self) -> int:
-    """Parameters of the factors and the bias."""
-    return self.format.params() + (self.out_features if self.use_bias else 0)
+    """Parameters of the factors and the bias (of every layer, for a stack)."""
+    return self.format.params() + (int(self.bias.size) if self.bias is not None else 0)
 
   def cost_macs(self, input_shape: Sequence[int]) -> int:
-    """MACs of the factorized sequence on ``input_shape`` (bias adds excluded)."""
-    return self.format.macs(input_shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
+    """MACs of the factorized sequence on ``input_shape`` (bias adds excluded; each layer's on it, for a stack)."""
+    macs = self.format.macs(input_shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
+    return macs * math.prod(self.stack_shape)
 
   def __call__(self, inputs: Array) -> Array:
     """Applies the layer.
@@ -232,7 +260,11 @@ class FactorizedConv(nnx.Module):
 
     Returns:
       ``(N, H', W', out_features)`` (unbatched in, unbatched out).
+
+    Raises:
+      ValueError: for a stack of layers (:attr:`stack_shape`), which ``nnx.scan`` applies layer by layer.
     """
+    self._check_one_layer("calling it")
     inputs, unbatched = batch_inputs(inputs, self.in_features)
     fmt = self.format
     bias = self.bias[...] if self.bias is not None else None
