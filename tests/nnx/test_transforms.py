@@ -1,0 +1,65 @@
+"""Factorized layers under NNX transforms: a stack made by ``nnx.vmap``, applied by ``nnx.scan``."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from efficonv import cost
+from efficonv import nnx as enn
+
+LAYERS = 3
+SHAPE = (2, 6, 6, 4)
+
+
+def _stack(rank: int = 2) -> enn.CPConv:
+  @nnx.split_rngs(splits=LAYERS)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def create(rngs: nnx.Rngs) -> enn.CPConv:
+    return enn.CPConv(4, 4, 3, rank=rank, bias_init=nnx.initializers.normal(1.0), rngs=rngs)
+
+  return create(nnx.Rngs(0))
+
+
+def _layer(stack: enn.CPConv, i: int) -> enn.CPConv:
+  graphdef, state = nnx.split(stack)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+
+
+def test_a_stack_knows_its_shape_and_a_layer_has_none() -> None:
+  stack = _stack()
+  assert stack.stack_shape == (LAYERS,)
+  assert _layer(stack, 0).stack_shape == ()
+
+
+def test_a_stack_costs_every_layer_bias_included() -> None:
+  stack = _stack()
+  one = _layer(stack, 1)
+  assert cost.params(one) == 4 * 2 + 3 * 2 + 3 * 2 + 2 * 4 + 4
+  assert cost.params(stack) == LAYERS * cost.params(one)
+  assert cost.macs(stack, SHAPE) == LAYERS * cost.macs(one, SHAPE)
+
+
+def test_scan_over_a_stack_applies_each_layer_in_turn() -> None:
+  stack = _stack()
+
+  @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+  def apply(x: jax.Array, layer: enn.CPConv) -> jax.Array:
+    return layer(x)
+
+  x = jax.random.normal(jax.random.key(1), SHAPE)
+  expected = x
+  for i in range(LAYERS):
+    expected = _layer(stack, i)(expected)
+  np.testing.assert_allclose(apply(x, stack), expected, rtol=1e-5, atol=1e-5)
+  assert stack.plan(SHAPE).implementation == _layer(stack, 0).plan(SHAPE).implementation
+
+
+@pytest.mark.parametrize("what", ["call", "to_dense"])
+def test_calling_or_densifying_a_stack_directly_raises_naming_scan(what: str) -> None:
+  stack = _stack()
+  with pytest.raises(ValueError, match=r"stack of 3 layers .*\(3,\).*nnx.scan"):
+    stack(jnp.ones(SHAPE)) if what == "call" else stack.to_dense()
