@@ -631,7 +631,7 @@ def _layers_of(conv: nnx.Conv, stack: tuple[int, ...]) -> list[nnx.Conv]:
   return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], flat)) for i in range(count)]
 
 
-def _stacked(layers: list[nnx.Module], stack: tuple[int, ...]) -> nnx.Module:
+def _stacked(layers: list[Any], stack: tuple[int, ...]) -> Any:
   """The one layer, or for a stack the layers' parameters stacked back into ``stack`` leading axes."""
   if not stack:
     return layers[0]

@@ -691,12 +691,20 @@ class _ScannedNet(nnx.Module):
 SCANNED_SHAPE = (2, 6, 6, 1)
 
 
+def _scanned_net() -> _ScannedNet:
+  # Initialized in one compiled program (eagerly, every initializer op would compile on its own).
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: _ScannedNet(nnx.Rngs(0))))
+  return nnx.merge(graphdef, jax.jit(lambda: nnx.state(_ScannedNet(nnx.Rngs(0))))())
+
+
 def test_compress_factorizes_each_layer_of_a_scanned_stack_and_stacks_them_back() -> None:
-  net = _ScannedNet(nnx.Rngs(0))
+  net = _scanned_net()
   x = jax.random.normal(jax.random.key(1), SCANNED_SHAPE)
   policy = efficonv.Policy(scheme="tucker2", rank=(4, 4), force=True)  # exact: the output must not move
   small, report = efficonv.compress(net, policy, input_shape=SCANNED_SHAPE)
-  np.testing.assert_allclose(small(x), net(x), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    nnx.jit(lambda m, x: m(x))(small, x), nnx.jit(lambda m, x: m(x))(net, x), rtol=1e-4, atol=1e-4
+  )
   assert isinstance(small.blocks.conv, enn.TuckerConv) and small.blocks.conv.stack_shape == (3,)
   row = report.layers[1]
   assert (row.path, row.scheme, row.rank, row.input_shape) == ("blocks/conv", "tucker2", (4, 4), (2, 6, 6, 4))
@@ -708,7 +716,7 @@ def test_compress_factorizes_each_layer_of_a_scanned_stack_and_stacks_them_back(
 
 
 def test_compress_gives_a_stack_the_largest_rank_its_layers_choose() -> None:
-  net = _ScannedNet(nnx.Rngs(0))
+  net = _scanned_net()
   kernel = np.array(net.blocks.conv.kernel[...])
   u = np.asarray(jax.random.normal(jax.random.key(2), (3, 3, 4, 1)))
   kernel[0] = u * np.arange(1, 5)  # layer 0's kernel has rank 1 over its output channels

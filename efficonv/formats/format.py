@@ -431,7 +431,13 @@ class Format:
       if impl == "reconstructed":
         kernel = self.to_dense(precision=precision).astype(self.dtype)
         return dense_conv(
-          x, kernel, strides=strides, padding=padding, dilation=dilation, precision=precision, implementation=dense
+          x,
+          kernel,
+          strides=strides,
+          padding=padding,
+          dilation=dilation,
+          precision=precision,
+          implementation=dense or "auto",
         )
       return self._factorized(x, strides, padding, dilation, depthwise or "auto", precision)
 

@@ -21,7 +21,9 @@ def _stack(rank: int = 2) -> enn.CPConv:
   def create(rngs: nnx.Rngs) -> enn.CPConv:
     return enn.CPConv(4, 4, 3, rank=rank, bias_init=nnx.initializers.normal(1.0), rngs=rngs)
 
-  return create(nnx.Rngs(0))
+  # Initialized in one compiled program (eagerly, every initializer op would compile on its own).
+  graphdef = nnx.graphdef(nnx.eval_shape(create, nnx.Rngs(0)))
+  return nnx.merge(graphdef, jax.jit(lambda: nnx.state(create(nnx.Rngs(0))))())
 
 
 def _layer(stack: enn.CPConv, i: int) -> enn.CPConv:
