@@ -329,7 +329,8 @@ def _traced_module_macs(model: nnx.Module, input_shape: Sequence[int], dtype: Dt
     stack = model.kernel.shape[: model.kernel.ndim - spatial - 2]
     if stack:  # a stack of convs (nnx.vmap over the constructor): each layer on input_shape
       graphdef, state = nnx.split(model)
-      one = nnx.merge(graphdef, jax.tree.map(lambda a: a[(0,) * len(stack)], state))
+      k = len(stack)  # one layer's shapes are enough: the trace computes nothing
+      one = nnx.merge(graphdef, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[k:], a.dtype), state))
       return math.prod(stack) * _traced_module_macs(one, shape, dtype)
     if len(shape) not in (spatial + 1, spatial + 2):
       raise ValueError(

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,10 +54,12 @@ __all__ = [
   "bottleneck_widths",
   "check_features",
   "check_geometry",
+  "check_one_layer",
   "check_options",
   "default_bias_init",
   "default_kernel_init",
   "promote_tree",
+  "stack_shape",
   "tt_modes",
   "tucker_rank",
 ]
@@ -204,6 +207,30 @@ def batch_inputs(inputs: Array, in_features: int | None) -> tuple[Array, bool]:
   inputs = inputs[None] if unbatched else inputs
   opt.check_input(inputs, "inputs", in_features)
   return inputs, unbatched
+
+
+def stack_shape(shape: Sequence[int], ndim: int) -> tuple[int, ...]:
+  """The leading axes of a parameter of ``shape`` beyond the ``ndim`` of one layer's (a stack made by ``nnx.vmap``).
+
+  Example:
+    >>> stack_shape((3, 3, 3, 8, 8), 4), stack_shape((3, 3, 8, 8), 4)
+    ((3,), ())
+  """
+  return tuple(int(d) for d in shape[: len(shape) - ndim])
+
+
+def check_one_layer(layer: object, stack: tuple[int, ...], what: str) -> None:
+  """Refuses ``what`` on a stack of layers (``stack`` non-empty), which only ``nnx.scan``/``nnx.vmap`` apply.
+
+  Raises:
+    ValueError: naming the layer, its stack shape and the transforms that apply it.
+  """
+  if stack:
+    raise ValueError(
+      f"this {type(layer).__name__} is a stack of {math.prod(stack)} layers (leading axes {stack} on every "
+      f"parameter, as nnx.vmap makes them): {what} needs one layer; apply the stack with nnx.scan (or nnx.vmap) "
+      "over its layers"
+    )
 
 
 def promote_tree(tree: Any, dtype: Dtype | None) -> Any:

@@ -21,9 +21,13 @@ from efficonv.layer_options import (
   Objective,
   PaddingLike,
   batch_inputs,
+  check_one_layer,
   check_options,
   default_bias_init,
   promote_tree,
+)
+from efficonv.layer_options import (
+  stack_shape as leading_stack,
 )
 from efficonv.planning import Plan
 from efficonv.typing import Array, Dtype, PrecisionLike
@@ -204,17 +208,7 @@ class FactorizedConv(nnx.Module):
     """The leading axes of a stack of these layers (``nnx.vmap`` over the constructor); ``()`` for one layer."""
     fmt = self.format
     own = fmt.factor_shapes(fmt.kernel_shape, fmt.rank, **{k: getattr(fmt, k) for k in fmt.option_names})
-    first = fmt.arrays()[0]
-    return tuple(first.shape[: first.ndim - len(own[0])])
-
-  def _check_one_layer(self, what: str) -> None:
-    stack = self.stack_shape
-    if stack:
-      raise ValueError(
-        f"this {type(self).__name__} is a stack of {math.prod(stack)} layers (leading axes {stack} on every "
-        f"parameter, as nnx.vmap makes them): {what} needs one layer; apply the stack with nnx.scan (or nnx.vmap) "
-        "over its layers"
-      )
+    return leading_stack(fmt.arrays()[0].shape, len(own[0]))
 
   def to_dense(self) -> Array:
     """The dense HWIO kernel the layer currently represents.
@@ -222,7 +216,7 @@ class FactorizedConv(nnx.Module):
     Raises:
       ValueError: for a stack of layers (:attr:`stack_shape`).
     """
-    self._check_one_layer("to_dense()")
+    check_one_layer(self, self.stack_shape, "to_dense()")
     return self.format.to_dense()
 
   def plan(self, input_shape: Sequence[int]) -> Plan:
@@ -264,7 +258,7 @@ class FactorizedConv(nnx.Module):
     Raises:
       ValueError: for a stack of layers (:attr:`stack_shape`), which ``nnx.scan`` applies layer by layer.
     """
-    self._check_one_layer("calling it")
+    check_one_layer(self, self.stack_shape, "calling it")
     inputs, unbatched = batch_inputs(inputs, self.in_features)
     fmt = self.format
     bias = self.bias[...] if self.bias is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -17,9 +18,13 @@ from efficonv.layer_options import (
   bottleneck_widths,
   check_features,
   check_geometry,
+  check_one_layer,
   default_bias_init,
   default_kernel_init,
   promote_tree,
+)
+from efficonv.layer_options import (
+  stack_shape as leading_stack,
 )
 from efficonv.typing import Array, Dtype, PrecisionLike
 
@@ -112,8 +117,14 @@ class Bottleneck(nnx.Module):
     """The three kernels as a :class:`~efficonv.Tucker2` (its ``to_dense`` is the block's kernel only when linear)."""
     return Tucker2(self.first[...], self.core[...], self.last[...])
 
+  @property
+  def stack_shape(self) -> tuple[int, ...]:
+    """The leading axes of a stack of these blocks (``nnx.vmap`` over the constructor); ``()`` for one block."""
+    return leading_stack(self.first.shape, 2)
+
   def __call__(self, inputs: Array) -> Array:
     """``(N, H, W, in_features)`` → ``(N, H', W', out_features)`` (unbatched ``(H, W, in_features)`` too)."""
+    check_one_layer(self, self.stack_shape, "calling it")
     inputs, unbatched = batch_inputs(inputs, self.in_features)
     kernels = (self.first[...], self.core[...], self.last[...])
     biases = tuple(b[...] if b is not None else None for b in (self.first_bias, self.core_bias, self.bias))
@@ -138,6 +149,7 @@ class Bottleneck(nnx.Module):
     """
     if self.activation is not None:
       raise ValueError("to_dense needs activation=None: a nonlinear block is not one convolution")
+    check_one_layer(self, self.stack_shape, "to_dense()")
     return self.factors.to_dense()
 
   def cost_params(self) -> int:
@@ -146,10 +158,11 @@ class Bottleneck(nnx.Module):
     return sum(int(p.size) for p in params if p is not None)
 
   def cost_macs(self, input_shape: Sequence[int]) -> int:
-    """MACs of the three convs on ``input_shape`` (bias adds and activations excluded)."""
-    return _blocks.bottleneck_macs(
+    """MACs of the three convs on ``input_shape`` (bias adds and activations excluded; every block's, for a stack)."""
+    k = len(self.stack_shape)
+    return math.prod(self.stack_shape) * _blocks.bottleneck_macs(
       input_shape,
-      (self.first.shape, self.core.shape, self.last.shape),
+      (self.first.shape[k:], self.core.shape[k:], self.last.shape[k:]),
       strides=self.strides,
       padding=self.padding,
       kernel_dilation=self.kernel_dilation,

@@ -13,6 +13,8 @@ from efficonv.kernels import _options as opt
 from efficonv.kernels import targets
 from efficonv.kernels.conv import conv as dense_conv
 from efficonv.kernels.dense import check_layer_implementation, dense_implementation
+from efficonv.layer_options import check_one_layer
+from efficonv.layer_options import stack_shape as leading_stack
 from efficonv.planning import autotune_dense
 from efficonv.typing import Array
 
@@ -143,6 +145,7 @@ class Conv(nnx.Conv):
     Returns:
       ``(*batch, H', W', C_out)``.
     """
+    check_one_layer(self, leading_stack(self.kernel.shape, len(self.kernel_size) + 2), "calling it")
     if self._fallback_reason(inputs.shape, out_sharding) is not None:
       return super().__call__(inputs, out_sharding=out_sharding)
     batch_shape = inputs.shape[:-3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -16,9 +17,13 @@ from efficonv.layer_options import (
   batch_inputs,
   check_features,
   check_geometry,
+  check_one_layer,
   default_bias_init,
   default_kernel_init,
   promote_tree,
+)
+from efficonv.layer_options import (
+  stack_shape as leading_stack,
 )
 from efficonv.typing import Array, Dtype, PrecisionLike
 
@@ -108,8 +113,14 @@ class StackedConv(nnx.Module):
       ]
     )
 
+  @property
+  def stack_shape(self) -> tuple[int, ...]:
+    """The leading axes of a stack of these layers (``nnx.vmap`` over the constructor); ``()`` for one layer."""
+    return leading_stack(self.kernels[0].shape, 4)
+
   def __call__(self, inputs: Array) -> Array:
     """``(N, H, W, in_features)`` → ``(N, H', W', out_features)`` (unbatched ``(H, W, in_features)`` too)."""
+    check_one_layer(self, self.stack_shape, "calling it")
     inputs, unbatched = batch_inputs(inputs, self.in_features)
     kernels = [k[...] for k in self.kernels]
     biases = [b[...] if b is not None else None for b in self.biases]
@@ -135,6 +146,7 @@ class StackedConv(nnx.Module):
     """
     if self.activation is not None:
       raise ValueError("to_dense needs activation=None: a nonlinear stack is not one convolution")
+    check_one_layer(self, self.stack_shape, "to_dense()")
     return _blocks.stacked_to_dense([k[...] for k in self.kernels], self.kernel_size, self.param_dtype)
 
   def cost_params(self) -> int:
@@ -142,10 +154,11 @@ class StackedConv(nnx.Module):
     return sum(int(k.size) for k in self.kernels) + sum(int(b.size) for b in self.biases if b is not None)
 
   def cost_macs(self, input_shape: Sequence[int]) -> int:
-    """MACs of the small convs on ``input_shape`` (bias adds excluded)."""
-    return _blocks.stacked_macs(
+    """MACs of the small convs on ``input_shape`` (bias adds excluded; every layer's, for a stack of layers)."""
+    n = len(self.stack_shape)
+    return math.prod(self.stack_shape) * _blocks.stacked_macs(
       input_shape,
-      [k.shape for k in self.kernels],
+      [k.shape[n:] for k in self.kernels],
       kernel_size=self.kernel_size,
       strides=self.strides,
       padding=self.padding,

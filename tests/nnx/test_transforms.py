@@ -65,3 +65,24 @@ def test_calling_or_densifying_a_stack_directly_raises_naming_scan(what: str) ->
   stack = _stack()
   with pytest.raises(ValueError, match=r"stack of 3 layers .*\(3,\).*nnx.scan"):
     stack(jnp.ones(SHAPE)) if what == "call" else stack.to_dense()
+
+
+BLOCKS = {
+  "Bottleneck": lambda rngs: enn.Bottleneck(4, 4, 3, width=2, rngs=rngs),
+  "StackedConv": lambda rngs: enn.StackedConv(4, 4, 5, rngs=rngs),
+  "Conv": lambda rngs: enn.Conv(4, 4, (3, 3), rngs=rngs),
+}
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_stacks_of_the_other_layers_cost_every_layer_and_refuse_a_direct_call(name: str) -> None:
+  @nnx.split_rngs(splits=LAYERS)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def create(rngs: nnx.Rngs) -> nnx.Module:
+    return BLOCKS[name](rngs)
+
+  stack, one = nnx.eval_shape(create, nnx.Rngs(0)), nnx.eval_shape(lambda: BLOCKS[name](nnx.Rngs(0)))  # shapes only
+  assert cost.params(stack) == LAYERS * cost.params(one)
+  assert cost.macs(stack, SHAPE) == LAYERS * cost.macs(one, SHAPE)
+  with pytest.raises(ValueError, match=r"stack of 3 layers .*nnx.scan"):
+    stack(jax.ShapeDtypeStruct(SHAPE, jnp.float32))
