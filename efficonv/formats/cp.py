@@ -152,6 +152,12 @@ class CP(Format):
       Step("dot", n * ho * wo * r * self.out_features),
     ]
 
+  def reconstruction_macs(self) -> int:
+    # (V ⊙ H) then ⊗ U, then the rank sum against L: the last contraction dominates.
+    kh, kw = self.kernel_size
+    taps, r = kh * kw, self.rank
+    return taps * r + taps * self.in_features * r + taps * self.in_features * r * self.out_features
+
 
 def mode_unfolding(kernel: Any, axis: int) -> Any:
   """``W_(axis)``: the kernel's ``axis`` fibers as columns, ``(shape[axis], rest)`` (NumPy or JAX)."""

@@ -263,6 +263,14 @@ class Format:
     """The factorized sequence on geometry ``g`` as cost-model steps (:class:`efficonv.planning.Step`)."""
     raise NotImplementedError
 
+  def reconstruction_macs(self) -> int:
+    """Multiply-accumulates of :meth:`to_dense` (its einsums contracted in their cheapest order).
+
+    The ``"reconstructed"`` path pays them on every call, whatever the batch, which is what makes it lose
+    to the factorized path at small batches even where its dense conv is fast.
+    """
+    raise NotImplementedError
+
   def arrays(self) -> list[Array]:
     """The factor arrays, flat, in :attr:`_fields` order."""
     leaves: list[Array] = []

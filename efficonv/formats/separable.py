@@ -150,3 +150,7 @@ class Separable(Format):
       Step("depthwise" if self.depth_multiplier == 1 else "depthwise_multiplier", n * ho * wo * kh * kw * cm),
       Step("dot", n * ho * wo * cm * self.out_features),
     ]
+
+  def reconstruction_macs(self) -> int:
+    kh, kw = self.kernel_size
+    return kh * kw * self.in_features * self.depth_multiplier * self.out_features

@@ -108,3 +108,7 @@ class Spatial(Format):
       Step("conv", n * ho * wp * kh * self.in_features * k),
       Step("conv", n * ho * wo * kw * k * self.out_features),
     ]
+
+  def reconstruction_macs(self) -> int:
+    kh, kw = self.kernel_size
+    return kh * kw * self.in_features * self.rank * self.out_features

@@ -288,6 +288,17 @@ class TT(Format):
       steps.append(Step("dot", pix * rest_in * done_out * r_prev * c * s * r_next))
     return steps
 
+  def reconstruction_macs(self) -> int:
+    # tt_to_dense's chain: the accumulator (kh, kw, C_so_far, S_so_far, r) times each core in turn.
+    kh, kw = self.kernel_size
+    done_in = done_out = 1
+    macs = 0
+    for core in self.cores:
+      r_prev, c, s, r_next = (int(v) for v in core.shape[-4:])
+      macs += kh * kw * done_in * done_out * r_prev * c * s * r_next
+      done_in, done_out = done_in * c, done_out * s
+    return macs
+
 
 def _sizes(modes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
   return tuple(c * m for c, m in zip(modes["in_modes"], modes["out_modes"]))

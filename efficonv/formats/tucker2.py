@@ -134,3 +134,9 @@ class Tucker2(Format):
       Step("conv", n * ho * wo * kh * kw * r1 * r2),
       Step("dot", n * ho * wo * r2 * self.out_features),
     ]
+
+  def reconstruction_macs(self) -> int:
+    # The core against L first (R1·R2·C_out per tap), then U (C_in·R1·C_out per tap).
+    kh, kw = self.kernel_size
+    r1, r2 = self.rank
+    return kh * kw * r1 * self.out_features * (r2 + self.in_features)

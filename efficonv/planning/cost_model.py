@@ -53,7 +53,8 @@ def path_terms(fmt: PlannableFormat, g: Geometry, implementation: str, depthwise
     fmt: the format.
     g: the conv's geometry (:func:`efficonv.kernels.conv_geometry`).
     implementation: ``"factorized"`` (the format's own steps) or ``"reconstructed"`` (the reconstruction
-      einsum — ``params·kh·kw`` MACs, an upper bound, in two steps — then one dense conv).
+      einsum — :meth:`~efficonv.Format.reconstruction_macs`, paid once per call whatever the batch, in two
+      steps — then one dense conv).
     depthwise: the depthwise path (``"shift"``/``"xla"``) of a factorized sequence with depthwise steps.
 
   Returns:
@@ -63,10 +64,9 @@ def path_terms(fmt: PlannableFormat, g: Geometry, implementation: str, depthwise
     ValueError: naming ``implementation`` or ``depthwise`` when they cannot be costed.
   """
   if implementation == "reconstructed":
-    kh, kw = fmt.kernel_size
     return [
       Term("conv", "conv", dense_macs(g, fmt.kernel_size, fmt.in_features, fmt.out_features), 0),
-      Term("dot", "dot", fmt.params() * kh * kw, 2),
+      Term("dot", "dot", fmt.reconstruction_macs(), 2),
     ]
   if implementation != "factorized":
     raise ValueError(f"implementation must be 'factorized' or 'reconstructed' to be costed, got {implementation!r}")

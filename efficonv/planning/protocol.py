@@ -36,6 +36,8 @@ class PlannableFormat(Protocol):
 
   def steps(self, g: Geometry) -> list[Step]: ...
 
+  def reconstruction_macs(self) -> int: ...
+
   def conv(
     self,
     x: Array,

@@ -58,7 +58,9 @@ def _compare(rows: dict[str, dict], *, steps: int = 2000, load: float = 0.5, wid
   return Run("runs/handmade/compare.json", "compare", payload)
 
 
-def _compress(variants: dict[str, tuple[str, float, float]], *, steps: int = 2000, load: float = 0.5) -> Run:
+def _compress(
+  variants: dict[str, tuple[str, float, float]], *, steps: int = 2000, load: float = 0.5, macs: int = 7_654_321
+) -> Run:
   """A compress run: ``variants`` maps name → (scheme, measured speedup, accuracy after fine-tuning)."""
   payload = {
     "config": {"name": "handmade", "preset": "full"},
@@ -73,7 +75,7 @@ def _compress(variants: dict[str, tuple[str, float, float]], *, steps: int = 200
     },
     "dense": {
       "params": 34_567,
-      "macs": 7_654_321,
+      "macs": macs,
       "test_accuracy": 0.9012,
       "test_accuracy_after_ft": 0.9050,
       "train_steps": steps,
@@ -138,7 +140,7 @@ def test_claim1_is_inconclusive_without_spatial_stem_and_says_how_to_get_it():
 def test_short_runs_leave_accuracy_undecided_but_say_which_way_it_leans():
   v = _verdict(1, [_compare({"spatial": {"test_accuracy": 0.91}, "spatial_stem": {"test_accuracy": 0.80}}, steps=64)])
   assert v.verdict == INCONCLUSIVE
-  assert v.checks[0].result is None and "64 training steps < 1000" in v.checks[0].note and "would pass" in v.reason
+  assert v.checks[0].result is None and "64 training steps < 900" in v.checks[0].note and "would pass" in v.reason
   # The threshold is a rule, not a constant: a lower one decides the same run.
   rules = Rules(min_train_steps=50)
   assert (
@@ -282,6 +284,15 @@ def test_claim6_undecided_reason_skips_variants_that_already_failed():
   v = _verdict(6, compress=[run])
   assert v.verdict == INCONCLUSIVE
   assert "cp_mac8: measured inference speedup" in v.reason and "cp_mac4" not in v.reason
+
+
+def test_claim6_uses_the_widest_network_then_the_longest_training():
+  narrow_long = _compress({"cp_mac8": ("cp", 1.0, 0.90)}, steps=5000, macs=25_000_000)
+  wide = _compress({"cp_mac8": ("cp", 6.0, 0.905)}, steps=936, macs=90_000_000)
+  wide_short = _compress({"cp_mac8": ("cp", 6.0, 0.905)}, steps=64, macs=90_000_000)
+  v = _verdict(6, compress=[narrow_long, wide_short, wide])
+  assert v.run is wide and v.verdict == HOLDS
+  assert _verdict(6, compress=[narrow_long]).verdict == FAILS
 
 
 # --- Run selection and Markdown -------------------------------------------------------------------------------

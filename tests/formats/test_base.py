@@ -12,6 +12,9 @@ import optax
 import pytest
 
 import efficonv
+import efficonv.cost
+import efficonv.kernels
+import efficonv.planning
 
 from ._reference import DEPTHWISE_FORMATS, FORMAT_NAMES, assert_close, make_format, random_input
 
@@ -120,6 +123,19 @@ def test_dense_counts(name: str) -> None:
   assert fmt.kernel_size == KERNEL_SIZE
   assert (fmt.in_features, fmt.out_features) == (IN_FEATURES, OUT_FEATURES)
   assert fmt.to_dense().shape == (*KERNEL_SIZE, IN_FEATURES, OUT_FEATURES)
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_reconstruction_macs_are_those_of_to_dense(name: str) -> None:
+  # The planner charges the "reconstructed" path these MACs on every call; they must be the einsums' own
+  # (counted on the traced to_dense), not a bound: an underestimate made CP pick a rebuild costing its rank
+  # times the dense kernel at batch 1. The leading term is exact; einsum's order for the small ones may differ.
+  fmt = _format(name)
+  traced = efficonv.cost.macs_of_fn(lambda f: f.to_dense(), fmt)
+  assert fmt.reconstruction_macs() == pytest.approx(traced, rel=0.15)
+  g = efficonv.kernels.conv_geometry((1, 7, 9, IN_FEATURES), KERNEL_SIZE, IN_FEATURES, 1, "SAME", 1)
+  terms = efficonv.planning.path_terms(fmt, g, "reconstructed", None)
+  assert fmt.reconstruction_macs() in [t.macs for t in terms]
 
 
 # --- bad input ---------------------------------------------------------------------------------------------
