@@ -177,6 +177,8 @@ def _shift_kernel_tangent(xp: Array, kernel_dot: Array, strides: tuple[int, int]
   reduce one tile while it is resident.
   """
   n = xp.shape[0]
+  if not isinstance(n, int):  # a symbolic batch (jax.export): no tiles to choose, the same result untiled
+    return _shift_valid(xp, kernel_dot, strides, dilation)
   per_tile = _images_per_tile(n, xp[0].size * xp.dtype.itemsize)
   if per_tile == n:
     return _shift_valid(xp, kernel_dot, strides, dilation)

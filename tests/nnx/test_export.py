@@ -142,3 +142,16 @@ def test_the_dense_conv_plans_per_platform_too() -> None:
     exported, _ = _export(layer, "b, 2, 2, 8", platforms=("cuda",))
   assert "stablehlo.convolution" in exported.mlir_module()
   assert "stablehlo.convolution" not in _export(layer, "b, 2, 2, 8")[0].mlir_module()
+
+
+def test_a_gradient_exports_with_a_symbolic_batch() -> None:
+  # Shift-and-add forced: its kernel gradient tiles the batch when the batch is concrete.
+  layer = _cross(implementation="factorized", depthwise_implementation="shift")
+  forward, leaves = _forward(layer)
+  grad = jax.jit(jax.grad(lambda leaves, x: jnp.sum(forward(leaves, x) ** 2)))
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(CROSS_SPEC), jnp.float32)
+  restored = jax.export.deserialize(jax.export.export(grad)(leaves, spec).serialize())
+  for batch in (1, 2):
+    x = jax.random.normal(jax.random.key(batch), (batch, 16, 16, 32))
+    for got, want in zip(restored.call(leaves, x), grad(leaves, x)):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
