@@ -617,8 +617,8 @@ def _ineligible(conv: nnx.Conv) -> str:
 
 def _stack_shape(conv: nnx.Conv) -> tuple[int, ...]:
   """The leading axes of a stack of convs (``nnx.vmap`` over their constructor); ``()`` for one conv."""
-  kernel = conv.kernel[...]
-  return tuple(kernel.shape[: kernel.ndim - len(conv.kernel_size) - 2])
+  shape = tuple(conv.kernel.shape)
+  return shape[: len(shape) - len(conv.kernel_size) - 2]
 
 
 def _layers_of(conv: nnx.Conv, stack: tuple[int, ...]) -> list[nnx.Conv]:

@@ -727,3 +727,14 @@ def test_compress_gives_a_stack_the_largest_rank_its_layers_choose() -> None:
   row = report.layers[1]
   assert row.rank == (4, 4) and "the stack takes the largest, (4, 4)" in row.rank_reason
   assert "per stacked layer (" in row.rank_reason
+
+
+def test_a_stack_left_dense_becomes_a_stack_of_efficonv_convs() -> None:
+  net = _scanned_net()
+  policy = efficonv.Policy(layers={"blocks/conv": "dense"}, dense_implementation="auto")
+  fast, report = efficonv.compress(net, policy, input_shape=SCANNED_SHAPE)
+  assert type(fast.blocks.conv) is enn.Conv and fast.blocks.conv.kernel.shape == (3, 3, 3, 4, 4)
+  assert report.layers[1].implementation == "dense/auto"
+  x = jax.random.normal(jax.random.key(1), SCANNED_SHAPE)
+  run = nnx.jit(lambda m, x: m(x))
+  np.testing.assert_allclose(run(fast, x), run(net, x), rtol=1e-5, atol=1e-5)
