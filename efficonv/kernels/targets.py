@@ -160,17 +160,18 @@ def current_backend() -> str:
   return backends[0]
 
 
-def representative_shape(shape: Sequence[Any]) -> tuple[tuple[int, ...], str]:
+def representative_shape(shape: Sequence[Any], name: str = "input_shape") -> tuple[tuple[int, ...], str]:
   """``shape`` (NHWC) with its symbolic sizes replaced by the sizes choices are planned for.
 
   Args:
     shape: ``(N, H, W, C)``; ``N``, ``H`` and ``W`` may be symbolic (:func:`jax.export.symbolic_shape`).
+    name: what ``shape`` is, for errors.
 
   Returns:
     ``(concrete shape, note)``: the note says what stood in for what (``""`` when nothing was symbolic).
 
   Raises:
-    ValueError: naming ``shape`` when it is not rank 4 or its channel count is symbolic.
+    ValueError: naming ``name`` when ``shape`` is not rank 4 or its channel count is symbolic.
 
   Example:
     >>> import jax
@@ -180,16 +181,16 @@ def representative_shape(shape: Sequence[Any]) -> tuple[tuple[int, ...], str]:
   """
   dims = tuple(shape)
   if len(dims) != 4:
-    raise ValueError(f"shape must be NHWC (rank 4), got {dims}")
+    raise ValueError(f"{name} must be NHWC (rank 4), got {dims}")
   if jax.export.is_symbolic_dim(dims[3]):
-    raise ValueError(f"shape must have a concrete channel count (axis 3), got {dims}")
+    raise ValueError(f"{name} must have a concrete channel count (axis 3), got {dims}")
   ctx = _get()
   stand_in = (ctx.batch or SYMBOLIC_BATCH, *(ctx.spatial or (SYMBOLIC_SPATIAL, SYMBOLIC_SPATIAL)))
   out, notes = [], []
-  for axis, (d, name) in enumerate(zip(dims[:3], ("batch", "height", "width"))):
+  for axis, (d, what) in enumerate(zip(dims[:3], ("batch", "height", "width"))):
     if jax.export.is_symbolic_dim(d):
       out.append(stand_in[axis])
-      notes.append(f"{name} {stand_in[axis]} (symbolic {d})")
+      notes.append(f"{what} {stand_in[axis]} (symbolic {d})")
     else:
       out.append(int(d))
   note = "planned for " + ", ".join(notes) if notes else ""
