@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,15 +17,22 @@ LAYERS = 3
 SHAPE = (2, 6, 6, 4)
 
 
-def _stack(rank: int = 2) -> enn.CPConv:
-  @nnx.split_rngs(splits=LAYERS)
-  @nnx.vmap(in_axes=(0,), out_axes=0)
-  def create(rngs: nnx.Rngs) -> enn.CPConv:
-    return enn.CPConv(4, 4, 3, rank=rank, bias_init=nnx.initializers.normal(1.0), rngs=rngs)
+@nnx.split_rngs(splits=LAYERS)
+@nnx.vmap(in_axes=(0,), out_axes=0)
+def _create(rngs: nnx.Rngs) -> enn.CPConv:
+  return enn.CPConv(4, 4, 3, rank=2, bias_init=nnx.initializers.normal(1.0), rngs=rngs)
 
-  # Initialized in one compiled program (eagerly, every initializer op would compile on its own).
-  graphdef = nnx.graphdef(nnx.eval_shape(create, nnx.Rngs(0)))
-  return nnx.merge(graphdef, jax.jit(lambda: nnx.state(create(nnx.Rngs(0))))())
+
+@functools.cache
+def _stack_parts() -> tuple[nnx.GraphDef, nnx.State]:
+  # Initialized once, in one compiled program (eagerly, every initializer op would compile on its own).
+  graphdef = nnx.graphdef(nnx.eval_shape(_create, nnx.Rngs(0)))
+  return graphdef, jax.jit(lambda: nnx.state(_create(nnx.Rngs(0))))()
+
+
+def _stack() -> enn.CPConv:
+  graphdef, state = _stack_parts()
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a, state))  # fresh Variables for each test
 
 
 def _layer(stack: enn.CPConv, i: int) -> enn.CPConv:
@@ -52,11 +61,15 @@ def test_scan_over_a_stack_applies_each_layer_in_turn() -> None:
   def apply(x: jax.Array, layer: enn.CPConv) -> jax.Array:
     return layer(x)
 
-  x = jax.random.normal(jax.random.key(1), SHAPE)
-  expected = x
-  for i in range(LAYERS):
-    expected = _layer(stack, i)(expected)
-  np.testing.assert_allclose(apply(x, stack), expected, rtol=1e-5, atol=1e-5)
+  @nnx.jit
+  def scanned_and_one_by_one(stack: enn.CPConv, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    expected = x
+    for i in range(LAYERS):
+      expected = _layer(stack, i)(expected)
+    return apply(x, stack), expected
+
+  got, expected = scanned_and_one_by_one(stack, jax.random.normal(jax.random.key(1), SHAPE))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
   assert stack.plan(SHAPE).implementation == _layer(stack, 0).plan(SHAPE).implementation
 
 
