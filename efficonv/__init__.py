@@ -3,8 +3,8 @@
 The pure-JAX parts — :mod:`efficonv.kernels`, the formats (:class:`CP`, :class:`Tucker2`, :class:`TT`,
 :class:`Spatial`, :class:`Separable`), :mod:`efficonv.planning`, :mod:`efficonv.decompose`,
 :mod:`efficonv.rank` and :mod:`efficonv.schemes` — import without Flax. The Flax parts —
-:mod:`efficonv.nnx`, :mod:`efficonv.linen`, :mod:`efficonv.cost` and :func:`compress` — are imported on
-first use (``efficonv.nnx`` or ``from efficonv import nnx``).
+:mod:`efficonv.nnx`, :mod:`efficonv.linen`, :mod:`efficonv.cost`, :func:`compress` and :func:`search` — are
+imported on first use (``efficonv.nnx`` or ``from efficonv import nnx``).
 """
 
 import importlib
@@ -32,6 +32,8 @@ _LAZY = {
   "cost": ("efficonv.cost", None),
   "compress": ("efficonv.compression", "compress"),
   "Policy": ("efficonv.compression", "Policy"),
+  "search": ("efficonv.policy_search", "search"),
+  "SearchReport": ("efficonv.policy_search", "SearchReport"),
 }
 
 

@@ -712,6 +712,11 @@ def _untrained_layer(
   fmt = layer_cls.format_type.init(
     jax.random.key(0), conv.in_features, conv.out_features, conv.kernel_size, rank, dtype=conv.param_dtype, **options
   )
+  return layer_of_format(layer_cls, fmt, conv, implementation)
+
+
+def layer_of_format(layer_cls: Any, fmt: Any, conv: nnx.Conv, implementation: str) -> nnx.Module:
+  """The layer of ``layer_cls`` with the factors ``fmt`` that replaces ``conv`` (its options, bias and dtypes)."""
   conv_options = _conv_options(conv)
   return layer_cls.from_format(
     fmt,

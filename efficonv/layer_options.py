@@ -24,6 +24,7 @@ import jax.numpy as jnp
 # The one import of the planner's option types: they move with the planning code, and only this line follows.
 from efficonv.formats import TT
 from efficonv.formats.init import Initializer as Initializer
+from efficonv.formats.ranks import as_int
 from efficonv.kernels import _options as opt
 from efficonv.kernels._options import PaddingLike as PaddingLike
 from efficonv.kernels.depthwise import _DEPTHWISE_IMPLS as DEPTHWISE_IMPLEMENTATIONS
@@ -52,13 +53,18 @@ __all__ = [
   "PaddingLike",
   "batch_inputs",
   "bottleneck_widths",
+  "check_feature_group_count",
   "check_features",
   "check_geometry",
+  "check_input_dilation",
   "check_one_layer",
   "check_options",
+  "check_unsupported",
   "default_bias_init",
   "default_kernel_init",
+  "dilate_input",
   "promote_tree",
+  "restore_batch",
   "stack_shape",
   "tt_modes",
   "tucker_rank",
@@ -160,10 +166,13 @@ def bottleneck_widths(out_features: int, width: int | Sequence[int] | None) -> t
   """
   if width is None:
     width = max(1, out_features // 4)
-  widths = (width, width) if isinstance(width, int) else tuple(width) if isinstance(width, Sequence) else ()
-  if len(widths) != 2 or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+  single = as_int(width)
+  raw = (single, single) if single is not None else tuple(width) if isinstance(width, Sequence) else ()
+  # Integer-like widths (NumPy or 0-d JAX ints) count as ints, as ranks do (efficonv.formats.ranks.as_int).
+  widths = [as_int(w) for w in raw]
+  if len(widths) != 2 or any(w is None or w < 1 for w in widths):
     raise ValueError(f"width must be a positive int or a pair of them (w1, w2), got {width!r}")
-  return int(widths[0]), int(widths[1])
+  return int(widths[0] or 0), int(widths[1] or 0)
 
 
 def tt_modes(
@@ -182,31 +191,136 @@ def tt_modes(
   return modes["in_modes"], modes["out_modes"]
 
 
-def batch_inputs(inputs: Array, in_features: int | None) -> tuple[Array, bool]:
-  """Checks layer ``inputs`` and gives unbatched ones a batch axis (as :class:`flax.nnx.Conv` accepts them).
+def batch_inputs(inputs: Array, in_features: int | None) -> tuple[Array, tuple[int, ...]]:
+  """Checks layer ``inputs`` and brings them to one batch axis, as :class:`flax.nnx.Conv` does.
+
+  ``nnx.Conv`` takes ``(*batch, H, W, C)`` with any number of batch axes: none (one example) gets one added,
+  several are flattened into one; :func:`restore_batch` puts them back on the output.
 
   Args:
-    inputs: ``(N, H, W, in_features)`` or unbatched ``(H, W, in_features)``.
+    inputs: ``(*batch, H, W, in_features)``.
     in_features: the channels the layer expects (``None``: any, for layers that infer them).
 
   Returns:
-    ``(inputs as (N, H, W, in_features), whether the batch axis was added)``.
+    ``(inputs as (N, H, W, in_features), the batch shape to restore)``.
 
   Raises:
-    ValueError: naming ``inputs`` when it is not rank 3 or 4 or has the wrong channel count.
+    ValueError: naming ``inputs`` when it has fewer than 3 axes or the wrong channel count.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x, batch = batch_inputs(jnp.ones((2, 3, 5, 5, 4)), 4)
+    >>> x.shape, batch, restore_batch(x, batch).shape
+    ((6, 5, 5, 4), (2, 3), (2, 3, 5, 5, 4))
   """
   ndim = getattr(inputs, "ndim", None)
-  if ndim not in (3, 4):
+  if ndim is None or ndim < 3:
     raise ValueError(
-      f"inputs must be NHWC (rank 4) or unbatched HWC (rank 3), got shape {getattr(inputs, 'shape', type(inputs))}"
+      f"inputs must be (*batch, H, W, C): NHWC, unbatched HWC or with more batch axes (rank >= 3), "
+      f"got shape {getattr(inputs, 'shape', type(inputs))}"
     )
-  unbatched = ndim == 3
-  if unbatched and in_features is not None and inputs.shape[-1] != in_features:
-    # Checked before adding the axis so the message shows the shape the caller passed.
-    raise ValueError(f"inputs must have {in_features} channels in its last axis (HWC), got shape {inputs.shape}")
-  inputs = inputs[None] if unbatched else inputs
+  if in_features is not None and inputs.shape[-1] != in_features:
+    # Checked before reshaping so the message shows the shape the caller passed.
+    raise ValueError(f"inputs must have {in_features} channels in its last axis (NHWC), got shape {inputs.shape}")
+  batch_shape = tuple(inputs.shape[:-3])
+  if len(batch_shape) != 1:
+    inputs = jnp.reshape(inputs, (-1, *inputs.shape[-3:]))
   opt.check_input(inputs, "inputs", in_features)
-  return inputs, unbatched
+  return inputs, batch_shape
+
+
+def restore_batch(y: Array, batch_shape: tuple[int, ...]) -> Array:
+  """Gives a layer's ``(N, H', W', C)`` output the batch axes :func:`batch_inputs` took off its input."""
+  return y if len(batch_shape) == 1 else jnp.reshape(y, (*batch_shape, *y.shape[1:]))
+
+
+def check_input_dilation(input_dilation: int | Sequence[int] | None, padding: PaddingLike) -> tuple[int, int]:
+  """``input_dilation`` as a pair (``None`` means 1, as in :class:`flax.nnx.Conv`), checked against ``padding``.
+
+  As :func:`jax.lax.conv_general_dilated` (which ``nnx.Conv`` calls), an input dilation above 1 takes an
+  explicit padding only: the amounts apply to the dilated input.
+
+  Raises:
+    ValueError: naming ``input_dilation`` (not one or two positive ints) or ``padding`` (a string with
+      ``input_dilation`` above 1).
+  """
+  pair = opt.pair(1 if input_dilation is None else input_dilation, "input_dilation")
+  if pair != (1, 1) and isinstance(padding, str):
+    raise ValueError(
+      f"padding must be explicit (an int or ((lo, hi), (lo, hi))) with input_dilation={input_dilation!r}, "
+      f"as in jax.lax.conv_general_dilated; got {padding!r}"
+    )
+  return pair
+
+
+def dilate_input(x: Array, input_dilation: tuple[int, int]) -> Array:
+  """``x`` (NHWC) with ``d - 1`` zeros between neighbouring pixels: the input :func:`jax.lax.conv_general_dilated`
+  convolves for ``lhs_dilation=input_dilation`` (the layer's padding then applies to it)."""
+  if input_dilation == (1, 1):
+    return x
+  (dh, dw), zero = input_dilation, jnp.zeros((), x.dtype)
+  return jax.lax.pad(x, zero, ((0, 0, 0), (0, 0, dh - 1), (0, 0, dw - 1), (0, 0, 0)))
+
+
+def check_feature_group_count(feature_group_count: Any, **features: int) -> int:
+  """``feature_group_count`` as an int dividing each channel count given (as :func:`jax.lax.conv_general_dilated`).
+
+  Args:
+    feature_group_count: the value to check.
+    **features: the channel counts it must divide, by name (``in_features=…, out_features=…``).
+
+  Raises:
+    ValueError: naming ``feature_group_count``.
+
+  Example:
+    >>> check_feature_group_count(2, in_features=8, out_features=6)
+    2
+    >>> check_feature_group_count(4, in_features=8, out_features=6)
+    Traceback (most recent call last):
+    ...
+    ValueError: feature_group_count must divide in_features=8 and out_features=6, got 4
+  """
+  groups = as_int(feature_group_count)
+  if groups is None or groups < 1:
+    raise ValueError(f"feature_group_count must be a positive int, got {feature_group_count!r}")
+  if any(n % groups for n in features.values()):
+    counts = " and ".join(f"{name}={n}" for name, n in features.items())
+    raise ValueError(f"feature_group_count must divide {counts}, got {groups}")
+  return groups
+
+
+def check_unsupported(layer: str, why: str, **options: Any) -> None:
+  """Raises for each ``nnx.Conv`` option a layer cannot honour that is set to other than its default.
+
+  Args:
+    layer: the layer's name, for the message.
+    why: why the layer cannot honour them.
+    **options: ``name=(value, default)``.
+
+  Raises:
+    ValueError: naming the first option whose value is not its default.
+  """
+  for name, (value, default) in options.items():
+    if value is not None if default is None else value != default:
+      shown = f"an array of shape {value.shape}" if hasattr(value, "shape") and value.shape else repr(value)
+      raise ValueError(f"{name} must be {default!r} for {layer} ({why}), got {shown}")
+
+
+def promote_tree(tree: Any, dtype: Dtype | None) -> Any:
+  """Casts every inexact array leaf of ``tree`` to ``dtype``.
+
+  With ``dtype=None`` the common result type of all leaves is used (as
+  :func:`flax.nnx.nn.dtypes.promote_dtype`, which takes only flat tuples).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> x, (w, b) = promote_tree((jnp.ones(2, jnp.bfloat16), (jnp.ones(2), None)), None)
+    >>> x.dtype, w.dtype, b
+    (dtype('float32'), dtype('float32'), None)
+  """
+  leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if leaf is not None]
+  target = dtype if dtype is not None else jnp.result_type(*leaves)
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, target), tree)
 
 
 def stack_shape(shape: Sequence[int], ndim: int) -> tuple[int, ...]:
@@ -231,20 +345,3 @@ def check_one_layer(layer: object, stack: tuple[int, ...], what: str) -> None:
       f"parameter, as nnx.vmap makes them): {what} needs one layer; apply the stack with nnx.scan (or nnx.vmap) "
       "over its layers"
     )
-
-
-def promote_tree(tree: Any, dtype: Dtype | None) -> Any:
-  """Casts every inexact array leaf of ``tree`` to ``dtype``.
-
-  With ``dtype=None`` the common result type of all leaves is used (as
-  :func:`flax.nnx.nn.dtypes.promote_dtype`, which takes only flat tuples).
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> x, (w, b) = promote_tree((jnp.ones(2, jnp.bfloat16), (jnp.ones(2), None)), None)
-    >>> x.dtype, w.dtype, b
-    (dtype('float32'), dtype('float32'), None)
-  """
-  leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if leaf is not None]
-  target = dtype if dtype is not None else jnp.result_type(*leaves)
-  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, target), tree)

@@ -12,7 +12,8 @@ One entry point, :func:`choose_rank`, takes a scheme, a dense HWIO kernel (or on
   :mod:`efficonv.vbmf`) finds in the same unfolding(s), as Kim et al. (2016) do for Tucker-2.
 
 and returns a :class:`RankChoice`: a rank the scheme's format accepts (``Format.init``) and its
-:mod:`efficonv.decompose` function accepts, plus a sentence saying why. A rule never raises because its
+:mod:`efficonv.decompose` function accepts, plus a sentence saying why. (:class:`Speedup` is no rule: it is,
+with :class:`MacReduction` and :class:`ParamFraction`, a whole-network target of :func:`efficonv.search`.) A rule never raises because its
 target cannot be met: it returns the closest valid rank and says so (``details["target_met"]`` is
 ``False``), so a compression report can show it. Ranks outside the valid range are clipped, and the
 reason says so (``details["clipped"]``).
@@ -143,8 +144,34 @@ class VBMF:
   """
 
 
+@dataclasses.dataclass(frozen=True)
+class Speedup:
+  """A whole-network target of :func:`efficonv.search`: the predicted time of the network over that of the
+  compressed one is at least ``speedup``.
+
+  Not a per-layer rule (:func:`choose_rank` and :class:`efficonv.Policy` reject it): a speedup is a property
+  of the whole network on one device, predicted from each conv's candidates timed at their input shapes (see
+  :func:`efficonv.search`).
+
+  Attributes:
+    speedup: ``≥ 1`` (finite).
+  """
+
+  speedup: float
+
+  def __post_init__(self) -> None:
+    value = self.speedup
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+      raise ValueError(f"speedup must be a float >= 1, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) >= 1.0):
+      raise ValueError(f"speedup must be a finite float >= 1, got {value!r}")
+    object.__setattr__(self, "speedup", float(value))
+
+
 Rule = Union[Fixed, ParamFraction, MacReduction, Energy, VBMF]
 RULES = (Fixed, ParamFraction, MacReduction, Energy, VBMF)
+#: The whole-network targets :func:`efficonv.search` meets (MACs, parameters, predicted time).
+TARGETS = (MacReduction, ParamFraction, Speedup)
 
 
 def _check_unit_interval(value: object, name: str) -> float:
@@ -272,6 +299,8 @@ def choose_rank(
   schemes.get(scheme)  # validates the name first
   if isinstance(rule, (list, tuple)) or _is_int(rule):
     rule = Fixed(tuple(rule) if isinstance(rule, list) else rule)
+  if isinstance(rule, Speedup):
+    raise ValueError(f"rule must be a per-layer rank rule, got {rule!r}: a whole-network target of efficonv.search")
   if not isinstance(rule, RULES):
     raise ValueError(
       "rule must be Fixed, ParamFraction, MacReduction, Energy or VBMF (from efficonv.rank), "

@@ -42,7 +42,7 @@ def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
   """Returns ``value`` as a ``(h, w)`` pair of positive ints.
 
   Raises:
-    ValueError: naming ``name`` when the value is not one or two positive ints.
+    ValueError: naming ``name`` when the value is neither a positive int nor a sequence of two.
   """
   single = _as_index(value)
   if single is not None:
@@ -57,10 +57,9 @@ def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     ints = [v for v in items if v is not None]
     if len(ints) != len(items):
       raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-    if len(ints) == 1:
-      ints = [ints[0], ints[0]]
+    # As flax.nnx.Conv: a sequence gives one entry per spatial axis, so (2,) is an error, not (2, 2).
     if len(ints) != 2:
-      raise ValueError(f"{name} must be a positive int or a pair (h, w), got {value!r}")
+      raise ValueError(f"{name} must be a positive int or a pair (h, w), one per spatial axis, got {value!r}")
     out = (ints[0], ints[1])
   if out[0] < 1 or out[1] < 1:
     raise ValueError(f"{name} must be >= 1, got {value!r}")

@@ -1,8 +1,11 @@
 """Linen access to efficonv's factorized convolutions.
 
-Thin :class:`flax.linen.Module` wrappers, one per NNX layer, with Linen
-conventions: ``features`` instead of ``out_features`` and the input channels
-inferred at ``init``. They hold the same parameters, drawn the same way, as
+Thin :class:`flax.linen.Module` wrappers, one per NNX layer (:class:`Conv`
+subclasses :class:`flax.linen.Conv` as :class:`efficonv.nnx.Conv` does
+``nnx.Conv``), with Linen conventions: ``features`` instead of
+``out_features`` and the input channels inferred at ``init``. Linen has no
+train/eval mode: a factorized layer plans for its ``objective`` field, or the
+``objective=`` given to the call (``"training"`` in a training step). They hold the same parameters, drawn the same way, as
 the NNX layers (the factorized ones through the NNX layer's format hook), and
 apply them with the same code (``Format.conv``; for :class:`Bottleneck` and
 :class:`StackedConv` the block functions the NNX layers use).
@@ -17,6 +20,7 @@ Example:
 """
 
 from efficonv.linen._layers import Bottleneck as Bottleneck
+from efficonv.linen._layers import Conv as Conv
 from efficonv.linen._layers import CPConv as CPConv
 from efficonv.linen._layers import SeparableConv as SeparableConv
 from efficonv.linen._layers import SpatialConv as SpatialConv

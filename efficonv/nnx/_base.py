@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
-from efficonv import schemes
+from efficonv import _factorized, schemes
 from efficonv.convert import conv_kernel, conv_padding
 from efficonv.formats import Format
 from efficonv.layer_options import (
@@ -21,20 +22,27 @@ from efficonv.layer_options import (
   Objective,
   PaddingLike,
   batch_inputs,
+  check_feature_group_count,
+  check_input_dilation,
   check_one_layer,
   check_options,
   default_bias_init,
-  promote_tree,
+  restore_batch,
 )
-from efficonv.layer_options import (
-  stack_shape as leading_stack,
-)
+from efficonv.layer_options import stack_shape as leading_stack
 from efficonv.planning import Plan
 from efficonv.typing import Array, Dtype, PrecisionLike
+
+# nnx.Conv's promote_dtype argument: (arrays tuple, *, dtype) -> arrays tuple.
+PromoteDtype = Callable[..., Any]
 
 
 def set_objective(model: nnx.Module, objective: Objective) -> int:
   """Sets what ``implementation="auto"``/``"autotune"`` optimise in every factorized layer of ``model``.
+
+  ``model.train()`` and ``model.eval()`` (flax's mode switches) do the same: they set ``deterministic``,
+  which every factorized layer ties to its ``objective`` (``False``: ``"training"``, ``True``:
+  ``"inference"``), as does ``nnx.view(model, deterministic=...)``. This function sets only the objective.
 
   ``"inference"`` (the default of every layer) picks the path with the fastest forward pass;
   ``"training"`` the fastest forward and backward pass. They differ where a path has a slow
@@ -84,10 +92,19 @@ class FactorizedConv(nnx.Module):
     out_features: output channels ``C_out``.
     kernel_size: ``k`` or ``(kh, kw)``.
     strides: int or ``(sh, sw)``; applied to the spatial steps only.
-    rank: the scheme's rank (an int, or a tuple where the scheme has several).
+    rank: the scheme's rank (an int, or a tuple where the scheme has several; NumPy and
+      0-d JAX integers count as ints, floats and bools are refused).
     padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
+    input_dilation: int or ``(dh, dw)``: ``d - 1`` zeros between input pixels, as
+      ``nnx.Conv`` (a transposed conv); above 1 it takes an explicit padding, as there.
+      Both paths run it.
     kernel_dilation: int or ``(dh, dw)``.
+    feature_group_count: channel groups, as ``nnx.Conv``: the format holds the kernel
+      ``(kh, kw, C_in // groups, C_out)`` and the layer runs reconstructed (a grouped
+      dense conv); the factorized sequence has no grouped form.
     use_bias: add a bias to the output.
+    mask: an array of the kernel's shape multiplied into the reconstructed kernel, as
+      ``nnx.Conv``; the layer then runs reconstructed.
     dtype: computation dtype (inferred from inputs and params when ``None``).
     param_dtype: parameter dtype.
     precision: XLA precision of the matmuls/convs.
@@ -95,10 +112,26 @@ class FactorizedConv(nnx.Module):
       LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
       every factor instead.
     bias_init: bias initializer.
-    implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
+    promote_dtype: as ``nnx.Conv``'s, ``promote_dtype(arrays, dtype=dtype)`` on one tuple:
+      ``(inputs, kernel, bias)`` on the reconstructed path (the dense kernel, as ``nnx.Conv``),
+      ``(inputs, *factors, bias)`` on the factorized path (:meth:`efficonv.Format.arrays`).
+    preferred_element_type: passed to the reconstructed path's XLA conv, as ``nnx.Conv``;
+      the layer then runs reconstructed.
+    implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``;
+      ``"factorized"`` is refused with ``feature_group_count > 1``, ``mask`` or
+      ``preferred_element_type``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
     **scheme_args: the subclass's other scheme arguments, passed to :meth:`_init_format`.
+
+  Inputs are ``(*batch, H, W, C_in)`` with any number of batch axes, as ``nnx.Conv``.
+
+  Training and inference: ``implementation="auto"``/``"autotune"`` choose the path that is fastest
+  for :attr:`objective`, ``"inference"`` (forward pass, the default) or ``"training"`` (forward and
+  backward). It follows flax's mode switches: ``model.train()`` sets ``"training"``,
+  ``model.eval()`` ``"inference"`` (through :attr:`deterministic`, the attribute they set), and
+  :func:`set_objective` sets it directly. The objective is static: switch before
+  :func:`flax.nnx.jit` traces (a switch retraces, as for ``nnx.Dropout``).
   """
 
   format_type: ClassVar[type[Format]]
@@ -112,13 +145,18 @@ class FactorizedConv(nnx.Module):
     *,
     rank: int | Sequence[int],
     padding: PaddingLike = "SAME",
+    input_dilation: int | Sequence[int] | None = 1,
     kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
     use_bias: bool = True,
+    mask: Array | None = None,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     precision: PrecisionLike = None,
     kernel_init: Initializer | None = None,
     bias_init: Initializer = default_bias_init,
+    promote_dtype: PromoteDtype = dtypes.promote_dtype,
+    preferred_element_type: Dtype | None = None,
     implementation: Implementation = "auto",
     depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
@@ -134,22 +172,41 @@ class FactorizedConv(nnx.Module):
       implementation,
       depthwise_implementation,
     )
+    di = check_input_dilation(input_dilation, padding)
+    groups = check_feature_group_count(feature_group_count, in_features=in_features, out_features=out_features)
+    if not callable(promote_dtype):
+      raise ValueError(f"promote_dtype must be a function (arrays, *, dtype) -> arrays, got {promote_dtype!r}")
+    _factorized.check_reconstructed_only(implementation, groups, mask, preferred_element_type)
+    # With groups the format holds nnx.Conv's grouped kernel (kh, kw, C_in // groups, C_out).
     fmt = self._init_format(
-      rngs.params(), in_features, out_features, ks, rank, dtype=param_dtype, initializer=kernel_init, **scheme_args
+      rngs.params(),
+      in_features // groups,
+      out_features,
+      ks,
+      rank,
+      dtype=param_dtype,
+      initializer=kernel_init,
+      **scheme_args,
     )
-    self.in_features = fmt.in_features
+    _factorized.check_mask(mask, fmt.kernel_shape)
+    self.in_features = in_features
     self.out_features = fmt.out_features
     self.kernel_size = fmt.kernel_size
     self.strides = s
     self.padding = padding
+    self.input_dilation = di
     self.kernel_dilation = d
+    self.feature_group_count = groups
     self.use_bias = use_bias
+    self.mask = mask
     self.dtype = dtype
     self.param_dtype = param_dtype
     self.precision = precision
+    self.promote_dtype = promote_dtype
+    self.preferred_element_type = preferred_element_type
     self.implementation: Implementation = implementation
     self.depthwise_implementation: DepthwiseImplementation = depthwise_implementation
-    # What "auto"/"autotune" optimise; see set_objective.
+    # What "auto"/"autotune" optimise; see set_objective and deterministic.
     self.objective: Objective = "inference"
     for name in fmt._fields:
       value = getattr(fmt, name)
@@ -219,17 +276,60 @@ class FactorizedConv(nnx.Module):
     check_one_layer(self, self.stack_shape, "to_dense()")
     return self.format.to_dense()
 
+  @property
+  def deterministic(self) -> bool:
+    """``objective == "inference"``: the flag flax's ``train()``/``eval()`` set on every module that has it.
+
+    ``model.train()`` sets ``deterministic=False`` (here: ``objective="training"``), ``model.eval()``
+    ``True`` (``"inference"``), as they switch ``nnx.Dropout``; so a model's mode also chooses what
+    ``"auto"``/``"autotune"`` optimise.
+
+    Example:
+      >>> from flax import nnx
+      >>> from efficonv.nnx import CPConv
+      >>> model = nnx.Sequential(CPConv(8, 8, 3, rank=2, rngs=nnx.Rngs(0)), nnx.Dropout(0.1))
+      >>> model.train()
+      >>> model.layers[0].objective, model.layers[1].deterministic
+      ('training', False)
+      >>> model.eval()
+      >>> model.layers[0].objective
+      'inference'
+    """
+    return self.objective == "inference"
+
+  @deterministic.setter
+  def deterministic(self, value: bool) -> None:
+    self.objective = "inference" if value else "training"
+
+  def set_view(self, deterministic: bool | None = None) -> None:
+    """Used by :func:`flax.nnx.view`: ``nnx.view(model, deterministic=False)`` plans for training.
+
+    Args:
+      deterministic: ``True`` for ``objective="inference"``, ``False`` for ``"training"``; ``None`` keeps it.
+    """
+    if deterministic is not None:
+      self.deterministic = deterministic
+
   def plan(self, input_shape: Sequence[int]) -> Plan:
-    """Which implementation this layer runs on ``input_shape`` (NHWC), and why (each layer's, for a stack)."""
+    """Which implementation this layer runs on ``input_shape`` (``(*batch, H, W, C_in)``), and why.
+
+    With ``feature_group_count > 1``, a ``mask`` or ``preferred_element_type`` it is the reconstructed
+    path, with that reason; with an input dilation the times are those of the dilated input.
+    """
     fmt = self.format
     stack = self.stack_shape
     if stack:  # the layers of a stack share their shapes, and so their plan
       fmt = jax.tree.map(lambda a: a[(0,) * len(stack)], fmt)
-    return fmt.plan(
+    return _factorized.layer_plan(
+      fmt,
       input_shape,
       strides=self.strides,
       padding=self.padding,
-      dilation=self.kernel_dilation,
+      input_dilation=self.input_dilation,
+      kernel_dilation=self.kernel_dilation,
+      feature_group_count=self.feature_group_count,
+      mask=self.mask,
+      preferred_element_type=self.preferred_element_type,
       implementation=self.implementation,
       depthwise_implementation=self.depthwise_implementation,
       objective=self.objective,
@@ -242,40 +342,49 @@ class FactorizedConv(nnx.Module):
     return self.format.params() + (int(self.bias.size) if self.bias is not None else 0)
 
   def cost_macs(self, input_shape: Sequence[int]) -> int:
-    """MACs of the factorized sequence on ``input_shape`` (bias adds excluded; each layer's on it, for a stack)."""
-    macs = self.format.macs(input_shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
-    return macs * math.prod(self.stack_shape)
+    """MACs on ``input_shape`` (bias adds excluded): of the factorized sequence, or of the dense conv where
+    an option forces the reconstructed path (groups, mask, ``preferred_element_type``)."""
+    shape = _factorized.conv_input_shape(input_shape, self.input_dilation, self.feature_group_count)
+    dense = _factorized.reconstruction_reason(self.feature_group_count, self.mask, self.preferred_element_type)
+    count = self.format.dense_macs if dense else self.format.macs
+    macs = count(shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
+    return macs * math.prod(self.stack_shape)  # every layer's, for a stack
 
   def __call__(self, inputs: Array) -> Array:
     """Applies the layer.
 
     Args:
-      inputs: ``(N, H, W, in_features)``, or unbatched ``(H, W, in_features)``.
+      inputs: ``(*batch, H, W, in_features)``: NHWC, unbatched ``(H, W, in_features)``, or
+        several batch axes (flattened for the conv and restored, as ``nnx.Conv``).
 
     Returns:
-      ``(N, H', W', out_features)`` (unbatched in, unbatched out).
+      ``(*batch, H', W', out_features)``.
 
     Raises:
       ValueError: for a stack of layers (:attr:`stack_shape`), which ``nnx.scan`` applies layer by layer.
     """
     check_one_layer(self, self.stack_shape, "calling it")
-    inputs, unbatched = batch_inputs(inputs, self.in_features)
-    fmt = self.format
-    bias = self.bias[...] if self.bias is not None else None
-    inputs, fmt, bias = promote_tree((inputs, fmt, bias), self.dtype)
-    y = fmt.conv(
-      inputs,
+    x, batch_shape = batch_inputs(inputs, self.in_features)
+    y = _factorized.layer_conv(
+      self.format,
+      x,
+      self.bias[...] if self.bias is not None else None,
       strides=self.strides,
       padding=self.padding,
-      dilation=self.kernel_dilation,
+      input_dilation=self.input_dilation,
+      kernel_dilation=self.kernel_dilation,
+      feature_group_count=self.feature_group_count,
+      mask=self.mask,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      precision=self.precision,
+      promote=lambda arrays, dtype: self.promote_dtype(arrays, dtype=dtype),
+      preferred_element_type=self.preferred_element_type,
       implementation=self.implementation,
       depthwise_implementation=self.depthwise_implementation,
       objective=self.objective,
-      precision=self.precision,
     )
-    if bias is not None:
-      y = y + bias.reshape(1, 1, 1, -1)
-    return y[0] if unbatched else y
+    return restore_batch(y, batch_shape)
 
   @classmethod
   def from_format(
@@ -284,13 +393,18 @@ class FactorizedConv(nnx.Module):
     *,
     strides: int | Sequence[int] = 1,
     padding: PaddingLike = "SAME",
+    input_dilation: int | Sequence[int] | None = 1,
     kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
     use_bias: bool | None = None,
     bias: Array | None = None,
+    mask: Array | None = None,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     precision: PrecisionLike = None,
     bias_init: Initializer = default_bias_init,
+    promote_dtype: PromoteDtype = dtypes.promote_dtype,
+    preferred_element_type: Dtype | None = None,
     implementation: Implementation = "auto",
     depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs | None = None,
@@ -298,12 +412,13 @@ class FactorizedConv(nnx.Module):
     """Builds the layer around existing factors.
 
     Args:
-      fmt: a format of this layer's type (e.g. :class:`efficonv.CP` for ``CPConv``).
-      strides, padding, kernel_dilation: the conv options.
+      fmt: a format of this layer's type (e.g. :class:`efficonv.CP` for ``CPConv``); with
+        ``feature_group_count`` groups its kernel is ``(kh, kw, C_in // groups, C_out)``.
+      strides, padding, input_dilation, kernel_dilation, feature_group_count: the conv options.
       use_bias: whether to add a bias (``True`` by default, like ``nnx.Conv``).
       bias: initial bias ``(out_features,)``; zeros via ``bias_init`` when ``None``.
-      dtype, param_dtype, precision, bias_init, implementation,
-      depthwise_implementation: as for the constructor.
+      mask, dtype, param_dtype, precision, bias_init, promote_dtype, preferred_element_type,
+      implementation, depthwise_implementation: as for the constructor.
       rngs: only needed for a random ``bias_init`` (``nnx.Rngs(0)`` otherwise).
 
     Returns:
@@ -311,19 +426,25 @@ class FactorizedConv(nnx.Module):
     """
     if not isinstance(fmt, cls.format_type):
       raise ValueError(f"fmt must be an efficonv.{cls.format_type.__name__}, got {type(fmt).__name__}")
+    groups = check_feature_group_count(feature_group_count, out_features=fmt.out_features)
     layer = cls(
-      fmt.in_features,
+      fmt.in_features * groups,
       fmt.out_features,
       fmt.kernel_size,
       strides,
       **cls._format_kwargs(fmt),
       padding=padding,
+      input_dilation=input_dilation,
       kernel_dilation=kernel_dilation,
+      feature_group_count=groups,
       use_bias=True if use_bias is None else use_bias,
+      mask=mask,
       dtype=dtype,
       param_dtype=param_dtype,
       precision=precision,
       bias_init=bias_init,
+      promote_dtype=promote_dtype,
+      preferred_element_type=preferred_element_type,
       implementation=implementation,
       depthwise_implementation=depthwise_implementation,
       rngs=rngs if rngs is not None else nnx.Rngs(0),

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from efficonv import _blocks
 from efficonv.formats.tucker2 import Tucker2
@@ -18,14 +19,16 @@ from efficonv.layer_options import (
   bottleneck_widths,
   check_features,
   check_geometry,
+  check_input_dilation,
   check_one_layer,
+  check_unsupported,
   default_bias_init,
   default_kernel_init,
-  promote_tree,
+  dilate_input,
+  restore_batch,
 )
-from efficonv.layer_options import (
-  stack_shape as leading_stack,
-)
+from efficonv.layer_options import stack_shape as leading_stack
+from efficonv.nnx._base import PromoteDtype
 from efficonv.typing import Array, Dtype, PrecisionLike
 
 
@@ -68,14 +71,26 @@ class Bottleneck(nnx.Module):
       ``None`` for a linear block.
     padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or
       ``((lo, hi), (lo, hi))``, for the ``k×k`` conv.
+    input_dilation: int or ``(dh, dw)``, as ``nnx.Conv``: the block runs on the input with
+      ``d - 1`` zeros between pixels (above 1 with an explicit ``padding``, as there).
     kernel_dilation: int or ``(dh, dw)``, for the ``k×k`` conv.
+    feature_group_count: must be 1 (``nnx.Conv``'s argument, taken so that its
+      keywords pass; the block has no one kernel to group).
     use_bias: give the convs biases (all three with an activation, else only the last).
+    mask: must be ``None`` (no one kernel to mask).
     dtype: computation dtype (inferred from inputs and params when ``None``).
     param_dtype: parameter dtype.
     precision: XLA precision of the matmuls/convs.
     kernel_init: initializer of each conv's kernel (fan-in is its own).
     bias_init: bias initializer.
+    promote_dtype: as ``nnx.Conv``'s, called on one tuple
+      ``(inputs, first, core, last, first_bias, core_bias, bias)`` (absent biases ``None``).
+    preferred_element_type: must be ``None`` (three convs, not one to pass it to).
     rngs: random number streams.
+
+  Raises:
+    ValueError: naming ``feature_group_count``, ``mask`` or ``preferred_element_type``
+      when set to other than ``nnx.Conv``'s default.
   """
 
   def __init__(
@@ -88,17 +103,33 @@ class Bottleneck(nnx.Module):
     width: int | Sequence[int] | None = None,
     activation: ActivationFn | None = nnx.relu,
     padding: PaddingLike = "SAME",
+    input_dilation: int | Sequence[int] | None = 1,
     kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
     use_bias: bool = True,
+    mask: Array | None = None,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     precision: PrecisionLike = None,
     kernel_init: Initializer = default_kernel_init,
     bias_init: Initializer = default_bias_init,
+    promote_dtype: PromoteDtype = dtypes.promote_dtype,
+    preferred_element_type: Dtype | None = None,
     rngs: nnx.Rngs,
   ):
     check_features(in_features=in_features, out_features=out_features)
     ks, s, d = check_geometry(kernel_size, strides, padding, kernel_dilation)
+    self.input_dilation = check_input_dilation(input_dilation, padding)
+    check_unsupported(
+      "Bottleneck",
+      "its three convs have no one kernel to group, mask or pass preferred_element_type to",
+      feature_group_count=(feature_group_count, 1),
+      mask=(mask, None),
+      preferred_element_type=(preferred_element_type, None),
+    )
+    if not callable(promote_dtype):
+      raise ValueError(f"promote_dtype must be a function (arrays, *, dtype) -> arrays, got {promote_dtype!r}")
+    self.promote_dtype = promote_dtype
     w1, w2 = bottleneck_widths(out_features, width)
     self.in_features, self.out_features, self.kernel_size, self.width = in_features, out_features, ks, (w1, w2)
     self.strides, self.padding, self.kernel_dilation = s, padding, d
@@ -119,27 +150,27 @@ class Bottleneck(nnx.Module):
 
   @property
   def stack_shape(self) -> tuple[int, ...]:
-    """The leading axes of a stack of these blocks (``nnx.vmap`` over the constructor); ``()`` for one block."""
+    """The leading axes of a stack of these layers (``nnx.vmap`` over the constructor); ``()`` for one layer."""
     return leading_stack(self.first.shape, 2)
 
   def __call__(self, inputs: Array) -> Array:
-    """``(N, H, W, in_features)`` → ``(N, H', W', out_features)`` (unbatched ``(H, W, in_features)`` too)."""
+    """``(*batch, H, W, in_features)`` → ``(*batch, H', W', out_features)``, any number of batch axes."""
     check_one_layer(self, self.stack_shape, "calling it")
-    inputs, unbatched = batch_inputs(inputs, self.in_features)
-    kernels = (self.first[...], self.core[...], self.last[...])
-    biases = tuple(b[...] if b is not None else None for b in (self.first_bias, self.core_bias, self.bias))
-    inputs, kernels, biases = promote_tree((inputs, kernels, biases), self.dtype)
+    x, batch_shape = batch_inputs(inputs, self.in_features)
+    x = dilate_input(x, self.input_dilation)
+    arrays = (self.first, self.core, self.last, self.first_bias, self.core_bias, self.bias)
+    x, *promoted = self.promote_dtype((x, *(a[...] if a is not None else None for a in arrays)), dtype=self.dtype)
     y = _blocks.bottleneck_conv(
-      inputs,
-      kernels,
-      biases,
+      x,
+      (promoted[0], promoted[1], promoted[2]),
+      (promoted[3], promoted[4], promoted[5]),
       activation=self.activation,
       strides=self.strides,
       padding=self.padding,
       kernel_dilation=self.kernel_dilation,
       precision=self.precision,
     )
-    return y[0] if unbatched else y
+    return restore_batch(y, batch_shape)
 
   def to_dense(self) -> Array:
     """The single ``k×k`` HWIO kernel equal to the block (only with ``activation=None``).

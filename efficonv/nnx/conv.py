@@ -9,13 +9,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from efficonv.kernels import _options as opt
+from efficonv import _dense_layer
 from efficonv.kernels import targets
 from efficonv.kernels.conv import conv as dense_conv
-from efficonv.kernels.dense import check_layer_implementation, dense_implementation
+from efficonv.kernels.dense import check_layer_implementation
 from efficonv.layer_options import check_one_layer
 from efficonv.layer_options import stack_shape as leading_stack
-from efficonv.planning import autotune_dense
 from efficonv.typing import Array
 
 
@@ -58,37 +57,22 @@ class Conv(nnx.Conv):
     self.implementation = implementation
 
   def _pair(self, value: int | Sequence[int] | None) -> tuple[int, ...]:
-    # nnx.Conv's broadcasting: None means 1, an int applies to every spatial axis.
-    value = 1 if value is None else value
-    return (value,) * len(self.kernel_size) if isinstance(value, int) else tuple(value)
+    return _dense_layer.broadcast(value, len(self.kernel_size))
 
   def _fallback_reason(self, input_shape: Sequence[int], out_sharding: Any = None) -> str | None:
     """Why ``nnx.Conv.__call__`` must run instead of efficonv's conv, or ``None``."""
-    if len(self.kernel_size) != 2:
-      return f"{len(self.kernel_size)}-D kernel"
-    if len(input_shape) < 3:
-      return f"input of rank {len(input_shape)}"
-    if self.mask is not None:
-      return "mask"
-    if any(d != 1 for d in self._pair(self.input_dilation)):
-      return f"input_dilation={self.input_dilation}"
-    if self.conv_general_dilated is not jax.lax.conv_general_dilated:
-      return "custom conv_general_dilated"
-    if self.preferred_element_type is not None:
-      return "preferred_element_type"
-    if out_sharding is not None:
-      return "out_sharding"
-    try:
-      opt.resolve_padding(
-        self.padding,
-        (input_shape[-3], input_shape[-2]),
-        self.kernel_size,
-        opt.pair(self._pair(self.strides), "strides"),
-        opt.pair(self._pair(self.kernel_dilation), "kernel_dilation"),
-      )
-    except ValueError:
-      return f"padding {self.padding!r}"
-    return None
+    return _dense_layer.fallback_reason(
+      input_shape,
+      kernel_size=self.kernel_size,
+      strides=self.strides,
+      padding=self.padding,
+      input_dilation=self.input_dilation,
+      kernel_dilation=self.kernel_dilation,
+      mask=self.mask,
+      custom_conv=self.conv_general_dilated is not jax.lax.conv_general_dilated,
+      preferred_element_type=self.preferred_element_type,
+      out_sharding=out_sharding,
+    )
 
   def implementation_for(
     self, input_shape: Sequence[int], dtype: Any = None, backend: str | None = None
@@ -107,32 +91,17 @@ class Conv(nnx.Conv):
     why = self._fallback_reason(input_shape)
     if why is not None:
       return "xla", f"nnx.Conv's own __call__ ({why})"
-    batch: Any = 1
-    for n in input_shape[:-3]:
-      batch *= n
-    compute = self.dtype or jnp.result_type(dtype or self.param_dtype, self.param_dtype)
-    if self.implementation == "autotune":
-      return autotune_dense(
-        (batch, *input_shape[-3:]),
-        self.kernel_shape,
-        strides=self._pair(self.strides),
-        padding=self.padding,
-        dilation=self._pair(self.kernel_dilation),
-        feature_group_count=self.feature_group_count,
-        dtype=compute,
-        precision=self.precision,
-        backend=backend,
-      )
-    return dense_implementation(
-      (batch, *input_shape[-3:]),
+    return _dense_layer.implementation_for(
+      input_shape,
       self.kernel_shape,
-      self._pair(self.strides),
-      self.padding,
-      self._pair(self.kernel_dilation),
-      self.feature_group_count,
-      backend,
-      self.implementation,
-      jnp.dtype(compute).itemsize,
+      implementation=self.implementation,
+      strides=self.strides,
+      padding=self.padding,
+      kernel_dilation=self.kernel_dilation,
+      feature_group_count=self.feature_group_count,
+      dtype=self.dtype or jnp.result_type(dtype or self.param_dtype, self.param_dtype),
+      precision=self.precision,
+      backend=backend,
     )
 
   def __call__(self, inputs: Array, out_sharding: Any = None) -> Array:

@@ -42,6 +42,12 @@ class CPConv(FactorizedConv):
     implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
+    input_dilation, feature_group_count, mask, promote_dtype, preferred_element_type:
+      ``nnx.Conv``'s, as :class:`~efficonv.nnx.FactorizedConv` (groups, a mask and
+      ``preferred_element_type`` run the reconstructed path).
+
+  ``model.train()``/``model.eval()`` set what ``"auto"``/``"autotune"`` optimise
+  (:attr:`~efficonv.nnx.FactorizedConv.deterministic`).
 
   References:
     Lebedev et al., `Speeding-up Convolutional Neural Networks Using Fine-tuned

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from efficonv.formats.separable import Separable
 from efficonv.layer_options import (
@@ -16,8 +17,8 @@ from efficonv.layer_options import (
   PaddingLike,
   default_bias_init,
 )
-from efficonv.nnx._base import FactorizedConv
-from efficonv.typing import Dtype, PrecisionLike
+from efficonv.nnx._base import FactorizedConv, PromoteDtype
+from efficonv.typing import Array, Dtype, PrecisionLike
 
 
 class SeparableConv(FactorizedConv):
@@ -41,18 +42,14 @@ class SeparableConv(FactorizedConv):
     strides: int or ``(sh, sw)``; applied to the spatial steps only.
     depth_multiplier: depthwise maps per input channel ``m``.
     padding: ``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"REFLECT"``, int or ``((lo, hi), (lo, hi))``.
-    kernel_dilation: int or ``(dh, dw)``.
-    use_bias: add a bias to the output.
-    dtype: computation dtype (inferred from inputs and params when ``None``).
-    param_dtype: parameter dtype.
-    precision: XLA precision of the matmuls/convs.
-    kernel_init: ``None`` draws factors whose reconstructed kernel has
-      LeCun-normal variance (as ``nnx.Conv``); an initializer is applied to
-      every factor instead.
-    bias_init: bias initializer.
-    implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
-    depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
-    rngs: random number streams.
+    input_dilation, kernel_dilation, feature_group_count, use_bias, mask, dtype,
+    param_dtype, precision, kernel_init, bias_init, promote_dtype,
+    preferred_element_type, implementation, depthwise_implementation, rngs: as
+      :class:`~efficonv.nnx.FactorizedConv` (``nnx.Conv``'s arguments; groups, a mask
+      and ``preferred_element_type`` run the reconstructed path).
+
+  ``model.train()``/``model.eval()`` set what ``"auto"``/``"autotune"`` optimise
+  (:attr:`~efficonv.nnx.FactorizedConv.deterministic`).
 
   References:
     Chollet, `Xception: Deep Learning with Depthwise Separable Convolutions
@@ -70,13 +67,18 @@ class SeparableConv(FactorizedConv):
     *,
     depth_multiplier: int = 1,
     padding: PaddingLike = "SAME",
+    input_dilation: int | Sequence[int] | None = 1,
     kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
     use_bias: bool = True,
+    mask: Array | None = None,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     precision: PrecisionLike = None,
     kernel_init: Initializer | None = None,
     bias_init: Initializer = default_bias_init,
+    promote_dtype: PromoteDtype = dtypes.promote_dtype,
+    preferred_element_type: Dtype | None = None,
     implementation: Implementation = "auto",
     depthwise_implementation: DepthwiseImplementation = "auto",
     rngs: nnx.Rngs,
@@ -88,13 +90,18 @@ class SeparableConv(FactorizedConv):
       strides,
       rank=depth_multiplier,
       padding=padding,
+      input_dilation=input_dilation,
       kernel_dilation=kernel_dilation,
+      feature_group_count=feature_group_count,
       use_bias=use_bias,
+      mask=mask,
       dtype=dtype,
       param_dtype=param_dtype,
       precision=precision,
       kernel_init=kernel_init,
       bias_init=bias_init,
+      promote_dtype=promote_dtype,
+      preferred_element_type=preferred_element_type,
       implementation=implementation,
       depthwise_implementation=depthwise_implementation,
       rngs=rngs,

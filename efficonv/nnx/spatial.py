@@ -38,6 +38,12 @@ class SpatialConv(FactorizedConv):
     implementation: ``"auto"``, ``"autotune"``, ``"factorized"`` or ``"reconstructed"``.
     depthwise_implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
     rngs: random number streams.
+    input_dilation, feature_group_count, mask, promote_dtype, preferred_element_type:
+      ``nnx.Conv``'s, as :class:`~efficonv.nnx.FactorizedConv` (groups, a mask and
+      ``preferred_element_type`` run the reconstructed path).
+
+  ``model.train()``/``model.eval()`` set what ``"auto"``/``"autotune"`` optimise
+  (:attr:`~efficonv.nnx.FactorizedConv.deterministic`).
 
   References:
     Jaderberg et al., `Speeding up Convolutional Neural Networks with Low Rank

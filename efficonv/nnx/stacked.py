@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn import dtypes
 
 from efficonv import _blocks
 from efficonv.kernels import _options as opt
@@ -17,14 +18,16 @@ from efficonv.layer_options import (
   batch_inputs,
   check_features,
   check_geometry,
+  check_input_dilation,
   check_one_layer,
+  check_unsupported,
   default_bias_init,
   default_kernel_init,
-  promote_tree,
+  dilate_input,
+  restore_batch,
 )
-from efficonv.layer_options import (
-  stack_shape as leading_stack,
-)
+from efficonv.layer_options import stack_shape as leading_stack
+from efficonv.nnx._base import PromoteDtype
 from efficonv.typing import Array, Dtype, PrecisionLike
 
 
@@ -55,17 +58,24 @@ class StackedConv(nnx.Module):
     hidden_features: channels between the small convs (default ``out_features``).
     activation: applied between the small convs (not after the last);
       ``None`` keeps the layer linear.
-    padding, kernel_dilation, use_bias, dtype, param_dtype, precision,
+    padding, input_dilation, kernel_dilation, use_bias, dtype, param_dtype, precision,
     kernel_init, bias_init: as :class:`flax.nnx.Conv`; each small conv is
       LeCun-initialized over its own fan-in (what a deep stack with
       nonlinearities needs). With an activation, every small conv has a bias;
       without, only the last (intermediate biases would make it affine in a
-      way no single conv is).
+      way no single conv is). An ``input_dilation`` above 1 takes an explicit
+      ``padding``, as in ``nnx.Conv``.
+    feature_group_count, mask, preferred_element_type: ``nnx.Conv``'s, taken so
+      that its keywords pass; only their defaults (1, ``None``, ``None``): the
+      stack has no one kernel to group, mask or pass the element type to.
+    promote_dtype: as ``nnx.Conv``'s, called on one tuple
+      ``(inputs, *kernels, *biases)`` (absent biases ``None``).
     rngs: random number streams.
 
   Raises:
     ValueError: naming ``kernel_size``/``small_kernel_size`` when
-      ``k - 1`` is not a multiple of ``k_s - 1``.
+      ``k - 1`` is not a multiple of ``k_s - 1``; naming ``feature_group_count``,
+      ``mask`` or ``preferred_element_type`` when not at their defaults.
   """
 
   def __init__(
@@ -79,17 +89,33 @@ class StackedConv(nnx.Module):
     hidden_features: int | None = None,
     activation: ActivationFn | None = None,
     padding: PaddingLike = "SAME",
+    input_dilation: int | Sequence[int] | None = 1,
     kernel_dilation: int | Sequence[int] = 1,
+    feature_group_count: int = 1,
     use_bias: bool = True,
+    mask: Array | None = None,
     dtype: Dtype | None = None,
     param_dtype: Dtype = jnp.float32,
     precision: PrecisionLike = None,
     kernel_init: Initializer = default_kernel_init,
     bias_init: Initializer = default_bias_init,
+    promote_dtype: PromoteDtype = dtypes.promote_dtype,
+    preferred_element_type: Dtype | None = None,
     rngs: nnx.Rngs,
   ):
     check_features(in_features=in_features, out_features=out_features, hidden_features=hidden_features)
     ks, s, d = check_geometry(kernel_size, strides, padding, kernel_dilation)
+    self.input_dilation = check_input_dilation(input_dilation, padding)
+    check_unsupported(
+      "StackedConv",
+      "its small convs have no one kernel to group, mask or pass preferred_element_type to",
+      feature_group_count=(feature_group_count, 1),
+      mask=(mask, None),
+      preferred_element_type=(preferred_element_type, None),
+    )
+    if not callable(promote_dtype):
+      raise ValueError(f"promote_dtype must be a function (arrays, *, dtype) -> arrays, got {promote_dtype!r}")
+    self.promote_dtype = promote_dtype
     small = opt.pair(small_kernel_size, "small_kernel_size")
     self.num_layers = _blocks.stacked_count(ks, small)
     self.in_features, self.out_features = in_features, out_features
@@ -119,16 +145,17 @@ class StackedConv(nnx.Module):
     return leading_stack(self.kernels[0].shape, 4)
 
   def __call__(self, inputs: Array) -> Array:
-    """``(N, H, W, in_features)`` → ``(N, H', W', out_features)`` (unbatched ``(H, W, in_features)`` too)."""
+    """``(*batch, H, W, in_features)`` → ``(*batch, H', W', out_features)``, any number of batch axes."""
     check_one_layer(self, self.stack_shape, "calling it")
-    inputs, unbatched = batch_inputs(inputs, self.in_features)
+    x, batch_shape = batch_inputs(inputs, self.in_features)
+    x = dilate_input(x, self.input_dilation)
     kernels = [k[...] for k in self.kernels]
     biases = [b[...] if b is not None else None for b in self.biases]
-    inputs, kernels, biases = promote_tree((inputs, kernels, biases), self.dtype)
+    x, *promoted = self.promote_dtype((x, *kernels, *biases), dtype=self.dtype)
     y = _blocks.stacked_conv(
-      inputs,
-      kernels,
-      biases,
+      x,
+      promoted[: self.num_layers],
+      promoted[self.num_layers :],
       activation=self.activation,
       kernel_size=self.kernel_size,
       strides=self.strides,
@@ -136,7 +163,7 @@ class StackedConv(nnx.Module):
       kernel_dilation=self.kernel_dilation,
       precision=self.precision,
     )
-    return y[0] if unbatched else y
+    return restore_batch(y, batch_shape)
 
   def to_dense(self) -> Array:
     """The single ``k×k`` HWIO kernel equal to the stack (only without ``activation``).

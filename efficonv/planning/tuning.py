@@ -20,6 +20,19 @@ measurement, so a second process on the same machine does not measure again.
 Keys include the backend and device kind; a file copied to another machine
 does not mislead it, its entries just never match.
 
+Several processes (:func:`jax.distributed.initialize`, ``jax.process_count() > 1``)
+must run the same program, or their collectives mismatch; timed separately they
+can pick different paths. So there one decision is shared: process 0 decides
+(from its cache, or by measuring) and publishes the entry in the distributed
+runtime's key-value store under a hash of the key; every other process waits for
+it (up to :data:`SHARE_TIMEOUT_S`), never measures, and keeps it in memory only
+(only process 0 writes the cache file). The first decision published for a key
+stands for the rest of the run, :func:`clear_cache` notwithstanding. The store,
+not a device collective, carries it because the decision is taken while the
+caller is traced, where a collective would be staged into the caller's program,
+and because it needs no agreement on the order in which processes meet shapes;
+it does need process 0 to meet every shape the others meet.
+
 Example:
   >>> import jax, jax.numpy as jnp
   >>> from efficonv.formats import CP
@@ -34,11 +47,12 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -57,6 +71,9 @@ from efficonv.planning.timing import median_seconds
 from efficonv.typing import PrecisionLike
 
 CACHE_ENV = "EFFICONV_AUTOTUNE_CACHE"
+SHARE_TIMEOUT_S = 1800.0
+"""How long a process other than 0 waits for process 0's decision (process 0 may be measuring many layers)."""
+_STORE_PREFIX = "efficonv/autotune/"
 
 _lock = threading.Lock()
 _cache: dict[str, dict[str, Any]] = {}
@@ -104,6 +121,64 @@ def _save_file() -> None:
   with os.fdopen(fd, "w") as f:
     json.dump(_cache, f, indent=1, sort_keys=True)
   os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _decide(key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+  """The cache entry for ``key``: cached, else measured; in a multi-process run, process 0's for every process."""
+  if jax.process_count() > 1:
+    return _shared(key, measure)
+  return _local(key, measure)
+
+
+def _local(key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+  with _lock:
+    _load_file()
+    entry = _cache.get(key)
+  if entry is None:
+    entry = measure()
+    with _lock:
+      _cache[key] = entry
+      _save_file()
+  return entry
+
+
+def _store() -> Any:
+  """The distributed runtime's client (its key-value store), ``None`` without :func:`jax.distributed.initialize`."""
+  from jax._src import distributed  # no public accessor; orbax reads it the same way
+
+  return distributed.global_state.client
+
+
+def _shared(key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+  client = _store()
+  if client is None:
+    raise RuntimeError(
+      f"implementation='autotune' in a run of {jax.process_count()} processes shares process 0's choice through "
+      "jax.distributed; call jax.distributed.initialize() first"
+    )
+  name = _STORE_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+  if jax.process_index() == 0:
+    try:
+      value = client.key_value_try_get(name)  # already decided in this run
+    except jax.errors.JaxRuntimeError:  # not found
+      value = json.dumps(_local(key, measure))
+      try:
+        client.key_value_set(name, value)
+      except jax.errors.JaxRuntimeError:  # another thread published first: its decision stands
+        value = client.key_value_try_get(name)
+  else:
+    try:
+      value = client.blocking_key_value_get(name, int(SHARE_TIMEOUT_S * 1000))
+    except jax.errors.JaxRuntimeError as e:
+      raise RuntimeError(
+        f"implementation='autotune': process {jax.process_index()} waited {SHARE_TIMEOUT_S:g} s for process 0's "
+        f"choice for {key}; every process must trace the same layers on the same shapes "
+        "(efficonv.planning.tuning.SHARE_TIMEOUT_S sets the wait)"
+      ) from e
+  entry: dict[str, Any] = json.loads(value)
+  with _lock:
+    _cache[key] = entry  # what this process runs, visible in cache(); only process 0 writes the file
+  return entry
 
 
 def _key(
@@ -183,6 +258,11 @@ def autotune(
 ) -> Plan:
   """Measures every implementation of ``fmt.conv`` on ``input_shape`` and returns the fastest as a plan.
 
+  Multi-process runs (``jax.process_count() > 1``, after :func:`jax.distributed.initialize`): only process 0
+  measures (or reads its cache); its choice reaches every other process through the distributed runtime's
+  key-value store, so all processes compile the same program and their collectives match. The others wait for
+  it up to :data:`SHARE_TIMEOUT_S` and write no cache file.
+
   Args:
     fmt: the factorized kernel (its factors may be tracers; only shapes and dtypes are used).
     input_shape: NHWC input shape.
@@ -202,6 +282,8 @@ def autotune(
   Raises:
     ValueError: naming ``objective``, ``repeats`` or ``min_seconds`` when out of range, or an input the
       format cannot take.
+    RuntimeError: in a multi-process run without :func:`jax.distributed`, or when process 0's choice does not
+      come within :data:`SHARE_TIMEOUT_S`.
   """
   if objective not in OBJECTIVES:
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -215,11 +297,9 @@ def autotune(
   g = conv_geometry(shape, fmt.kernel_size, fmt.in_features, strides, padding, dilation)
   dtype = jnp.dtype(dtype or fmt.dtype)
   key = _key(fmt, shape, dtype, strides, padding, dilation, depthwise_implementation, objective, precision, backend)
-  with _lock:
-    _load_file()
-    entry = _cache.get(key)
-  if entry is None:
-    entry = _measure(
+
+  def measure() -> dict[str, Any]:
+    return _measure(
       fmt,
       shape,
       dtype,
@@ -233,9 +313,8 @@ def autotune(
       repeats,
       min_seconds,
     )
-    with _lock:
-      _cache[key] = entry
-      _save_file()
+
+  entry = _decide(key, measure)
   impl, dw = entry["choice"]
   times = entry["times_ms"]
   factorized_ms = min(v for k, v in times.items() if k.startswith("factorized"))
@@ -260,7 +339,7 @@ def _measure(
   repeats: int,
   min_seconds: float,
 ) -> dict[str, Any]:
-  device = jax.devices(backend)[0]
+  device = jax.local_devices(backend=backend)[0]  # jax.devices() starts with process 0's, elsewhere not addressable
   rng = np.random.default_rng(0)
 
   def random_like(a: Any) -> jax.Array:
@@ -323,7 +402,7 @@ def autotune_dense(
   """Measures every dense formulation of :func:`efficonv.kernels.conv` on these shapes; returns the fastest.
 
   The dense counterpart of :func:`autotune`, with the same cache (memory, and the file named by
-  ``EFFICONV_AUTOTUNE_CACHE``) and the same statistic (:func:`efficonv.planning.median_seconds`). Candidates
+  ``EFFICONV_AUTOTUNE_CACHE``), the same sharing of process 0's choice in a multi-process run, and the same statistic (:func:`efficonv.planning.median_seconds`). Candidates
   are compiled with XLA's default options: a caller compiling with other options (``compiler_options=``)
   gets choices measured under the defaults, which the reason says.
 
@@ -346,6 +425,7 @@ def autotune_dense(
 
   Raises:
     ValueError: naming ``objective`` when unknown, or an option the conv cannot take.
+    RuntimeError: as :func:`autotune`, in a multi-process run.
 
   Example:
     >>> from efficonv.planning import autotune_dense
@@ -375,11 +455,9 @@ def autotune_dense(
       jax.devices(backend)[0].device_kind,
     )
   )
-  with _lock:
-    _load_file()
-    entry = _cache.get(key)
-  if entry is None:
-    device = jax.devices(backend)[0]
+
+  def measure() -> dict[str, Any]:
+    device = jax.local_devices(backend=backend)[0]
     rng = np.random.default_rng(0)
     with jax.ensure_compile_time_eval():  # concrete arrays even while an outer jit traces
       x = jax.device_put(rng.standard_normal(shape).astype(dtype), device)
@@ -398,10 +476,9 @@ def autotune_dense(
       compiled = jax.jit(fn).lower(x, w).compile()
       median, _ = median_seconds(functools.partial(compiled, x, w), repeats=repeats, min_seconds=min_seconds)
       times[impl] = median * 1e3
-    entry = {"choice": [min(times, key=times.__getitem__), None], "times_ms": times}
-    with _lock:
-      _cache[key] = entry
-      _save_file()
+    return {"choice": [min(times, key=times.__getitem__), None], "times_ms": times}
+
+  entry = _decide(key, measure)
   times = entry["times_ms"]
   reason = f"autotuned on {backend} ({objective}, default XLA options): " + ", ".join(
     f"{k} {v:.3g} ms" for k, v in times.items()

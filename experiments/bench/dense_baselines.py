@@ -17,13 +17,14 @@ and the fastest one per pass is the baseline:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from efficonv import kernels
+from efficonv.compression import replace_dense
 from efficonv.typing import Array
 
 # Routes dots and reductions to YNNPACK but leaves convolutions to XLA's own
@@ -40,6 +41,64 @@ EIGEN_CONV_OPTIONS: dict[str, str] = {
 NO_YNN_FUSION_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 PASSES = ("forward", "forward_backward")
+
+DENSE_BUILDS = ("nnx", "auto", "im2col")
+"""Dense builds of a network: its own ``nnx.Conv`` (``nnx``), or every conv an :class:`efficonv.nnx.Conv`
+with that implementation (:func:`efficonv.compression.replace_dense`)."""
+
+COMPILE_SETTINGS = ("default", "no_ynn", "eigen")
+"""XLA compile settings: the default, no YNNPACK fusion, and XLA's own (Eigen) convolutions (CPU only)."""
+
+
+def compile_settings(backend: str | None = None) -> dict[str, dict[str, str]]:
+  """Compile setting → XLA options (on a GPU/TPU only the default: the others are XLA:CPU options)."""
+  if (backend or jax.default_backend()) != "cpu":
+    return {"default": {}}
+  return {"default": {}, "no_ynn": dict(NO_YNN_FUSION_OPTIONS), "eigen": dict(EIGEN_CONV_OPTIONS)}
+
+
+def dense_build_name(build: str, setting: str) -> str:
+  """``dense`` / ``dense/efficonv`` / ``dense/efficonv_im2col``, with ``/<setting>`` unless the default."""
+  base = {"nnx": "dense", "auto": "dense/efficonv"}.get(build, f"dense/efficonv_{build}")
+  return base if setting == "default" else f"{base}/{setting}"
+
+
+def dense_network_builds(
+  model: Any,
+  builds: Sequence[str] = ("nnx", "auto"),
+  settings: Sequence[str] = COMPILE_SETTINGS,
+  backend: str | None = None,
+) -> dict[str, tuple[Any, dict[str, str]]]:
+  """Every dense build of ``model`` that is timed; the fastest one is the baseline of a network's speedups.
+
+  One definition for the whole-network benchmark and the compression pipeline, so that both search the
+  same space: each of ``builds`` (:data:`DENSE_BUILDS`) compiled under each of ``settings`` that the
+  backend has (:func:`compile_settings`). All builds compute the same function with the same weights.
+
+  Args:
+    model: the dense :class:`flax.nnx.Module`.
+    builds: of :data:`DENSE_BUILDS`.
+    settings: of :data:`COMPILE_SETTINGS`; those the backend lacks are left out.
+    backend: the backend compiled for (default: JAX's).
+
+  Returns:
+    ``{name: (model, compiler options)}`` in build-major order, named by :func:`dense_build_name`; a build's
+    model object is shared by its settings.
+
+  Raises:
+    ValueError: naming ``builds`` or ``settings`` when empty or not of the lists above.
+  """
+  if not builds or any(b not in DENSE_BUILDS for b in builds):
+    raise ValueError(f"builds must name builds of {DENSE_BUILDS}, got {list(builds)}")
+  if not settings or any(s not in COMPILE_SETTINGS for s in settings):
+    raise ValueError(f"settings must name settings of {COMPILE_SETTINGS}, got {list(settings)}")
+  available = compile_settings(backend)
+  out: dict[str, tuple[Any, dict[str, str]]] = {}
+  for build in builds:
+    built = model if build == "nnx" else replace_dense(model, build)
+    for setting in (s for s in settings if s in available):
+      out[dense_build_name(build, setting)] = (built, available[setting])
+  return out
 
 
 @dataclasses.dataclass(frozen=True)

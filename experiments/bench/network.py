@@ -73,10 +73,17 @@ from flax import nnx
 
 import efficonv
 from efficonv import cost
-from efficonv.compression import replace_dense
 from efficonv.rank import MacReduction
 from experiments import data
-from experiments.bench.dense_baselines import EIGEN_CONV_OPTIONS, NO_YNN_FUSION_OPTIONS
+from experiments.bench.dense_baselines import (
+  COMPILE_SETTINGS,
+  DENSE_BUILDS,
+  EIGEN_CONV_OPTIONS,
+  NO_YNN_FUSION_OPTIONS,
+  compile_settings,
+  dense_build_name,
+  dense_network_builds,
+)
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common.config import DEFAULT_CONFIG, DataConfig, ExperimentConfig
 from experiments.common.environment import load_average, machine_info
@@ -392,13 +399,6 @@ def run(
 
 # --- Realistic networks: the fastest dense build against efficonv.compress of it --------------------------------
 
-DENSE_BUILDS = ("nnx", "auto", "im2col")
-"""Dense builds of a network: its own ``nnx.Conv`` (``nnx``), or every conv an :class:`efficonv.nnx.Conv`
-with that implementation (:func:`efficonv.compression.replace_dense`)."""
-
-COMPILE_SETTINGS = ("default", "no_ynn", "eigen")
-"""XLA compile settings: the default, no YNNPACK fusion, and XLA's own (Eigen) convolutions (CPU only)."""
-
 
 @dataclasses.dataclass(frozen=True)
 class CompressSpec:
@@ -439,19 +439,6 @@ def parse_compress(values: Sequence[str]) -> tuple[CompressSpec, ...]:
       raise ValueError(f"--compress entries must be 'cp:F' or 'tucker2:F' with F > 1, got {entry!r}")
     specs.append(CompressSpec(scheme, value))
   return tuple(dict.fromkeys(specs))
-
-
-def compile_settings(backend: str | None = None) -> dict[str, dict[str, str]]:
-  """Compile setting → XLA options (on a GPU/TPU only the default: the others are XLA:CPU options)."""
-  if (backend or jax.default_backend()) != "cpu":
-    return {"default": {}}
-  return {"default": {}, "no_ynn": dict(NO_YNN_FUSION_OPTIONS), "eigen": dict(EIGEN_CONV_OPTIONS)}
-
-
-def dense_build_name(build: str, setting: str) -> str:
-  """``dense`` / ``dense/efficonv`` / ``dense/efficonv_im2col``, with ``/<setting>`` unless the default."""
-  base = {"nnx": "dense", "auto": "dense/efficonv"}.get(build, f"dense/efficonv_{build}")
-  return base if setting == "default" else f"{base}/{setting}"
 
 
 def subject_of(cfg: ExperimentConfig, model: nnx.Module) -> Subject:
@@ -640,8 +627,9 @@ def run_realistic(
       "%s: %d params, %.1f M MACs/image, compiled in %.1f s", name, net.params, macs / 1e6, time.perf_counter() - t0
     )
 
+  built = dense_network_builds(dense_model, dense_builds, list(settings))
   for build in dense_builds:
-    model = dense_model if build == "nnx" else replace_dense(dense_model, build)
+    model = built[dense_build_name(build, "default")][0]
     models[dense_build_name(build, "default")] = model
     add(build, model, "dense", dense_macs, list(settings))
   for spec in compress:

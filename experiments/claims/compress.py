@@ -14,7 +14,11 @@ The pipeline (Lebedev et al. 2014; Kim et al. 2016):
 2. For each variant (a decomposition scheme and a rank rule from :mod:`efficonv.rank`), replace every conv
    after the stem with :func:`efficonv.compress` (which clones the model, so BatchNorm statistics and the
    other layers are kept), measure the test accuracy, fine-tune the whole network for a few steps with the
-   training run's own step (:func:`experiments.training.steps.make_train_step`), and measure it again.
+   training run's own step (:func:`experiments.training.steps.make_train_step`), and measure it again. A
+   search variant (``search_speedup4``, ``search_speedup8``) first chooses a scheme and rank (or dense) per
+   conv with :func:`efficonv.search` — candidates timed at the benchmark's batch on this machine, sensitivity
+   on a calibration batch of the training set — and compresses with the policy it returns; its row records
+   the search's predicted speedup next to the measured one.
 3. Time inference of the dense model and every compressed one in the same process, interleaved
    (:mod:`experiments.training.throughput`), and count whole-network MACs (:func:`efficonv.cost.macs`).
 4. Write ``compress.md`` and ``compress.json`` into the workdir.
@@ -33,12 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 from efficonv import cost
 from efficonv import rank as rank_lib
-from efficonv.compression import Policy, compress, replace_dense
+from efficonv.compression import Policy, Report, compress, conv_calls
+from efficonv.convert import conv_kernel
+from efficonv.policy_search import SearchReport, allocate, search
 from experiments import data
+from experiments.bench.dense_baselines import dense_network_builds
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
 from experiments.common import results
 from experiments.common.config import PRESETS, ExperimentConfig
@@ -54,17 +62,25 @@ logger = logging.getLogger("experiments.claims.compress")
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One compressed model: a scheme and a rank rule applied to every conv after the stem.
+  """One compressed model: a scheme and a rank rule applied to every conv after the stem, or a search.
 
   Attributes:
     name: the variant's name in the report.
-    scheme: a scheme of :data:`efficonv.schemes`.
-    rule: a rank rule of :mod:`efficonv.rank` (or a fixed rank of the scheme's kind).
+    scheme: a scheme of :data:`efficonv.schemes` (``"search"`` for a search variant).
+    rule: a rank rule of :mod:`efficonv.rank` (or a fixed rank of the scheme's kind); for a search variant
+      its whole-network target (:data:`efficonv.rank.TARGETS`).
+    search: the schemes :func:`efficonv.search` chooses among (empty: not a search variant).
   """
 
   name: str
   scheme: str
   rule: Any
+  search: tuple[str, ...] = ()
+
+  @property
+  def is_search(self) -> bool:
+    """Whether the variant is a :func:`efficonv.search` over the schemes of ``search`` (``rule`` its target)."""
+    return bool(self.search)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +96,16 @@ class CompressSettings:
     dense_implementation: what the convs left dense run (:class:`efficonv.Policy`): ``None`` keeps them
       ``nnx.Conv``; ``"auto"`` makes them :class:`efficonv.nnx.Conv` (the fastest dense formulation per
       shape). The dense baseline is timed both ways either way (the faster one counts).
+    calibration_size: training images the search variants measure sensitivity on (the first ones).
+    stages: compress in this many stages (MUSCO-style, :func:`compress_in_stages`): the convs a variant
+      replaces are split into ``stages`` groups in forward order; each group is factorized from the weights
+      the previous stages' fine-tuning left, then the network is fine-tuned for its share of
+      ``finetune_steps`` (the same total as one stage).
+    search_ranks: the candidate rank rules of the search variants (``None``: :func:`efficonv.search`'s
+      default, ``MacReduction`` 2–16).
+    search_decompose_kwargs: ``{scheme: keywords}`` of the search variants' fits (e.g.
+      ``{"cp": {"n_restarts": 1}}`` to make CP's fit at every candidate rank cheaper); the final compression
+      makes the same fits.
   """
 
   variants: tuple[Variant, ...]
@@ -87,6 +113,10 @@ class CompressSettings:
   finetune_lr_fraction: float = 0.1
   implementation: str = "factorized"
   dense_implementation: str | None = None
+  calibration_size: int = 256
+  stages: int = 1
+  search_ranks: tuple[Any, ...] | None = None
+  search_decompose_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 _STANDARD = (
@@ -110,6 +140,8 @@ CATALOG: dict[str, Variant] = {
     Variant("separable_mac4", "separable", rank_lib.MacReduction(4)),
     Variant("tt_mac4", "tt", rank_lib.MacReduction(4)),
     Variant("tucker2_full", "tucker2", rank_lib.Fixed(1 << 20)),  # clipped to (C_in, C_out)
+    Variant("search_speedup4", "search", rank_lib.Speedup(4), search=("cp", "tucker2")),
+    Variant("search_speedup8", "search", rank_lib.Speedup(8), search=("cp", "tucker2")),
   )
 }
 
@@ -196,8 +228,166 @@ def finetune(
   }
 
 
-#: XLA:CPU without YNNPACK library fusion: one of the compile settings the fastest dense network is sought in.
-NO_YNN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+def search_policy(
+  variant: Variant,
+  settings: CompressSettings,
+  model: nnx.Module,
+  calibration: Sequence[np.ndarray],
+  input_shape: Sequence[int],
+  tables: dict[tuple[str, ...], SearchReport],
+) -> tuple[Policy, SearchReport]:
+  """The policy of a search variant: :func:`efficonv.search` for its target, or, when an earlier variant
+  searched the same schemes (``tables``, updated), :func:`efficonv.policy_search.allocate` on its tables.
+
+  Args:
+    variant: a search variant (``variant.search`` its schemes, ``variant.rule`` its target).
+    settings: the implementations, candidate ranks and fit keywords.
+    model: the trained dense model.
+    calibration: standardized input batches the sensitivities are measured on.
+    input_shape: NHWC shape the candidates are timed at (the benchmark's batch).
+    tables: reports of earlier searches, by their schemes.
+
+  Returns:
+    ``(policy, report)``.
+
+  Raises:
+    ValueError: naming ``variant`` when it is not a search variant.
+  """
+  if not variant.is_search:
+    raise ValueError(f"variant must be a search variant (with search schemes), got {variant!r}")
+  earlier = tables.get(variant.search)
+  if earlier is not None:
+    return allocate(earlier, variant.rule)
+  policy, report = search(
+    model,
+    variant.rule,
+    input_shape=input_shape,
+    data=list(calibration),
+    schemes=variant.search,
+    ranks=settings.search_ranks,
+    decompose_kwargs=settings.search_decompose_kwargs or None,
+    implementation=settings.implementation,
+    dense_implementation=settings.dense_implementation,
+    measure_time=True,
+  )
+  tables[variant.search] = report
+  return policy, report
+
+
+def stage_groups(policy: Policy, model: nnx.Module, input_shape: Sequence[int], stages: int) -> list[tuple[str, ...]]:
+  """The convs ``policy`` replaces in ``model``, in forward order, split into at most ``stages`` groups.
+
+  A conv counts when the policy names it with a scheme, or, not named, when the uniform fields select it
+  (a rank, not the skipped first conv, in ``include``); convs no factorized layer can replace are left out.
+
+  Raises:
+    ValueError: naming ``stages`` when it is not a positive int.
+  """
+  if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+    raise ValueError(f"stages must be a positive int, got {stages!r}")
+  convs = {"/".join(str(p) for p in path): node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Conv)}
+  paths: list[str] = []
+  for index, (path, _) in enumerate(conv_calls(model, input_shape)):
+    name = "/".join(str(p) for p in path)
+    if name in paths:
+      continue
+    if name in policy.layers:
+      selected = policy.layers[name] != "dense"
+    else:
+      included = policy.include is None or (not callable(policy.include) and name in policy.include)
+      selected = policy.rank is not None and not (policy.skip_first and index == 0) and included
+    try:
+      conv_kernel(convs[name])
+    except ValueError:
+      selected = False
+    if selected:
+      paths.append(name)
+  return [tuple(group) for group in np.array_split(np.array(paths, dtype=object), stages) if len(group)]
+
+
+def compress_in_stages(
+  cfg: ExperimentConfig,
+  settings: CompressSettings,
+  model: nnx.Module,
+  policy: Policy,
+  input_shape: Sequence[int],
+  train_set: data.Dataset,
+  test_set: data.Dataset,
+  parallel: Any,
+) -> dict[str, Any]:
+  """Multi-stage compression (MUSCO-style: compress some layers, fine-tune, repeat).
+
+  The convs of :func:`stage_groups` are factorized group by group (each group's policy is ``policy``
+  restricted to it, so rank rules read the weights the earlier stages' fine-tuning left), each stage followed
+  by fine-tuning for ``finetune_steps // stages`` steps (the last stage also gets the remainder).
+
+  Returns:
+    ``{"report", "graphdef", "predict", "before", "tuned", "stages"}``: the combined per-layer report (each
+    conv's entry from the stage that replaced it; the policy every stage applied, merged), the final model's
+    graphdef and predict function, the test metrics right after the last stage's compression, the last
+    fine-tuning (with every stage's losses and time), and one record per stage (its convs, accuracy after
+    compression and after fine-tuning, steps).
+  """
+  eval_batch = cfg.train.eval_batch_size or cfg.train.batch_size
+  groups = stage_groups(policy, model, input_shape, settings.stages)
+  share, extra = divmod(settings.finetune_steps, max(len(groups), 1))
+  entries: dict[str, Any] = {}
+  order: list[str] = []
+  resolved: dict[str, Any] = {}
+  records, losses, elapsed = [], [], 0.0
+  first_policy: Policy | None = None
+  current, tuned, before, graphdef, predict = model, None, None, None, None
+  for k, group in enumerate(groups):
+    stage_policy = dataclasses.replace(
+      policy, include=group, layers={p: c for p, c in policy.layers.items() if p in group}, skip_first=False
+    )
+    compressed, report = compress(current, stage_policy, input_shape=input_shape)
+    for layer in report.layers:
+      if not order or layer.path in group:
+        entries[layer.path] = layer
+    if not order:
+      order = [layer.path for layer in report.layers]
+      first_policy = report.policy
+    assert report.policy is not None
+    resolved.update({p: report.policy.layers[p] for p in group})
+    graphdef, params, rest = nnx.split(compressed, nnx.Param, ...)
+    predict = make_predict(graphdef)
+    before = evaluate(predict, params, rest, test_set, eval_batch, parallel)
+    steps = share + (extra if k == len(groups) - 1 else 0)
+    tuned = finetune(cfg, graphdef, params, rest, train_set, steps, settings.finetune_lr_fraction, parallel)
+    after = evaluate(predict, tuned["params"], tuned["rest"], test_set, eval_batch, parallel)
+    losses += tuned["losses"]
+    elapsed += tuned["elapsed_s"]
+    records.append(
+      {
+        "convs": list(group),
+        "accuracy_compressed": before["accuracy"],
+        "accuracy_tuned": after["accuracy"],
+        "finetune_steps": steps,
+      }
+    )
+    logger.info(
+      "stage %d/%d: %d convs, accuracy %.4f -> %.4f",
+      k + 1,
+      len(groups),
+      len(group),
+      before["accuracy"],
+      after["accuracy"],
+    )
+    current = merge(graphdef, tuned["params"], tuned["rest"])
+  if tuned is None or first_policy is None:
+    raise ValueError(f"policy replaces no conv of the model, so there is nothing to compress in stages: {policy!r}")
+  merged = dict(first_policy.layers)
+  merged.update(resolved)
+  report = Report(tuple(entries[p] for p in order), dataclasses.replace(first_policy, layers=merged))
+  return {
+    "report": report,
+    "graphdef": graphdef,
+    "predict": predict,
+    "before": before,
+    "tuned": {**tuned, "losses": losses, "elapsed_s": elapsed},
+    "stages": records,
+  }
 
 
 def compiled_with(graphdef: nnx.GraphDef, options: dict[str, Any]) -> Any:
@@ -219,24 +409,30 @@ def dense_builds(
 ) -> dict[str, Subject]:
   """Every dense build of the trained network that is timed; the fastest one is the baseline of the speedups.
 
-  ``dense`` is the network as trained (``nnx.Conv``); ``dense/efficonv`` has every conv as
-  :class:`efficonv.nnx.Conv` with ``implementation="auto"`` (:func:`efficonv.compression.replace_dense`: the
-  fastest dense formulation per layer, im2col on small maps on a CPU). On a CPU both are also compiled without
-  YNNPACK fusion (``/no_ynn``). All compute the same function with the same weights.
+  The builds of :func:`experiments.bench.dense_baselines.dense_network_builds` (the whole-network benchmark's
+  own): ``dense`` is the network as trained (``nnx.Conv``), ``dense/efficonv`` has every conv as
+  :class:`efficonv.nnx.Conv` with ``implementation="auto"`` (the fastest dense formulation per layer); on a
+  CPU each is also compiled without YNNPACK fusion (``/no_ynn``). All compute the same function with the
+  same weights.
   """
-  builds = {
-    "dense": Subject(base.graphdef, base.params, base.rest, base.opt_state, base.train_step, parallel, base.predict)
-  }
-  fast = replace_dense(dense_model, "auto")
-  graphdef, params, rest = nnx.split(fast, nnx.Param, ...)
-  step = finetune(cfg, graphdef, params, rest, train_set, 0, 1.0, parallel)  # its training step, no update
-  builds["dense/efficonv"] = Subject(
-    graphdef, params, rest, step["opt_state"], step["train_step"], parallel, make_predict(graphdef)
-  )
-  if jax.default_backend() == "cpu":
-    for name in ("dense", "dense/efficonv"):
-      s = builds[name]
-      builds[f"{name}/no_ynn"] = dataclasses.replace(s, predict=compiled_with(s.graphdef, NO_YNN_OPTIONS))
+  builds: dict[str, Subject] = {}
+  steps: dict[int, Subject] = {}  # one training step per build's model, shared by its compile settings
+  for name, (model, options) in dense_network_builds(dense_model, ("nnx", "auto"), ("default", "no_ynn")).items():
+    if id(model) not in steps:
+      if model is dense_model:
+        steps[id(model)] = Subject(
+          base.graphdef, base.params, base.rest, base.opt_state, base.train_step, parallel, base.predict
+        )
+      else:
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        step = finetune(cfg, graphdef, params, rest, train_set, 0, 1.0, parallel)  # its training step, no update
+        steps[id(model)] = Subject(
+          graphdef, params, rest, step["opt_state"], step["train_step"], parallel, make_predict(graphdef)
+        )
+    subject = steps[id(model)]
+    builds[name] = (
+      dataclasses.replace(subject, predict=compiled_with(subject.graphdef, options)) if options else subject
+    )
   return builds
 
 
@@ -302,22 +498,41 @@ def run(
   )["accuracy"]
 
   rows: list[CompressRow] = []
+  bench_batch = cfg.bench.batch_size or cfg.train.batch_size
+  calibration = [
+    np.asarray(data.normalize(train_set.images[i : i + eval_batch], train_set.name))
+    for i in range(0, min(settings.calibration_size, len(train_set)), eval_batch)
+  ]
+  tables: dict[tuple[str, ...], SearchReport] = {}
   for variant in settings.variants:
     start = time.perf_counter()
-    policy = Policy(
-      scheme=variant.scheme,
-      rank=variant.rule,
-      implementation=settings.implementation,
-      dense_implementation=settings.dense_implementation,
-    )
-    model, report = compress(dense_model, policy, input_shape=input_shape)
-    compress_s = time.perf_counter() - start
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    predict = make_predict(graphdef)
-    before = evaluate(predict, params, rest, test_set, eval_batch, parallel)
-    tuned = finetune(
-      cfg, graphdef, params, rest, train_set, settings.finetune_steps, settings.finetune_lr_fraction, parallel
-    )
+    searched: SearchReport | None = None
+    if variant.is_search:
+      policy, searched = search_policy(variant, settings, dense_model, calibration, (bench_batch, *image_shape), tables)
+      search_s = time.perf_counter() - start
+    else:
+      policy = Policy(
+        scheme=variant.scheme,
+        rank=variant.rule,
+        implementation=settings.implementation,
+        dense_implementation=settings.dense_implementation,
+      )
+    stages = None
+    if settings.stages > 1:
+      staged = compress_in_stages(cfg, settings, dense_model, policy, input_shape, train_set, test_set, parallel)
+      report, graphdef, predict = staged["report"], staged["graphdef"], staged["predict"]
+      before, tuned, stages = staged["before"], staged["tuned"], staged["stages"]
+      model = merge(graphdef, tuned["params"], tuned["rest"])
+      compress_s = time.perf_counter() - start - tuned["elapsed_s"]
+    else:
+      model, report = compress(dense_model, policy, input_shape=input_shape)
+      compress_s = time.perf_counter() - start
+      graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+      predict = make_predict(graphdef)
+      before = evaluate(predict, params, rest, test_set, eval_batch, parallel)
+      tuned = finetune(
+        cfg, graphdef, params, rest, train_set, settings.finetune_steps, settings.finetune_lr_fraction, parallel
+      )
     after = evaluate(predict, tuned["params"], tuned["rest"], test_set, eval_batch, parallel)
     macs = cost.macs(model, input_shape)
     row: CompressRow = {  # type: ignore[typeddict-item]  # the timings are added below
@@ -341,6 +556,19 @@ def run(
       "report": report.to_dict(),
       "report_markdown": report.to_markdown(),
     }
+    if stages is not None:
+      row["stages"] = stages
+    if searched is not None:
+      row.update(
+        searched_schemes=list(variant.search),
+        predicted_speedup=searched.predicted_speedup,
+        predicted_mac_ratio=searched.predicted_mac_ratio,
+        search_target_met=searched.target_met,
+        search_s=search_s,
+        search=searched.to_dict(),
+        search_markdown=searched.to_markdown(),
+      )
+      searched.plot(workdir / f"search_{variant.name}.png")
     rows.append(row)
     logger.info(
       "%s: %.2fx fewer MACs, accuracy %.4f -> %.4f after %d fine-tuning steps (dense %.4f)",
@@ -356,7 +584,6 @@ def run(
     )
 
   logger.info("Timing %d models (at least %d calls each)", len(subjects), cfg.bench.repeats)
-  bench_batch = cfg.bench.batch_size or cfg.train.batch_size
   timings = benchmark(subjects, cfg.bench, image_shape, bench_batch)
   dense_names = [name for name in subjects if name == "dense" or name.startswith("dense/")]
   fastest_throughput = max(dense_names, key=lambda n: timings[n].inference_images_per_s)
@@ -379,6 +606,7 @@ def run(
       latency_ms=t.latency_ms,
       inference_speedup=t.inference_images_per_s / dense_t.inference_images_per_s,
       latency_speedup=timings[fastest_latency].latency_ms / t.latency_ms,
+      measured_speedup_vs_dense=t.inference_images_per_s / timings["dense"].inference_images_per_s,
       bench_stats=t.stats,
     )
   payload: CompressPayload = {
@@ -389,6 +617,10 @@ def run(
       "finetune_lr_fraction": settings.finetune_lr_fraction,
       "implementation": settings.implementation,
       "dense_implementation": settings.dense_implementation,
+      "calibration_size": settings.calibration_size,
+      "stages": settings.stages,
+      "search_ranks": None if settings.search_ranks is None else [rule_label(r) for r in settings.search_ranks],
+      "search_decompose_kwargs": settings.search_decompose_kwargs,
     },
     "environment": environment(command or None),
     "bench_batch_size": bench_batch,
@@ -417,7 +649,13 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
     f"{dense['inference_images_per_s']:.0f} images/s inference (batch {payload['bench_batch_size']}). "
     f"Each variant factorizes every conv after the stem (`efficonv.compress`, implementation "
     f"`{settings['implementation']}`), then fine-tunes {settings['finetune_steps']} steps at "
-    f"{settings['finetune_lr_fraction']:g}× the training learning rate.",
+    f"{settings['finetune_lr_fraction']:g}× the training learning rate"
+    + (
+      f", in {settings['stages']} stages (MUSCO-style: one group of convs at a time, in forward order, each "
+      "followed by its share of the fine-tuning)."
+      if settings.get("stages", 1) > 1
+      else "."
+    ),
     "",
     f"Measured on {env.get('device_kind', '?')} ({env.get('date', '?')}); MAC ratio is whole-network "
     "(`efficonv.cost.macs` of the dense model / of the compressed one); speedups are against the fastest dense "
@@ -440,19 +678,28 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
       "",
     ]
   lines += [
+    "Search variants (`efficonv.search`) predict their throughput speedup over the `dense` build (the network "
+    "as trained) from each conv's candidates timed alone at the benchmark batch plus the rest of the network; "
+    "*predicted* and *measured vs dense* compare that prediction with the benchmark.",
+    "",
     "| variant | scheme | rule | MAC ratio | throughput speedup | latency speedup | acc dense | acc before FT | "
-    "acc after FT | drop (points) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "acc after FT | drop (points) | predicted speedup | measured vs dense |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in payload["results"]:
+    predicted = f"{r['predicted_speedup']:.2f}×" if "predicted_speedup" in r else "—"
+    measured = f"{r['measured_speedup_vs_dense']:.2f}×" if "measured_speedup_vs_dense" in r else "—"
+    scheme = f"search({', '.join(r['searched_schemes'])})" if "searched_schemes" in r else r["scheme"]
     lines.append(
-      f"| {r['variant']} | {r['scheme']} | {r['rule']} | {r['mac_ratio']:.2f}× | {r['inference_speedup']:.2f}× | "
+      f"| {r['variant']} | {scheme} | {r['rule']} | {r['mac_ratio']:.2f}× | {r['inference_speedup']:.2f}× | "
       f"{r['latency_speedup']:.2f}× | {100 * r['accuracy_dense']:.2f}% | {100 * r['accuracy_before_ft']:.2f}% | "
-      f"{100 * r['accuracy_after_ft']:.2f}% | {r['drop_points']:+.2f} |"
+      f"{100 * r['accuracy_after_ft']:.2f}% | {r['drop_points']:+.2f} | {predicted} | {measured} |"
     )
   lines += ["", "## Per-layer compression reports", ""]
   for r in payload["results"]:
     lines += [f"### {r['variant']}", "", r["report_markdown"], ""]
+    if "search_markdown" in r:
+      lines += [f"Search tables ({r['search_s']:.0f} s):", "", r["search_markdown"], ""]
   return "\n".join(lines)
 
 
@@ -496,6 +743,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument(
     "--dense-implementation", default=None, help="what the convs left dense run: 'auto' (efficonv.nnx.Conv) or None"
   )
+  parser.add_argument(
+    "--stages", type=int, default=None, help="compress in this many stages, fine-tuning after each (default 1)"
+  )
+  parser.add_argument(
+    "--search-reductions",
+    default=None,
+    help="comma-separated MAC reductions whose ranks are the search variants' candidates (default 2,3,4,6,8,12,16)",
+  )
+  parser.add_argument(
+    "--search-cp-restarts", type=int, default=None, help="n_restarts of the search variants' CP fits (default 4)"
+  )
   return parser.parse_args(argv)
 
 
@@ -519,6 +777,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = dataclasses.replace(settings, dense_implementation=args.dense_implementation)
   if args.implementation is not None:
     settings = dataclasses.replace(settings, implementation=args.implementation)
+  if args.stages is not None:
+    if args.stages < 1:
+      raise ValueError(f"--stages must be >= 1, got {args.stages}")
+    settings = dataclasses.replace(settings, stages=args.stages)
+  if args.search_reductions is not None:
+    reductions = tuple(rank_lib.MacReduction(float(v)) for v in args.search_reductions.split(",") if v.strip())
+    settings = dataclasses.replace(settings, search_ranks=reductions)
+  if args.search_cp_restarts is not None:
+    kwargs = {**settings.search_decompose_kwargs, "cp": {"n_restarts": args.search_cp_restarts}}
+    settings = dataclasses.replace(settings, search_decompose_kwargs=kwargs)
   workdir = args.workdir or os.path.join("results", f"compress_{args.config}_{args.preset}")
   command = command_line(__spec__.name, argv)
   payload = run(cfg, settings, workdir, command=command)

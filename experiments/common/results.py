@@ -191,6 +191,16 @@ class CompressRow(_CompressRowRequired, total=False):
   report_markdown: str
   bench_stats: dict[str, TimingStats]
   bench_rounds: dict[str, list[float]]
+  measured_speedup_vs_dense: float
+  stages: list[dict[str, Any]]
+  # Search variants (efficonv.search) only:
+  searched_schemes: list[str]
+  predicted_speedup: float
+  predicted_mac_ratio: float
+  search_target_met: bool
+  search_s: float
+  search: dict[str, Any]
+  search_markdown: str
 
 
 class CompressPayload(TypedDict):
@@ -358,6 +368,16 @@ Payload = (
 )
 
 
+class CpQualityPayload(TypedDict):
+  """``cp_quality/cp_quality.json`` (:mod:`experiments.bench.cp_quality`): CP errors and speed against TensorLy."""
+
+  benchmark: str
+  settings: dict[str, Any]
+  machine: MachineInfo
+  quality: list[dict[str, Any]]
+  speed: dict[str, Any] | None
+
+
 class DenseConvPayload(TypedDict):
   """``bench_dense_conv/*.json`` (:mod:`experiments.bench.dense_conv`): every dense formulation per shape."""
 
@@ -374,6 +394,7 @@ _SCHEMAS: dict[str, tuple[type, dict[str, type]]] = {
   "quick_timing": (QuickTimingPayload, {}),
   "decompose": (DecomposePayload, {}),
   "dense_conv": (DenseConvPayload, {}),
+  "cp_quality": (CpQualityPayload, {}),
 }
 KINDS: tuple[str, ...] = tuple(_SCHEMAS)
 """The kinds of results file :func:`load` reads."""

@@ -9,6 +9,7 @@ run killed mid-save leaves the previous checkpoint as the latest.
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Any
 
 import jax
@@ -64,6 +65,8 @@ class Checkpointer:
 def read_checkpoint(directory: str | os.PathLike[str], step: int | None = None) -> dict[str, Any]:
   """Reads a checkpoint without a template, as nested dicts of arrays (for inspection and tests).
 
+  Also a checkpoint written by a multi-process run, read by one process.
+
   Args:
     directory: the checkpoints directory (``<workdir>/checkpoints``).
     step: which checkpoint; the latest complete one when ``None``.
@@ -81,5 +84,11 @@ def read_checkpoint(directory: str | os.PathLike[str], step: int | None = None) 
   step = (steps[-1] if steps else None) if step is None else step
   if step is None or step not in steps:
     raise ValueError(f"directory must hold a complete checkpoint{'' if step is None else f' {step}'}: {path}")
+  item = os.path.join(path, str(step), "default")
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(os.path.join(path, str(step), "default"))
+    # Onto this process's first device, whatever topology saved it (a multi-process run's checkpoint too,
+    # which Orbax refuses to restore without a target).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    saved = ocp.StandardCheckpointHandler().metadata(pathlib.Path(item)).tree  # shapes and dtypes
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+    return checkpointer.restore(item, target)

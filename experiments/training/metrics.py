@@ -25,11 +25,13 @@ class MetricsLog:
   Args:
     path: the ``.jsonl`` file (created if missing).
     resume_step: keep only existing records with ``step <= resume_step``; ``None`` starts a new file.
+    write: ``False`` reads the file (on resume) but never writes it, keeping records in memory only: the
+      processes other than 0 of a multi-process run (their records are process 0's up to the timings).
   """
 
-  def __init__(self, path: str | os.PathLike[str], *, resume_step: int | None):
+  def __init__(self, path: str | os.PathLike[str], *, resume_step: int | None, write: bool = True):
     self.path = Path(path)
-    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.write_file = write
     self.records: list[dict[str, Any]] = []
     if resume_step is not None and self.path.exists():
       for line in self.path.read_text().splitlines():
@@ -40,12 +42,16 @@ class MetricsLog:
           continue
         if record.get("step", 0) <= resume_step:
           self.records.append(record)
-    with self.path.open("w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in self.records)
+    if write:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      with self.path.open("w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in self.records)
 
   def write(self, record: dict[str, Any]) -> None:
     """Appends ``record`` (JSON-serializable values) to the file and to :attr:`records`."""
     self.records.append(record)
+    if not self.write_file:
+      return
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
       f.flush()

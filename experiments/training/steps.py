@@ -97,16 +97,30 @@ def shard_batch(parallel: Parallel, *arrays: np.ndarray) -> tuple[jax.Array, ...
     size = array.shape[0]
     if size % parallel.num_devices:
       raise ValueError(f"batch size must be a multiple of the number of devices {parallel.num_devices}, got {size}")
-    per_process = size // jax.process_count()
-    start = jax.process_index() * per_process
-    local = array[start : start + per_process]
+    # This process's rows: those of its devices (contiguous, as the mesh lists each process's devices together).
+    rows = [index[0].indices(size) for index in parallel.batch.addressable_devices_indices_map(array.shape).values()]
+    local = array[min(r[0] for r in rows) : max(r[1] for r in rows)]
     out.append(jax.make_array_from_process_local_data(parallel.batch, local, array.shape))
   return tuple(out)
 
 
 def replicate(parallel: Parallel, tree: Any) -> Any:
-  """Copies every array leaf of ``tree`` to all devices of the mesh."""
-  return jax.device_put(tree, parallel.replicated)
+  """Copies every array leaf of ``tree`` to all devices of the mesh.
+
+  In a multi-process run every process passes the same values, and each global array is built from this
+  process's copy (``jax.device_put`` of a process-local ``jax.Array`` onto a mesh spanning processes gives, in
+  JAX 0.10, arrays that Orbax cannot save: their per-device pieces are not single-device arrays).
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, parallel.replicated)
+
+  def leaf(x: Any) -> jax.Array:
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, parallel.replicated, lambda index: host[index])
+
+  return jax.tree.map(leaf, tree)
 
 
 def init_model(cfg: ModelConfig, image_shape: Sequence[int], seed: int) -> tuple[nnx.GraphDef, State, State]:

@@ -18,13 +18,24 @@ Data parallelism: the global batch is sharded over a 1-D mesh ``("data",)`` of a
 first ``train.num_devices``), parameters are replicated (:mod:`experiments.training.steps`). To try it on a CPU, fake
 devices with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``.
 
-Multi-host: start the same command on every host with :func:`jax.distributed.initialize` called first (on
-Cloud TPU and SLURM it needs no arguments; elsewhere pass ``coordinator_address``, ``num_processes`` and
-``process_id``, or set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) — the
-``--distributed`` flag does that. The mesh then spans every host's devices; every process reads the same
-global batch (same seed, same order) and contributes the rows of its own devices
-(:func:`jax.make_array_from_process_local_data`); metrics are global; Orbax writes each checkpoint once, so
-the workdir must be on a file system all hosts share.
+Multi-host (or several processes on one host): start the same command once per process with
+``--distributed``, which calls :func:`jax.distributed.initialize` first (:func:`initialize_distributed`). On
+Cloud TPU and SLURM it needs nothing more; elsewhere give ``--coordinator-address HOST:PORT`` (process 0's
+host, a free port), ``--num-processes N`` and ``--process-id I``, or set ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (read with ``--distributed``); each of the three flags implies
+``--distributed``. CPU collectives go over
+gloo (JAX's default). The mesh then spans every process's devices; every process reads the same global batch
+(same seed, same order) and contributes the rows of its own devices
+(:func:`jax.make_array_from_process_local_data`), so the run computes what one process with the same global
+batch computes, up to float summation order; metrics are global; layers on ``implementation="autotune"`` run
+process 0's choices (:mod:`efficonv.planning.tuning`); at the end the processes check that they hold the
+same parameters (:func:`jax.experimental.multihost_utils.assert_equal` of per-array sums); Orbax writes each checkpoint once, so the workdir must
+be on a file system all processes share. Two processes on one machine::
+
+  python -m experiments.training.train --config compare_fashion_mnist --preset tiny --scheme cp \\
+    --workdir /tmp/mp --coordinator-address localhost:12355 --num-processes 2 --process-id 0 &
+  python -m experiments.training.train --config compare_fashion_mnist --preset tiny --scheme cp \\
+    --workdir /tmp/mp --coordinator-address localhost:12355 --num-processes 2 --process-id 1
 """
 
 from __future__ import annotations
@@ -41,7 +52,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from experiments import data
 from experiments.cli import add_config_arguments, config_from_args, setup_logging
@@ -148,10 +161,20 @@ def train(
   """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  _check_or_write_config(cfg, workdir / "config.json")
+  main_process = jax.process_index() == 0
+  if main_process:  # one process writes the workdir's files; the others check them once written (below)
+    _check_or_write_config(cfg, workdir / "config.json")
   train_set, test_set = datasets if datasets is not None else load_datasets(cfg.data, cfg.model.num_classes)
   tc = cfg.train
   parallel = make_parallel(tc.num_devices)
+  if jax.process_count() > 1:
+    logger.info(
+      "process %d of %d: %d of the %d devices",
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      parallel.num_devices,
+    )
   if tc.batch_size % parallel.num_devices:
     raise ValueError(f"train.batch_size must be a multiple of the {parallel.num_devices} devices, got {tc.batch_size}")
   steps_per_epoch = data.num_batches(len(train_set), tc.batch_size)
@@ -184,7 +207,13 @@ def train(
       int(state["batch_in_epoch"]),
       workdir,
     )
-  log = MetricsLog(workdir / "metrics.jsonl", resume_step=latest)
+  if main_process:
+    log = MetricsLog(workdir / "metrics.jsonl", resume_step=latest)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("experiments.training.train: config.json and metrics.jsonl written")
+  if not main_process:
+    _check_or_write_config(cfg, workdir / "config.json")
+    log = MetricsLog(workdir / "metrics.jsonl", resume_step=latest, write=False)
 
   train_step = make_train_step(
     graphdef, optimizer, parallel, dataset_name=train_set.name, augment=cfg.data.augment, schedule=schedule
@@ -202,7 +231,8 @@ def train(
       "epoch": replicate(parallel, jnp.asarray(epoch, jnp.int32)),
       "batch_in_epoch": replicate(parallel, jnp.asarray(batch, jnp.int32)),
       "rng": rng,
-      "elapsed_s": replicate(parallel, jnp.asarray(elapsed, jnp.float32)),
+      # Every process saves the same state, so process 0's clock.
+      "elapsed_s": replicate(parallel, jnp.asarray(multihost_utils.broadcast_one_to_all(np.float32(elapsed)))),
     }
     checkpointer.save(step, snapshot)
 
@@ -258,11 +288,26 @@ def train(
     )
     save(epoch + 1, 0)
   checkpointer.close()
+  if jax.process_count() > 1:
+    _check_replicas(params)
 
   tests = [r for r in log.records if r["split"] == "test"]
   final = {"loss": tests[-1]["loss"], "accuracy": tests[-1]["accuracy"]} if tests else {}
   return TrainResult(
     graphdef, params, rest, list(log.records), final, step, elapsed, parallel, opt_state, train_step, predict
+  )
+
+
+def _check_replicas(params: Any) -> None:
+  """Raises unless every process ends with the same parameters (one float64 sum per array compared)."""
+  sums = np.array([np.asarray(leaf.addressable_data(0), np.float64).sum() for leaf in jax.tree.leaves(params)])
+  # Compared as their bits: the gather behind assert_equal would round float64 to JAX's default float32.
+  multihost_utils.assert_equal(sums.view(np.uint32), "the processes ended training with different parameters")
+  logger.info(
+    "process %d of %d: parameters equal on every process (sums of %d arrays compared)",
+    jax.process_index(),
+    jax.process_count(),
+    sums.size,
   )
 
 
@@ -293,12 +338,48 @@ def _check_or_write_config(cfg: ExperimentConfig, path: Path) -> None:
   path.write_text(json.dumps(config_dict(cfg), indent=2) + "\n")
 
 
+def initialize_distributed(
+  coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> None:
+  """Calls :func:`jax.distributed.initialize`, the arguments left ``None`` read from the environment.
+
+  ``JAX_COORDINATOR_ADDRESS`` is read by JAX itself; ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` here. What
+  is still missing, JAX detects on Cloud TPU, SLURM and Open MPI.
+
+  Args:
+    coordinator_address: ``host:port`` of process 0's coordinator.
+    num_processes: how many processes take part.
+    process_id: this process, in ``[0, num_processes)``.
+
+  Raises:
+    ValueError: naming ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` when set to something other than an int.
+  """
+  if num_processes is None:
+    num_processes = _int_env("JAX_NUM_PROCESSES")
+  if process_id is None:
+    process_id = _int_env("JAX_PROCESS_ID")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def _int_env(name: str) -> int | None:
+  value = os.environ.get(name)
+  if value is None:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise ValueError(f"{name} must be an int, got {value!r}") from None
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog=f"python -m {__spec__.name}", description=__doc__.split("\n")[0])
   add_config_arguments(parser)
   parser.add_argument("--scheme", default=None, help="overrides model.scheme")
   parser.add_argument("--workdir", default=None, help="default: results/train/<config>_<preset>_<scheme>")
   parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+  parser.add_argument("--coordinator-address", default=None, help="host:port of process 0 (implies --distributed)")
+  parser.add_argument("--num-processes", type=int, default=None, help="processes in the run (implies --distributed)")
+  parser.add_argument("--process-id", type=int, default=None, help="this process's index (implies --distributed)")
   return parser.parse_args(argv)
 
 
@@ -306,8 +387,8 @@ def main(argv: Sequence[str] | None = None, *, on_step: Callable[[int], None] | 
   """The command line; ``on_step`` as for :func:`train` (for tests)."""
   args = parse_args(argv)
   setup_logging()
-  if args.distributed:
-    jax.distributed.initialize()
+  if args.distributed or any(v is not None for v in (args.coordinator_address, args.num_processes, args.process_id)):
+    initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
   cfg = config_from_args(args)
   if args.scheme is not None:
     cfg = cfg.with_scheme(args.scheme)

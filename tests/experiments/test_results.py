@@ -17,9 +17,12 @@ def _kind(path: Path) -> str:
     return path.stem
   if path.name.startswith("bench_decompose"):
     return "decompose"
-  return {"quick_timing": "quick_timing", "auto_sweep": "auto_sweep", "bench_dense_conv": "dense_conv"}.get(
-    path.parent.name
-  ) or ("bench_layers" if path.parent.name.startswith("bench_layers") else "bench_network")
+  return {
+    "quick_timing": "quick_timing",
+    "auto_sweep": "auto_sweep",
+    "bench_dense_conv": "dense_conv",
+    "cp_quality": "cp_quality",
+  }.get(path.parent.name) or ("bench_layers" if path.parent.name.startswith("bench_layers") else "bench_network")
 
 
 COMMITTED = sorted(

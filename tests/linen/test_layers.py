@@ -176,7 +176,7 @@ def test_dtypes() -> None:
 @pytest.mark.parametrize(
   ("overrides", "shape", "argument"),
   [
-    ({}, (1, *INPUT_SHAPE), "inputs"),
+    ({}, INPUT_SHAPE[-1:], "inputs"),
     ({}, INPUT_SHAPE[1:3], "inputs"),
     ({"rank": 0}, INPUT_SHAPE, "rank"),
     ({"padding": "FULL"}, INPUT_SHAPE, "padding"),
@@ -286,7 +286,94 @@ def test_every_nnx_layer_has_a_linen_counterpart() -> None:
   nnx_layers = {
     n for n, v in vars(enn).items() if isinstance(v, type) and issubclass(v, flax_nnx.Module) and n != "FactorizedConv"
   }
-  # efficonv.nnx.Conv is a drop-in nnx.Conv running efficonv.kernels.conv; a Linen one is issue 12's work.
-  nnx_layers.discard("Conv")
-  assert len(nnx_layers) == 7
+  assert len(nnx_layers) == 8
   assert all(issubclass(getattr(eln, n, object), linen.Module) for n in nnx_layers), nnx_layers - set(dir(eln))
+  assert issubclass(eln.Conv, linen.Conv)  # as efficonv.nnx.Conv subclasses nnx.Conv
+
+
+# ---------------------------------------------------------------------------- nnx.Conv's options, the objective
+def test_groups_input_dilation_and_batch_axes_as_the_nnx_layer() -> None:
+  """linen.Conv's ``feature_group_count`` and ``input_dilation`` and several batch axes, as in the NNX layer."""
+  x = jax.random.normal(jax.random.key(1), (2, 3, 5, 4, IN_FEATURES))
+  cases = [{"feature_group_count": 2}, {"input_dilation": (2, 1), "padding": ((1, 1), (0, 2))}]
+
+  def run(key: jax.Array, x: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+    out = []
+    for options in cases:
+      module = linen_layer("CPConv", precision="highest", bias_init=RANDOM_BIAS, **options)
+      params = module.init(key, x)["params"]
+      layer = enn.CPConv.from_format(format_of("CPConv", params), bias=params["bias"], precision="highest", **options)
+      out.append((module.apply({"params": params}, x), layer(x)))
+    return out
+
+  for options, (y, expected) in zip(cases, run_compiled(run, jax.random.key(0), x)):
+    assert y.shape[:2] == (2, 3), options
+    np.testing.assert_allclose(np.asarray(y), np.asarray(expected), rtol=1e-5, atol=1e-5, err_msg=str(options))
+  with pytest.raises(ValueError, match=r"^feature_group_count must divide"):
+    jax.eval_shape(lambda x: linen_layer("CPConv", feature_group_count=4).init(jax.random.key(0), x), x)
+  with pytest.raises(ValueError, match=r"^padding must be explicit"):
+    jax.eval_shape(lambda x: linen_layer("CPConv", input_dilation=2).init(jax.random.key(0), x), x)
+
+
+def test_objective_field_and_call_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+  """What ``auto`` optimises: the field, overridden by the call's ``objective=`` (a training step passes it)."""
+  from efficonv import _factorized
+
+  seen: list[str] = []
+  layer_conv = _factorized.layer_conv
+
+  def spy(*args: Any, objective: str, **kwargs: Any) -> jax.Array:
+    seen.append(objective)
+    return layer_conv(*args, objective=objective, **kwargs)
+
+  monkeypatch.setattr(_factorized, "layer_conv", spy)
+  x = jax.ShapeDtypeStruct(INPUT_SHAPE, jnp.float32)
+  module = linen_layer("SeparableConv")
+  variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
+  jax.eval_shape(lambda v, x: module.apply(v, x), variables, x)
+  jax.eval_shape(lambda v, x: module.apply(v, x, objective="training"), variables, x)
+  jax.eval_shape(lambda v, x: linen_layer("SeparableConv", objective="training").apply(v, x), variables, x)
+  assert seen == ["inference", "inference", "training", "training"]
+  with pytest.raises(ValueError, match=r"^objective must be one of"):
+    jax.eval_shape(lambda v, x: module.apply(v, x, objective="train"), variables, x)
+
+
+@pytest.mark.parametrize(
+  "options",
+  [
+    {"kernel_size": (3, 3)},
+    {"kernel_size": (3, 2), "strides": 2, "padding": "CIRCULAR", "feature_group_count": 2},
+    {"kernel_size": (2, 3), "padding": ((1, 0), (2, 1)), "kernel_dilation": (1, 2), "use_bias": False},
+  ],
+  ids=["same", "circular-groups", "explicit-dilated"],
+)
+def test_conv_has_linen_convs_params_and_outputs(options: dict) -> None:
+  x = jax.random.normal(jax.random.key(1), (2, 3, 6, 5, IN_FEATURES))  # two batch axes
+
+  def run(x: jax.Array) -> list[jax.Array]:
+    variables = linen.Conv(FEATURES, precision="highest", **options).init(jax.random.key(0), x)
+    ours = [eln.Conv(FEATURES, precision="highest", implementation=i, **options) for i in ("auto", "xla", "shift")]
+    return [linen.Conv(FEATURES, precision="highest", **options).apply(variables, x)] + [
+      m.apply(variables, x) for m in ours
+    ]
+
+  want, *outs = run_compiled(run, x)
+  for y in outs:
+    np.testing.assert_allclose(np.asarray(y), np.asarray(want), rtol=1e-5, atol=1e-5)
+  grouped = options.get("feature_group_count", 1) > 1
+  layer = eln.Conv(FEATURES, implementation="shift", **options)
+  assert layer.implementation_for(x.shape)[0] == ("xla" if grouped else "shift")
+
+
+def test_conv_falls_back_to_linen_conv() -> None:
+  x = jax.ShapeDtypeStruct((2, 6, 6, IN_FEATURES), jnp.float32)
+  mask = jnp.ones((3, 3, IN_FEATURES, FEATURES))
+  for options, why in [
+    ({"kernel_size": (3,)}, "1-D kernel"),
+    ({"kernel_size": (3, 3), "input_dilation": 2, "padding": 1}, "input_dilation=2"),
+    ({"kernel_size": (3, 3), "mask": mask}, "mask"),
+  ]:
+    name, reason = eln.Conv(FEATURES, implementation="im2col", **options).implementation_for(x.shape)
+    assert name == "xla" and why in reason and "linen.Conv" in reason, options
+  with pytest.raises(ValueError, match=r"^implementation must be 'auto', 'autotune' or one of"):
+    eln.Conv(FEATURES, (3, 3), implementation="fft")

@@ -71,7 +71,18 @@ def construct(name: str, seed: int = 0, **overrides: Any) -> nnx.Module:
 
 # Options that change how a layer runs but not its parameters.
 CALL_OPTIONS = frozenset(
-  {"strides", "padding", "kernel_dilation", "implementation", "depthwise_implementation", "precision", "dtype"}
+  {
+    "strides",
+    "padding",
+    "input_dilation",
+    "kernel_dilation",
+    "implementation",
+    "depthwise_implementation",
+    "precision",
+    "dtype",
+    "promote_dtype",
+    "preferred_element_type",
+  }
 )
 _PARAMS_CACHE: dict[tuple[Any, ...], nnx.State] = {}
 

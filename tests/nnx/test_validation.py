@@ -20,7 +20,6 @@ from efficonv import nnx as enn
 from ._layers import (
   FORMAT_LAYER_NAMES,
   IN_FEATURES,
-  INPUT_SHAPE,
   LAYER_NAMES,
   LAYER_OPTIONS,
   construct,
@@ -110,7 +109,7 @@ def test_bad_channel_counts(name: str, in_features: int, out_features: int, argu
 
 BAD_INPUTS = [
   ((10, 9, IN_FEATURES + 1), "3-D input with the wrong channels"),
-  ((1, *INPUT_SHAPE), "5-D input"),
+  ((10, IN_FEATURES), "2-D input"),
   ((2, 10, 9, IN_FEATURES - 1), "wrong channel count"),
   ((2, 10, 9), "channels missing"),
 ]

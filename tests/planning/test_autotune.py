@@ -150,3 +150,74 @@ def test_set_objective_reaches_nested_layers() -> None:
   assert "(training)" in net.blocks[0].plan(SHAPE).reason
   with pytest.raises(ValueError, match=r"^objective must be one of"):
     set_objective(net, "fast")
+
+
+class _Store:
+  """The distributed runtime's key-value store, as tuning uses it (one dict shared by the fake processes)."""
+
+  def __init__(self) -> None:
+    self.values: dict[str, str] = {}
+
+  def key_value_try_get(self, name: str) -> str:
+    if name not in self.values:
+      raise jax.errors.JaxRuntimeError(f"NOT_FOUND: {name}")
+    return self.values[name]
+
+  def key_value_set(self, name: str, value: str) -> None:
+    if name in self.values:
+      raise jax.errors.JaxRuntimeError(f"ALREADY_EXISTS: {name}")
+    self.values[name] = value
+
+  def blocking_key_value_get(self, name: str, timeout_in_ms: int) -> str:
+    if name not in self.values:
+      raise jax.errors.JaxRuntimeError(f"DEADLINE_EXCEEDED: {name} after {timeout_in_ms} ms")
+    return self.values[name]
+
+
+def _as_process(monkeypatch: pytest.MonkeyPatch, index: int, store: _Store | None) -> None:
+  """This process plays process ``index`` of two, sharing ``store`` with the other."""
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: index)
+  monkeypatch.setattr(autotune, "_store", lambda: store)
+
+
+def test_processes_run_process_0s_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+  # Measured times stand in (what is shared is under test, not the timing).
+  times = {"factorized/shift": 2.0, "factorized/xla": 3.0, "reconstructed": 1.0}
+  monkeypatch.setattr(autotune, "_measure", lambda *args: {"choice": ["reconstructed", None], "times_ms": times})
+  store = _Store()
+  _as_process(monkeypatch, 0, store)
+  plan = _cp().plan(SHAPE, implementation="autotune")
+  assert (plan.implementation, plan.depthwise) == ("reconstructed", None)
+  (published,) = store.values.values()
+  assert json.loads(published)["choice"] == [plan.implementation, plan.depthwise]
+  measured = autotune.cache()
+  _forbid_measuring(monkeypatch)
+  autotune.clear_cache()
+  assert _cp().plan(SHAPE, implementation="autotune") == plan  # process 0 keeps what it published
+
+  # Process 1 had measured the other way on its own (its cache says so); it runs process 0's choice.
+  (key,) = measured
+  _as_process(monkeypatch, 1, store)
+  monkeypatch.setattr(autotune, "_cache", {key: {"choice": ["factorized", "shift"], "times_ms": {}}})
+  assert _cp().plan(SHAPE, implementation="autotune") == plan
+  assert autotune.cache() == measured
+
+
+def test_dense_autotune_is_shared_too(monkeypatch: pytest.MonkeyPatch) -> None:
+  store = _Store()
+  _as_process(monkeypatch, 0, store)
+  name, reason = autotune.autotune_dense((1, 4, 4, 8), (3, 3, 8, 8))
+  _as_process(monkeypatch, 1, store)
+  autotune.clear_cache()
+  assert autotune.autotune_dense((1, 4, 4, 8), (3, 3, 8, 8)) == (name, reason)
+
+
+def test_a_process_waiting_in_vain_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+  _as_process(monkeypatch, 1, _Store())
+  _forbid_measuring(monkeypatch)
+  with pytest.raises(RuntimeError, match=r"^implementation='autotune': process 1 waited 1800 s for process 0's"):
+    _cp().plan(SHAPE, implementation="autotune")
+  _as_process(monkeypatch, 1, None)
+  with pytest.raises(RuntimeError, match=r"call jax.distributed.initialize\(\) first$"):
+    _cp().plan(SHAPE, implementation="autotune")

@@ -1,0 +1,90 @@
+"""The compress pipeline's search variants: the policy they compress with, and their columns in the report."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from efficonv import rank as rank_rules
+from efficonv.compression import Policy
+from experiments.claims.compress import CATALOG, CompressSettings, Variant, markdown, search_policy, stage_groups
+from experiments.common.config import load
+from experiments.models import build_model
+
+
+def test_search_variants_share_one_search_and_compress_with_its_policy() -> None:
+  cfg = load("compare_fashion_mnist", "tiny")
+  shape = tuple(cfg.data.synthetic_shape)
+  model = build_model(cfg.model, shape, rngs=nnx.Rngs(0))
+  settings = CompressSettings((), finetune_steps=0, search_ranks=(rank_rules.MacReduction(2),))
+  calibration = [np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32)]
+  first = Variant("a", "search", rank_rules.MacReduction(1.5), search=("tucker2",))
+  second = Variant("b", "search", rank_rules.Speedup(1.0), search=("tucker2",))
+  tables: dict = {}
+  policy, report = search_policy(first, settings, model, calibration, (2, *shape), tables)
+  assert report.timed and report.target_met and report.predicted_mac_ratio >= 1.5
+  assert tables == {("tucker2",): report}
+  _, again = search_policy(second, settings, model, calibration, (2, *shape), tables)
+  assert again.layers is report.layers and again.target_met  # the same tables, reallocated
+  assert policy.layers[report.layers[0].path] == "dense"  # the stem, as the uniform variants leave it
+  assert {c[0] for c in policy.layers.values() if c != "dense"} == {"tucker2"}
+  assert CATALOG["search_speedup4"].rule == rank_rules.Speedup(4) and CATALOG["search_speedup8"].is_search
+  with pytest.raises(ValueError, match="variant must be a search variant"):
+    search_policy(CATALOG["cp_mac4"], settings, model, calibration, (2, *shape), tables)
+
+
+def test_markdown_shows_predicted_and_measured_speedups() -> None:
+  row = {
+    "variant": "search_speedup4",
+    "scheme": "search",
+    "searched_schemes": ["cp", "tucker2"],
+    "rule": "Speedup(4)",
+    "mac_ratio": 5.0,
+    "inference_speedup": 3.5,
+    "latency_speedup": 3.0,
+    "accuracy_dense": 0.9,
+    "accuracy_before_ft": 0.5,
+    "accuracy_after_ft": 0.89,
+    "drop_points": 1.0,
+    "predicted_speedup": 4.1,
+    "measured_speedup_vs_dense": 3.8,
+    "report_markdown": "| layer |",
+    "search_markdown": "Target Speedup(4) (met)",
+    "search_s": 12.0,
+  }
+  plain = {**row, "variant": "cp_mac4", "scheme": "cp", "rule": "MacReduction(4)"}
+  for key in ("searched_schemes", "predicted_speedup", "search_markdown", "search_s"):
+    plain.pop(key)
+  payload = {
+    "config": {"name": "c", "preset": "tiny"},
+    "environment": {},
+    "compress": {"implementation": "factorized", "finetune_steps": 1, "finetune_lr_fraction": 0.1},
+    "bench_batch_size": 8,
+    "dense": {
+      "train_steps": 1,
+      "test_accuracy": 0.9,
+      "test_accuracy_after_ft": 0.9,
+      "macs": 10,
+      "params": 10,
+      "inference_images_per_s": 100.0,
+    },
+    "results": [row, plain],
+  }
+  text = markdown(payload)
+  assert "| search_speedup4 | search(cp, tucker2) | Speedup(4) | 5.00× | 3.50× |" in text
+  assert text.count("| 4.10× | 3.80× |") == 1 and "| — | 3.80× |" in text
+  assert "Search tables (12 s):" in text and "Target Speedup(4) (met)" in text
+
+
+def test_stage_groups_split_the_replaced_convs_in_forward_order() -> None:
+  cfg = load("compare_fashion_mnist", "tiny")
+  shape = tuple(cfg.data.synthetic_shape)
+  model = build_model(cfg.model, shape, rngs=nnx.Rngs(0))
+  uniform = Policy(scheme="cp", rank=rank_rules.MacReduction(4))
+  paths = [p for group in stage_groups(uniform, model, (1, *shape), 1) for p in group]
+  assert paths == ["layers/0/conv", "layers/1/conv", "layers/2/conv", "layers/3/conv"]  # all but the stem
+  assert stage_groups(uniform, model, (1, *shape), 2) == [tuple(paths[:2]), tuple(paths[2:])]
+  assert stage_groups(uniform, model, (1, *shape), 9) == [(p,) for p in paths]  # no empty stage
+  per_layer = Policy(layers={"layers/1/conv": ("cp", 4), "layers/3/conv": "dense"})
+  assert stage_groups(per_layer, model, (1, *shape), 2) == [("layers/1/conv",)]
+  with pytest.raises(ValueError, match="stages must be a positive int"):
+    stage_groups(uniform, model, (1, *shape), 0)
