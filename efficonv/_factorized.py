@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from efficonv.formats import Format
 from efficonv.kernels import _options as opt
+from efficonv.kernels import targets
 from efficonv.kernels.conv import conv as dense_conv
 from efficonv.kernels.sharding import data_parallel
 from efficonv.layer_options import dilate_input
@@ -110,8 +111,12 @@ def layer_plan(
   objective: str,
   dtype: Any,
   precision: PrecisionLike,
+  backend: str | None = None,
 ) -> Plan:
-  """What the layer runs on ``input_shape`` (``(*batch, H, W, C_in)``), as :meth:`efficonv.Format.plan` says."""
+  """What the layer runs on ``input_shape`` (``(*batch, H, W, C_in)``), as :meth:`efficonv.Format.plan` says.
+
+  ``backend``: the platform planned for (by default :func:`efficonv.planning.plan_for`'s, or the default one).
+  """
   why = reconstruction_reason(feature_group_count, mask, preferred_element_type)
   plan = fmt.plan(
     conv_input_shape(input_shape, input_dilation, feature_group_count),
@@ -123,6 +128,7 @@ def layer_plan(
     objective=objective,  # type: ignore[arg-type]
     dtype=dtype,
     precision=precision,
+    backend=backend,
   )
   return dataclasses.replace(plan, reason=f"reconstructed: {why}") if why else plan
 
@@ -159,41 +165,51 @@ def layer_conv(
   inputs, (fmt, bias, mask) = data_parallel(inputs, (fmt, bias, mask))
   x = dilate_input(inputs, input_dilation)
   compute = dtype if dtype is not None else jnp.result_type(x.dtype, param_dtype)
-  plan = layer_plan(
-    fmt,
-    x.shape,
-    strides=strides,
-    padding=padding,
-    input_dilation=(1, 1),
-    kernel_dilation=kernel_dilation,
-    feature_group_count=feature_group_count,
-    mask=mask,
-    preferred_element_type=preferred_element_type,
-    implementation=implementation,
-    depthwise_implementation=depthwise_implementation,
-    objective=objective,
-    dtype=compute,
-    precision=precision,
-  )
-  if plan.implementation == "reconstructed":
-    kernel = fmt.to_dense(precision=precision)
-    if mask is not None:
-      kernel = kernel * mask
-    x, kernel, bias = promote((x, kernel, bias), dtype)
-    y = _dense(x, kernel, strides, padding, kernel_dilation, feature_group_count, precision, preferred_element_type)
-  else:
-    promoted = promote((x, *fmt.arrays(), bias), dtype)
-    x, bias = promoted[0], promoted[-1]
-    y = fmt.from_factors(promoted[1:-1]).conv(
-      x,
+
+  def decide(backend: str) -> tuple[str, str | None]:
+    plan = layer_plan(
+      fmt,
+      x.shape,
       strides=strides,
       padding=padding,
-      dilation=kernel_dilation,
-      implementation="factorized",
-      depthwise_implementation=plan.depthwise or depthwise_implementation,
+      input_dilation=(1, 1),
+      kernel_dilation=kernel_dilation,
+      feature_group_count=feature_group_count,
+      mask=mask,
+      preferred_element_type=preferred_element_type,
+      implementation=implementation,
+      depthwise_implementation=depthwise_implementation,
+      objective=objective,
+      dtype=compute,
       precision=precision,
+      backend=backend,
     )
-  return y if bias is None else y + bias.reshape(1, 1, 1, -1)
+    return plan.implementation, plan.depthwise
+
+  def run(choice: tuple[str, str | None], x: Array) -> Array:
+    impl, depthwise = choice
+    if impl == "reconstructed":
+      kernel = fmt.to_dense(precision=precision)
+      if mask is not None:
+        kernel = kernel * mask
+      x, kernel, b = promote((x, kernel, bias), dtype)
+      y = _dense(x, kernel, strides, padding, kernel_dilation, feature_group_count, precision, preferred_element_type)
+    else:
+      promoted = promote((x, *fmt.arrays(), bias), dtype)
+      x, b = promoted[0], promoted[-1]
+      y = fmt.from_factors(promoted[1:-1]).conv(
+        x,
+        strides=strides,
+        padding=padding,
+        dilation=kernel_dilation,
+        implementation="factorized",
+        depthwise_implementation=depthwise or depthwise_implementation,
+        precision=precision,
+      )
+    return y if b is None else y + b.reshape(1, 1, 1, -1)
+
+  # One plan per platform planned for (efficonv.planning.plan_for), checked against the lowering platform.
+  return targets.dispatch(x, decide, run, probe=implementation != "autotune")
 
 
 def _dense(

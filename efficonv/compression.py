@@ -303,20 +303,26 @@ def conv_calls(
   from efficonv.nnx.conv import Conv as FastConv  # a subclass of nnx.Conv with its own __call__
 
   forward = forward or (lambda m, x: m(x))
-  graphdef, state = nnx.split(model)
+  # Each conv carries its path as a static attribute: NNX transforms (nnx.scan over a stack made by nnx.vmap)
+  # call copies of the convs, which only their graph definition, attributes included, follows into.
+  tagged = nnx.clone(model)
+  for path, node in nnx.iter_graph(tagged):
+    if isinstance(node, nnx.Conv):
+      setattr(node, "_efficonv_path", tuple(path))  # noqa: B010  # an attribute nnx.Conv does not declare
+  graphdef, state = nnx.split(tagged)
   calls: list[tuple[Path, tuple[int, ...]]] = []
   originals: dict[type, Any] = {cls: cls.__dict__["__call__"] for cls in (nnx.Conv, FastConv)}
 
   def traced(state: Any) -> Any:
     copy = nnx.merge(graphdef, state)
-    paths = {id(node): tuple(path) for path, node in nnx.iter_graph(copy) if isinstance(node, nnx.Conv)}
     inside: set[int] = set()  # a FastConv that falls back to nnx.Conv.__call__ is one call, not two
 
     def recording(cls: type) -> Callable[..., jax.Array]:
       def call(self: nnx.Conv, inputs: jax.Array, *args: Any, **kwargs: Any) -> jax.Array:
-        if id(self) in inside:
+        path = getattr(self, "_efficonv_path", None)
+        if id(self) in inside or path is None:  # None: a conv made during the forward pass, not the model's
           return originals[cls](self, inputs, *args, **kwargs)
-        calls.append((paths[id(self)], tuple(int(v) for v in inputs.shape)))
+        calls.append((path, tuple(int(v) for v in inputs.shape)))
         inside.add(id(self))
         try:
           return originals[cls](self, inputs, *args, **kwargs)
@@ -427,7 +433,9 @@ def compress(
     seen.add(path)
     conv = convs[path]
     name = _name(path)
-    ineligible = _ineligible(conv)
+    stack = _stack_shape(conv)
+    layers = _layers_of(conv, stack)  # [conv], or one conv per layer of a stack (compressed one by one)
+    ineligible = _ineligible(layers[0])
     macs_before = cost.macs(conv, shape)
     params_before = cost.params(conv)
     choice, reason = _choice_for(policy, name, conv, index)
@@ -445,9 +453,9 @@ def compress(
       reports.append(kept)
       continue
     scheme, rule, kwargs, own_kwargs = choice
-    rank, reason = _rank_for(scheme, rule, kwargs, conv, shape, name, decompose)
+    rank, reason = _stack_rank([_rank_for(scheme, rule, kwargs, c, shape, name, decompose) for c in layers])
     options = {k: kwargs[k] for k in schemes.get(scheme).format.option_names if k in kwargs}
-    candidate = _candidate_macs(scheme, rank, options, conv, shape)
+    candidate = _candidate_macs(scheme, rank, options, layers[0], shape) * len(layers)
     if candidate > macs_before and not policy.forced(name):
       reason = f"candidate {scheme} rank {_shown(rank)} costs {candidate:,} MACs > dense {macs_before:,}"
       resolved[name] = DENSE
@@ -455,11 +463,17 @@ def compress(
       continue
     layer_cls = schemes.get(scheme).nnx_layer
     if decompose:
-      layer, info = layer_cls.from_conv(conv, rank, implementation=policy.implementation, return_info=True, **kwargs)
-      error, degeneracy = float(info.relative_error), float(info.degeneracy)
+      fits = [
+        layer_cls.from_conv(c, rank, implementation=policy.implementation, return_info=True, **kwargs) for c in layers
+      ]
+      parts = [layer for layer, _ in fits]
+      # A stack reports its worst-fitted layer.
+      error = max(float(info.relative_error) for _, info in fits)
+      degeneracy = max(float(info.degeneracy) for _, info in fits)
     else:
-      layer = _untrained_layer(layer_cls, conv, rank, options, policy.implementation)
+      parts = [_untrained_layer(layer_cls, c, rank, options, policy.implementation) for c in layers]
       error = degeneracy = math.nan
+    layer = _stacked(parts, stack)
     _replace(new_model, path, layer)
     plain = _plain(layer.format.rank)
     resolved[name] = (scheme, plain, kwargs) if own_kwargs else (scheme, plain)
@@ -599,6 +613,42 @@ def _ineligible(conv: nnx.Conv) -> str:
   except ValueError as e:
     return str(e)
   return ""
+
+
+def _stack_shape(conv: nnx.Conv) -> tuple[int, ...]:
+  """The leading axes of a stack of convs (``nnx.vmap`` over their constructor); ``()`` for one conv."""
+  shape = tuple(conv.kernel.shape)
+  return shape[: len(shape) - len(conv.kernel_size) - 2]
+
+
+def _layers_of(conv: nnx.Conv, stack: tuple[int, ...]) -> list[nnx.Conv]:
+  """``[conv]``, or for a stack one conv per layer (its slice of every parameter), in flat order."""
+  if not stack:
+    return [conv]
+  graphdef, state = nnx.split(conv)
+  count = math.prod(stack)
+  flat = jax.tree.map(lambda a: a.reshape(count, *a.shape[len(stack) :]), state)
+  return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], flat)) for i in range(count)]
+
+
+def _stacked(layers: list[Any], stack: tuple[int, ...]) -> Any:
+  """The one layer, or for a stack the layers' parameters stacked back into ``stack`` leading axes."""
+  if not stack:
+    return layers[0]
+  graphdef, _ = nnx.split(layers[0])
+  states = [nnx.state(layer) for layer in layers]
+  return nnx.merge(graphdef, jax.tree.map(lambda *a: jnp.stack(a).reshape(*stack, *a[0].shape), *states))
+
+
+def _stack_rank(choices: list[tuple[Any, str]]) -> tuple[Any, str]:
+  """One rank for every layer of a stack (they share their factor shapes): the largest of each entry."""
+  ranks = [rank for rank, _ in choices]
+  rank, reason = choices[0]
+  if all(r == rank for r in ranks):
+    return rank, reason if len(choices) == 1 else f"{reason} (each of the {len(choices)} stacked layers)"
+  largest = tuple(max(parts) for parts in zip(*ranks)) if isinstance(rank, tuple) else max(ranks)
+  shown = ", ".join(_shown(r) for r in ranks)
+  return largest, f"per stacked layer {shown}; the stack takes the largest, {_shown(largest)}"
 
 
 def _plain(rank: Any) -> Any:

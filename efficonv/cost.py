@@ -22,6 +22,11 @@ What :func:`macs` dispatches on, in this order:
    the jaxpr are counted (:func:`macs_of_jaxpr`). This is exact for any model
    structure and always counts what actually runs (e.g. the reconstructed
    dense conv where a layer's ``implementation="auto"`` picks it).
+
+A stack of layers made by ``nnx.vmap`` over a layer's constructor (every parameter with leading stack
+axes, applied with ``nnx.scan``) counts every layer: its parameters all, its MACs those of each layer
+on ``input_shape`` (the input each layer gets) times the number of layers. efficonv's layers do so
+themselves; a stack of ``nnx.Conv`` is counted here.
 4. A dense HWIO kernel array ``(kh, kw, C_in, C_out)``: the dense convolution.
 
 Counting conventions:
@@ -321,6 +326,12 @@ def _traced_module_macs(model: nnx.Module, input_shape: Sequence[int], dtype: Dt
   shape = _check_input_shape(input_shape, channels=_in_features(model))
   if isinstance(model, nnx.Conv):
     spatial = len(model.kernel_size)
+    stack = model.kernel.shape[: model.kernel.ndim - spatial - 2]
+    if stack:  # a stack of convs (nnx.vmap over the constructor): each layer on input_shape
+      graphdef, state = nnx.split(model)
+      k = len(stack)  # one layer's shapes are enough: the trace computes nothing
+      one = nnx.merge(graphdef, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[k:], a.dtype), state))
+      return math.prod(stack) * _traced_module_macs(one, shape, dtype)
     if len(shape) not in (spatial + 1, spatial + 2):
       raise ValueError(
         f"input_shape must be (N, *spatial, C) with {spatial} spatial axes (rank {spatial + 2}) for "

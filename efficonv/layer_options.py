@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +57,7 @@ __all__ = [
   "check_features",
   "check_geometry",
   "check_input_dilation",
+  "check_one_layer",
   "check_options",
   "check_unsupported",
   "default_bias_init",
@@ -63,6 +65,7 @@ __all__ = [
   "dilate_input",
   "promote_tree",
   "restore_batch",
+  "stack_shape",
   "tt_modes",
   "tucker_rank",
 ]
@@ -318,3 +321,27 @@ def promote_tree(tree: Any, dtype: Dtype | None) -> Any:
   leaves = [leaf for leaf in jax.tree_util.tree_leaves(tree) if leaf is not None]
   target = dtype if dtype is not None else jnp.result_type(*leaves)
   return jax.tree_util.tree_map(lambda a: jnp.asarray(a, target), tree)
+
+
+def stack_shape(shape: Sequence[int], ndim: int) -> tuple[int, ...]:
+  """The leading axes of a parameter of ``shape`` beyond the ``ndim`` of one layer's (a stack made by ``nnx.vmap``).
+
+  Example:
+    >>> stack_shape((3, 3, 3, 8, 8), 4), stack_shape((3, 3, 8, 8), 4)
+    ((3,), ())
+  """
+  return tuple(int(d) for d in shape[: len(shape) - ndim])
+
+
+def check_one_layer(layer: object, stack: tuple[int, ...], what: str) -> None:
+  """Refuses ``what`` on a stack of layers (``stack`` non-empty), which only ``nnx.scan``/``nnx.vmap`` apply.
+
+  Raises:
+    ValueError: naming the layer, its stack shape and the transforms that apply it.
+  """
+  if stack:
+    raise ValueError(
+      f"this {type(layer).__name__} is a stack of {math.prod(stack)} layers (leading axes {stack} on every "
+      f"parameter, as nnx.vmap makes them): {what} needs one layer; apply the stack with nnx.scan (or nnx.vmap) "
+      "over its layers"
+    )

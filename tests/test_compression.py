@@ -657,3 +657,84 @@ def test_costlier_candidates_stay_dense_unless_forced(scheme: str, rule: Any, tr
     trained, efficonv.Policy(scheme=scheme, rank=rule, force=[one]), input_shape=INPUT_SHAPE
   )
   assert [r.scheme == "dense" for r in by_path.layers] == [r.path in costlier and r.path != one for r in report.layers]
+
+
+class _Block(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs) -> None:
+    self.conv = nnx.Conv(4, 4, (3, 3), bias_init=nnx.initializers.normal(1.0), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nnx.relu(self.conv(x))
+
+
+class _ScannedNet(nnx.Module):
+  """A stem conv, then three blocks stacked by nnx.vmap and applied by nnx.scan (the flax idiom)."""
+
+  def __init__(self, rngs: nnx.Rngs) -> None:
+    self.stem = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+
+    @nnx.split_rngs(splits=3)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(rngs: nnx.Rngs) -> _Block:
+      return _Block(rngs)
+
+    self.blocks = create(rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+    def apply(x: jax.Array, block: _Block) -> jax.Array:
+      return block(x)
+
+    return apply(self.stem(x), self.blocks)
+
+
+SCANNED_SHAPE = (2, 6, 6, 1)
+
+
+def _scanned_net() -> _ScannedNet:
+  # Initialized in one compiled program (eagerly, every initializer op would compile on its own).
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: _ScannedNet(nnx.Rngs(0))))
+  return nnx.merge(graphdef, jax.jit(lambda: nnx.state(_ScannedNet(nnx.Rngs(0))))())
+
+
+def test_compress_factorizes_each_layer_of_a_scanned_stack_and_stacks_them_back() -> None:
+  net = _scanned_net()
+  x = jax.random.normal(jax.random.key(1), SCANNED_SHAPE)
+  policy = efficonv.Policy(scheme="tucker2", rank=(4, 4), force=True)  # exact: the output must not move
+  small, report = efficonv.compress(net, policy, input_shape=SCANNED_SHAPE)
+  np.testing.assert_allclose(
+    nnx.jit(lambda m, x: m(x))(small, x), nnx.jit(lambda m, x: m(x))(net, x), rtol=1e-4, atol=1e-4
+  )
+  assert isinstance(small.blocks.conv, enn.TuckerConv) and small.blocks.conv.stack_shape == (3,)
+  row = report.layers[1]
+  assert (row.path, row.scheme, row.rank, row.input_shape) == ("blocks/conv", "tucker2", (4, 4), (2, 6, 6, 4))
+  assert row.params_before == 3 * (9 * 16 + 4) and row.params_after == cost.params(small.blocks.conv)
+  assert row.macs_before == 3 * 2 * 36 * 9 * 16 and row.macs_after == cost.macs(small.blocks.conv, row.input_shape)
+  assert row.relative_error < 1e-4 and "each of the 3 stacked layers" in row.rank_reason
+  # The checkpoint-restore recipe: the same structure again, abstractly.
+  again = nnx.eval_shape(lambda: efficonv.compress(net, report.policy, input_shape=SCANNED_SHAPE, decompose=False)[0])
+  assert jax.tree.map(jnp.shape, nnx.state(again)) == jax.tree.map(jnp.shape, nnx.state(small))
+
+
+def test_compress_gives_a_stack_the_largest_rank_its_layers_choose() -> None:
+  net = _scanned_net()
+  kernel = np.array(net.blocks.conv.kernel[...])
+  u = np.asarray(jax.random.normal(jax.random.key(2), (3, 3, 4, 1)))
+  kernel[0] = u * np.arange(1, 5)  # layer 0's kernel has rank 1 over its output channels
+  net.blocks.conv.kernel[...] = jnp.asarray(kernel)
+  policy = efficonv.Policy(scheme="tucker2", rank=rank_rules.Energy(0.999), force=True)
+  _, report = efficonv.compress(net, policy, input_shape=SCANNED_SHAPE)
+  row = report.layers[1]
+  assert row.rank == (4, 4) and "the stack takes the largest, (4, 4)" in row.rank_reason
+  assert "per stacked layer (" in row.rank_reason
+
+
+def test_a_stack_left_dense_becomes_a_stack_of_efficonv_convs() -> None:
+  net = _scanned_net()
+  policy = efficonv.Policy(layers={"blocks/conv": "dense"}, dense_implementation="auto")
+  fast, report = efficonv.compress(net, policy, input_shape=SCANNED_SHAPE)
+  assert type(fast.blocks.conv) is enn.Conv and fast.blocks.conv.kernel.shape == (3, 3, 3, 4, 4)
+  assert report.layers[1].implementation == "dense/auto"
+  x = jax.random.normal(jax.random.key(1), SCANNED_SHAPE)
+  run = nnx.jit(lambda m, x: m(x))
+  np.testing.assert_allclose(run(fast, x), run(net, x), rtol=1e-5, atol=1e-5)

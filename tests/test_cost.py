@@ -342,3 +342,18 @@ def test_bad_input_raises_value_error_naming_the_argument() -> None:
   layer = enx.CPConv(C_IN, C_OUT, 3, rank=2, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="padding applies to formats"):
     cost.macs(layer, X_SHAPE, padding="VALID")
+
+
+def test_a_stack_of_convs_counts_every_layer() -> None:
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def create(rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(C_IN, C_OUT, (KH, KW), rngs=rngs)
+
+  # Initialized in one compiled program each (eagerly, every initializer op would compile on its own).
+  stack = nnx.merge(
+    nnx.graphdef(nnx.eval_shape(create, nnx.Rngs(0))), jax.jit(lambda: nnx.state(create(nnx.Rngs(0))))()
+  )
+  one = nnx.eval_shape(lambda: nnx.Conv(C_IN, C_OUT, (KH, KW), rngs=nnx.Rngs(0)))
+  assert cost.params(stack) == 3 * cost.params(one)
+  assert cost.macs(stack, X_SHAPE) == 3 * cost.macs(one, X_SHAPE)

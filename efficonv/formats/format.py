@@ -31,8 +31,10 @@ from efficonv.formats.init import Initializer, init_factors
 from efficonv.formats.ranks import KernelShape, RankLike, as_int, check_in_range, check_kernel_shape, single_rank
 from efficonv.kernels import _options as opt
 from efficonv.kernels.conv import conv as dense_conv
+from efficonv.kernels.dense import dense_implementation
 from efficonv.kernels.shapes import Geometry, conv_geometry, dense_macs
 from efficonv.kernels.sharding import data_parallel
+from efficonv.kernels.targets import dispatch
 from efficonv.planning import Implementation, Objective, Plan, Step, plan_conv
 from efficonv.typing import Array, Dtype, PrecisionLike
 
@@ -428,18 +430,42 @@ class Format:
     opt.check_input(x, channels=self.in_features)
     # On an Explicit mesh: data parallel over x's batch sharding, the factors gathered (efficonv.kernels.sharding).
     x, fmt = data_parallel(x, self)
-    p = fmt.plan(
-      x.shape,
-      strides=strides,
-      padding=padding,
-      dilation=dilation,
-      implementation=implementation,
-      depthwise_implementation=depthwise_implementation,
-      objective=objective,
-      dtype=x.dtype,
-      precision=precision,
-    )
-    if p.implementation == "reconstructed":
-      kernel = fmt.to_dense(precision=precision).astype(fmt.dtype)
-      return dense_conv(x, kernel, strides=strides, padding=padding, dilation=dilation, precision=precision)
-    return fmt._factorized(x, strides, padding, dilation, p.depthwise or "auto", precision)
+
+    def decide(backend: str) -> tuple[str, str | None, str | None]:
+      p = fmt.plan(
+        x.shape,
+        strides=strides,
+        padding=padding,
+        dilation=dilation,
+        implementation=implementation,
+        depthwise_implementation=depthwise_implementation,
+        objective=objective,
+        backend=backend,
+        dtype=x.dtype,
+        precision=precision,
+      )
+      if p.implementation != "reconstructed":
+        return p.implementation, p.depthwise, None
+      itemsize = jnp.dtype(jnp.result_type(x, fmt.dtype)).itemsize
+      dense, _ = dense_implementation(
+        x.shape, fmt.kernel_shape, strides, padding, dilation, backend=backend, itemsize=itemsize
+      )
+      return p.implementation, None, dense
+
+    def run(choice: tuple[str, str | None, str | None], x: Array) -> Array:
+      impl, depthwise, dense = choice
+      if impl == "reconstructed":
+        kernel = fmt.to_dense(precision=precision).astype(fmt.dtype)
+        return dense_conv(
+          x,
+          kernel,
+          strides=strides,
+          padding=padding,
+          dilation=dilation,
+          precision=precision,
+          implementation=dense or "auto",
+        )
+      return fmt._factorized(x, strides, padding, dilation, depthwise or "auto", precision)
+
+    # One plan per platform planned for (efficonv.planning.plan_for), checked against the lowering platform.
+    return dispatch(x, decide, run, probe=implementation != "autotune")

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, SupportsIndex, Union
 
 import jax.numpy as jnp
+from jax.errors import InconclusiveDimensionOperation
 
 from efficonv.typing import Array
 
@@ -120,13 +121,29 @@ def resolve_padding(
       )
   else:
     pads = _explicit_pads(padding)
+  if not all(isinstance(v, int) for p in pads for v in p):
+    # A symbolic size (jax.export) whose SAME pads depend on its value, e.g. its parity under a stride of 2.
+    raise ValueError(
+      f"padding {padding!r} with strides {strides} on the symbolic input size {tuple(in_hw)} gives pads that "
+      f"depend on the size ({pads}); export with a size the strides divide (e.g. '{strides[0]}*h'), or with "
+      "explicit padding"
+    )
   for axis, ((lo, hi), n, e) in enumerate(zip(pads, in_hw, eff)):
-    if n + lo + hi < e:
+    try:
+      too_small = n + lo + hi < e
+      reflect_too_small = mode == "reflect" and max(lo, hi) >= n
+    except InconclusiveDimensionOperation as err:
+      need = max(e - lo - hi, max(lo, hi) + 1 if mode == "reflect" else 1)
+      raise ValueError(
+        f"padding {padding!r} needs input axis {axis + 1} of at least {need} pixels, which the symbolic size "
+        f"{n} may not have: add the constraint '{n} >= {need}' to jax.export.symbolic_shape"
+      ) from err
+    if too_small:
       raise ValueError(
         f"padding {padding!r} leaves input axis {axis + 1} with {n + lo + hi} pixels, "
         f"fewer than the dilated kernel extent {e}"
       )
-    if mode == "reflect" and max(lo, hi) >= n:
+    if reflect_too_small:
       raise ValueError(f"padding 'REFLECT' needs input axis {axis + 1} larger than its pad {max(lo, hi)}, got {n}")
   return pads, mode
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 
 from efficonv.kernels import _options as opt
-from efficonv.kernels import dense
+from efficonv.kernels import dense, targets
 from efficonv.typing import Array, PrecisionLike
 
 
@@ -92,8 +92,17 @@ def conv(
     x = opt.pad_input(x, pads, mode)
     pads = ((0, 0), (0, 0))
   x, kernel = promote_operands(x, kernel)
-  impl, _ = dense.choose(x.shape, kernel.shape, s, pads, d, feature_group_count, None, implementation, x.dtype.itemsize)
-  return dense.dense_padded(x, kernel, s, pads, d, impl, precision, feature_group_count)
+
+  def decide(backend: str) -> str:
+    return dense.choose(
+      x.shape, kernel.shape, s, pads, d, feature_group_count, backend, implementation, x.dtype.itemsize
+    )[0]
+
+  def run(impl: str, x: Array) -> Array:
+    return dense.dense_padded(x, kernel, s, pads, d, impl, precision, feature_group_count)
+
+  # Per planned platform (efficonv.kernels.targets): "auto" differs between CPU and GPU.
+  return targets.dispatch(x, decide, run)
 
 
 def pointwise(x: Array, weight: Array, *, precision: PrecisionLike = None) -> Array:

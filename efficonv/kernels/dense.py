@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from efficonv.kernels import _options as opt
+from efficonv.kernels import targets
 from efficonv.typing import Array, PrecisionLike
 
 DenseImpl = Literal["auto", "xla", "xla_valid", "im2col", "shift"]
@@ -111,7 +112,8 @@ def dense_implementation(
     padding: any form of :func:`efficonv.kernels.resolve_padding`.
     dilation: int or ``(dh, dw)``.
     feature_group_count: number of channel groups.
-    backend: a JAX platform name (``"cpu"``, ``"gpu"``, ``"tpu"``); the default backend when ``None``.
+    backend: a JAX platform name (``"cpu"``, ``"gpu"``, ``"tpu"``); when ``None``, the one planned for
+      (:func:`efficonv.kernels.targets.plan_for`; by default the default backend).
     implementation: ``"auto"`` to apply :data:`DENSE_AUTO_RULES`, or a formulation to force.
     itemsize: bytes per element of the input, for the patch-array size.
 
@@ -158,8 +160,13 @@ def choose(
     return "xla", f"feature_group_count={feature_group_count}: grouped convs run only on XLA's conv"
   if implementation != "auto":
     return implementation, "forced by the caller"
-  backend = backend or jax.default_backend()
+  backend = backend or targets.current_backend()
   rule = DENSE_AUTO_RULES.get(backend, DENSE_AUTO_RULES["default"])
+  # Symbolic sizes (jax.export) are planned for stand-ins; the pads were resolved on the true sizes.
+  input_shape, note = targets.representative_shape(input_shape)
+  if note:
+    name, reason = choose(input_shape, kernel_shape, strides, pads, dilation, 1, backend, "auto", itemsize)
+    return name, f"{reason} ({note})"
   ho, wo = _output_hw(input_shape, kernel_shape, strides, pads, dilation)
   taps = kernel_shape[0] * kernel_shape[1]
   if taps == 1:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 from efficonv.kernels import _options as opt
+from efficonv.kernels import targets
 from efficonv.kernels._mac_scope import elementwise_macs
 from efficonv.kernels.conv import promote_operands
 from efficonv.kernels.sharding import batch_shards
@@ -40,7 +41,8 @@ def depthwise_implementation(implementation: str = "auto", backend: str | None =
 
   Args:
     implementation: ``"auto"``, ``"shift"`` or ``"xla"``.
-    backend: a JAX platform name; the default backend when ``None``.
+    backend: a JAX platform name; when ``None``, the one planned for
+      (:func:`efficonv.kernels.targets.plan_for`; by default the default backend).
 
   Returns:
     ``"shift"`` or ``"xla"``.
@@ -49,7 +51,7 @@ def depthwise_implementation(implementation: str = "auto", backend: str | None =
     raise ValueError(f"depthwise implementation must be one of {_DEPTHWISE_IMPLS}, got {implementation!r}")
   if implementation != "auto":
     return implementation
-  backend = backend or jax.default_backend()
+  backend = backend or targets.current_backend()
   return "shift" if backend == "cpu" else "xla"
 
 
@@ -80,8 +82,20 @@ def depthwise_valid(
   Returns:
     ``(N, H', W', C·m)``.
   """
+  if implementation not in _DEPTHWISE_IMPLS:
+    raise ValueError(f"depthwise implementation must be one of {_DEPTHWISE_IMPLS}, got {implementation!r}")
+  # Per planned platform (efficonv.kernels.targets): "auto" is shift-and-add on CPU only.
+  return targets.dispatch(
+    xp,
+    functools.partial(depthwise_implementation, implementation),
+    functools.partial(_depthwise_valid, kernel=kernel, strides=strides, dilation=dilation, precision=precision),
+  )
+
+
+def _depthwise_valid(
+  impl: str, xp: Array, *, kernel: Array, strides: tuple[int, int], dilation: tuple[int, int], precision: PrecisionLike
+) -> Array:
   kh, kw, c, m = kernel.shape
-  impl = depthwise_implementation(implementation)
   if impl == "xla":
     xp, kernel = promote_operands(xp, kernel)
     return jax.lax.conv_general_dilated(
@@ -171,6 +185,8 @@ def _shift_kernel_tangent(xp: Array, kernel_dot: Array, strides: tuple[int, int]
   its own images that fits in cache.
   """
   n = xp.shape[0]
+  if not isinstance(n, int):  # a symbolic batch (jax.export): no tiles to choose, the same result untiled
+    return _shift_valid(xp, kernel_dot, strides, dilation)
   shards = batch_shards(xp)
   image_bytes = math.prod(xp.shape[1:]) * xp.dtype.itemsize
   per_shard = _images_per_tile(n // shards, image_bytes) if n % shards == 0 else n // shards

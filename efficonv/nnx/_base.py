@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -25,10 +26,12 @@ from efficonv.layer_options import (
   batch_inputs,
   check_feature_group_count,
   check_input_dilation,
+  check_one_layer,
   check_options,
   default_bias_init,
   restore_batch,
 )
+from efficonv.layer_options import stack_shape as leading_stack
 from efficonv.nnx import _metadata
 from efficonv.planning import Plan
 from efficonv.typing import Array, Dtype, PrecisionLike
@@ -280,8 +283,20 @@ class FactorizedConv(nnx.Module):
       values.append(tuple(p[...] for p in attr) if isinstance(attr, nnx.List) else attr[...])
     return self.format_type(*values)
 
+  @property
+  def stack_shape(self) -> tuple[int, ...]:
+    """The leading axes of a stack of these layers (``nnx.vmap`` over the constructor); ``()`` for one layer."""
+    fmt = self.format
+    own = fmt.factor_shapes(fmt.kernel_shape, fmt.rank, **{k: getattr(fmt, k) for k in fmt.option_names})
+    return leading_stack(fmt.arrays()[0].shape, len(own[0]))
+
   def to_dense(self) -> Array:
-    """The dense HWIO kernel the layer currently represents."""
+    """The dense HWIO kernel the layer currently represents.
+
+    Raises:
+      ValueError: for a stack of layers (:attr:`stack_shape`).
+    """
+    check_one_layer(self, self.stack_shape, "to_dense()")
     return self.format.to_dense()
 
   @property
@@ -324,8 +339,12 @@ class FactorizedConv(nnx.Module):
     With ``feature_group_count > 1``, a ``mask`` or ``preferred_element_type`` it is the reconstructed
     path, with that reason; with an input dilation the times are those of the dilated input.
     """
+    fmt = self.format
+    stack = self.stack_shape
+    if stack:  # the layers of a stack share their shapes, and so their plan
+      fmt = jax.tree.map(lambda a: a[(0,) * len(stack)], fmt)
     return _factorized.layer_plan(
-      self.format,
+      fmt,
       input_shape,
       strides=self.strides,
       padding=self.padding,
@@ -342,8 +361,8 @@ class FactorizedConv(nnx.Module):
     )
 
   def cost_params(self) -> int:
-    """Parameters of the factors and the bias."""
-    return self.format.params() + (self.out_features if self.use_bias else 0)
+    """Parameters of the factors and the bias (of every layer, for a stack)."""
+    return self.format.params() + (int(self.bias.size) if self.bias is not None else 0)
 
   def cost_macs(self, input_shape: Sequence[int]) -> int:
     """MACs on ``input_shape`` (bias adds excluded): of the factorized sequence, or of the dense conv where
@@ -351,7 +370,8 @@ class FactorizedConv(nnx.Module):
     shape = _factorized.conv_input_shape(input_shape, self.input_dilation, self.feature_group_count)
     dense = _factorized.reconstruction_reason(self.feature_group_count, self.mask, self.preferred_element_type)
     count = self.format.dense_macs if dense else self.format.macs
-    return count(shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
+    macs = count(shape, strides=self.strides, padding=self.padding, dilation=self.kernel_dilation)
+    return macs * math.prod(self.stack_shape)  # every layer's, for a stack
 
   def __call__(self, inputs: Array, out_sharding: Any = None) -> Array:
     """Applies the layer.
@@ -364,7 +384,11 @@ class FactorizedConv(nnx.Module):
 
     Returns:
       ``(*batch, H', W', out_features)``.
+
+    Raises:
+      ValueError: for a stack of layers (:attr:`stack_shape`), which ``nnx.scan`` applies layer by layer.
     """
+    check_one_layer(self, self.stack_shape, "calling it")
     x, batch_shape = batch_inputs(inputs, self.in_features)
     y = _factorized.layer_conv(
       self.format,

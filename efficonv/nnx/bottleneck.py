@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -20,12 +21,14 @@ from efficonv.layer_options import (
   check_features,
   check_geometry,
   check_input_dilation,
+  check_one_layer,
   check_unsupported,
   default_bias_init,
   default_kernel_init,
   dilate_input,
   restore_batch,
 )
+from efficonv.layer_options import stack_shape as leading_stack
 from efficonv.nnx._base import PromoteDtype
 from efficonv.typing import Array, Dtype, PrecisionLike
 
@@ -146,8 +149,14 @@ class Bottleneck(nnx.Module):
     """The three kernels as a :class:`~efficonv.Tucker2` (its ``to_dense`` is the block's kernel only when linear)."""
     return Tucker2(self.first[...], self.core[...], self.last[...])
 
+  @property
+  def stack_shape(self) -> tuple[int, ...]:
+    """The leading axes of a stack of these layers (``nnx.vmap`` over the constructor); ``()`` for one layer."""
+    return leading_stack(self.first.shape, 2)
+
   def __call__(self, inputs: Array) -> Array:
     """``(*batch, H, W, in_features)`` → ``(*batch, H', W', out_features)``, any number of batch axes."""
+    check_one_layer(self, self.stack_shape, "calling it")
     x, batch_shape = batch_inputs(inputs, self.in_features)
     x = dilate_input(x, self.input_dilation)
     arrays = (self.first, self.core, self.last, self.first_bias, self.core_bias, self.bias)
@@ -174,6 +183,7 @@ class Bottleneck(nnx.Module):
     """
     if self.activation is not None:
       raise ValueError("to_dense needs activation=None: a nonlinear block is not one convolution")
+    check_one_layer(self, self.stack_shape, "to_dense()")
     return self.factors.to_dense()
 
   def cost_params(self) -> int:
@@ -182,10 +192,11 @@ class Bottleneck(nnx.Module):
     return sum(int(p.size) for p in params if p is not None)
 
   def cost_macs(self, input_shape: Sequence[int]) -> int:
-    """MACs of the three convs on ``input_shape`` (bias adds and activations excluded)."""
-    return _blocks.bottleneck_macs(
+    """MACs of the three convs on ``input_shape`` (bias adds and activations excluded; every block's, for a stack)."""
+    k = len(self.stack_shape)
+    return math.prod(self.stack_shape) * _blocks.bottleneck_macs(
       input_shape,
-      (self.first.shape, self.core.shape, self.last.shape),
+      (self.first.shape[k:], self.core.shape[k:], self.last.shape[k:]),
       strides=self.strides,
       padding=self.padding,
       kernel_dilation=self.kernel_dilation,

@@ -10,8 +10,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from efficonv import _dense_layer
+from efficonv.kernels import targets
 from efficonv.kernels.conv import conv as dense_conv
 from efficonv.kernels.dense import check_layer_implementation
+from efficonv.layer_options import check_one_layer
+from efficonv.layer_options import stack_shape as leading_stack
 from efficonv.typing import Array
 
 
@@ -111,6 +114,7 @@ class Conv(nnx.Conv):
     Returns:
       ``(*batch, H', W', C_out)``.
     """
+    check_one_layer(self, leading_stack(self.kernel.shape, len(self.kernel_size) + 2), "calling it")
     if self._fallback_reason(inputs.shape, out_sharding) is not None:
       return super().__call__(inputs, out_sharding=out_sharding)
     batch_shape = inputs.shape[:-3]
@@ -132,6 +136,8 @@ class Conv(nnx.Conv):
       precision=self.precision,
       implementation=implementation,
     )
+    if self.implementation == "autotune":  # measured here: the program holds this platform's choice only
+      y = targets.check_platforms(y)
     if bias is not None:
       y = y + bias.reshape(1, 1, 1, -1)
     if len(batch_shape) != 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -19,12 +20,14 @@ from efficonv.layer_options import (
   check_features,
   check_geometry,
   check_input_dilation,
+  check_one_layer,
   check_unsupported,
   default_bias_init,
   default_kernel_init,
   dilate_input,
   restore_batch,
 )
+from efficonv.layer_options import stack_shape as leading_stack
 from efficonv.nnx._base import PromoteDtype
 from efficonv.typing import Array, Dtype, PrecisionLike
 
@@ -137,8 +140,14 @@ class StackedConv(nnx.Module):
       ]
     )
 
+  @property
+  def stack_shape(self) -> tuple[int, ...]:
+    """The leading axes of a stack of these layers (``nnx.vmap`` over the constructor); ``()`` for one layer."""
+    return leading_stack(self.kernels[0].shape, 4)
+
   def __call__(self, inputs: Array) -> Array:
     """``(*batch, H, W, in_features)`` → ``(*batch, H', W', out_features)``, any number of batch axes."""
+    check_one_layer(self, self.stack_shape, "calling it")
     x, batch_shape = batch_inputs(inputs, self.in_features)
     x = dilate_input(x, self.input_dilation)
     kernels = [k[...] for k in self.kernels]
@@ -167,6 +176,7 @@ class StackedConv(nnx.Module):
     """
     if self.activation is not None:
       raise ValueError("to_dense needs activation=None: a nonlinear stack is not one convolution")
+    check_one_layer(self, self.stack_shape, "to_dense()")
     return _blocks.stacked_to_dense([k[...] for k in self.kernels], self.kernel_size, self.param_dtype)
 
   def cost_params(self) -> int:
@@ -174,10 +184,11 @@ class StackedConv(nnx.Module):
     return sum(int(k.size) for k in self.kernels) + sum(int(b.size) for b in self.biases if b is not None)
 
   def cost_macs(self, input_shape: Sequence[int]) -> int:
-    """MACs of the small convs on ``input_shape`` (bias adds excluded)."""
-    return _blocks.stacked_macs(
+    """MACs of the small convs on ``input_shape`` (bias adds excluded; every layer's, for a stack of layers)."""
+    n = len(self.stack_shape)
+    return math.prod(self.stack_shape) * _blocks.stacked_macs(
       input_shape,
-      [k.shape for k in self.kernels],
+      [k.shape[n:] for k in self.kernels],
       kernel_size=self.kernel_size,
       strides=self.strides,
       padding=self.padding,

@@ -6,10 +6,15 @@
 * :func:`plan_conv` — the decision behind ``implementation="auto"`` and ``"autotune"``.
 * :func:`autotune` — measure every path once per shape and keep the fastest (cached).
 * :func:`median_seconds` — the one timing statistic.
+* :func:`plan_for` — the platforms (and the sizes of symbolic dims) convs are planned for, e.g. around
+  :func:`jax.export.export` (:mod:`efficonv.kernels.targets`).
 
 The formats (:class:`efficonv.Format`) delegate to this package; it never imports them.
 """
 
+from efficonv.kernels.targets import SYMBOLIC_BATCH as SYMBOLIC_BATCH
+from efficonv.kernels.targets import SYMBOLIC_SPATIAL as SYMBOLIC_SPATIAL
+from efficonv.kernels.targets import plan_for as plan_for
 from efficonv.planning.cost_model import Term as Term
 from efficonv.planning.cost_model import estimate_seconds as estimate_seconds
 from efficonv.planning.cost_model import path_terms as path_terms

@@ -12,12 +12,12 @@ the tables (``experiments.planner.fit_rates``) and makes the decision (:func:`pl
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-import jax
-
 from efficonv.kernels import _options as opt
+from efficonv.kernels import targets
 from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
 from efficonv.kernels.shapes import Geometry, conv_geometry, dense_macs
 from efficonv.planning.plan import Plan, check_implementation, check_objective
@@ -128,6 +128,10 @@ def plan_conv(
 ) -> Plan:
   """Chooses between ``fmt``'s factorized sequence and the reconstructed dense conv (see :meth:`efficonv.Format.plan`).
 
+  ``backend=None`` plans for the backend planned for (:func:`efficonv.planning.plan_for`; by default the
+  default backend); symbolic sizes in ``input_shape`` are planned for stand-ins
+  (:func:`efficonv.kernels.targets.representative_shape`), which the reason names.
+
   Returns:
     A :class:`~efficonv.planning.Plan`.
 
@@ -137,7 +141,38 @@ def plan_conv(
   """
   check_implementation(implementation)
   check_objective(objective)
-  backend = backend or jax.default_backend()
+  backend = backend or targets.current_backend()
+  # Symbolic sizes (jax.export) are planned for stand-ins (efficonv.kernels.targets); the reason says so.
+  input_shape, note = targets.representative_shape(input_shape)
+  plan = _plan_conv(
+    fmt,
+    input_shape,
+    strides,
+    padding,
+    dilation,
+    implementation,
+    depthwise_implementation,
+    objective,
+    backend,
+    dtype,
+    precision,
+  )
+  return dataclasses.replace(plan, reason=f"{plan.reason} ({note})") if note else plan
+
+
+def _plan_conv(
+  fmt: PlannableFormat,
+  input_shape: tuple[int, ...],
+  strides: int | Sequence[int],
+  padding: opt.PaddingLike,
+  dilation: int | Sequence[int],
+  implementation: str,
+  depthwise_implementation: str,
+  objective: str,
+  backend: str,
+  dtype: Any,
+  precision: PrecisionLike,
+) -> Plan:
   g = conv_geometry(input_shape, fmt.kernel_size, fmt.in_features, strides, padding, dilation)
   # Validated for every format, so that a typo fails the same way whatever the format.
   dw_resolved = resolve_depthwise(depthwise_implementation, backend)

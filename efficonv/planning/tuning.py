@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from efficonv.kernels import _options as opt
+from efficonv.kernels import targets
 from efficonv.kernels.conv import conv as dense_conv
 from efficonv.kernels.dense import DENSE_IMPLEMENTATIONS
 from efficonv.kernels.depthwise import depthwise_implementation as resolve_depthwise
@@ -212,6 +213,24 @@ def _key(
   )
 
 
+def _local_backend(backend: str | None) -> str:
+  """``backend`` (by default the one planned for), checked to have a device here to measure on.
+
+  Raises:
+    ValueError: naming the backend, when this process has no device of it (autotune cannot plan for a
+      platform it cannot run on, e.g. while exporting for CUDA from a CPU host).
+  """
+  backend = backend or targets.current_backend()
+  try:
+    jax.devices(backend)
+  except RuntimeError as e:
+    raise ValueError(
+      f"implementation='autotune' measures on the platform it plans for, and this process has no {backend!r} "
+      "device: plan with implementation='auto' (the cost model) or a forced implementation instead"
+    ) from e
+  return backend
+
+
 def _candidates(fmt: PlannableFormat, depthwise: str) -> list[tuple[str, str | None]]:
   if not fmt.has_depthwise:
     paths: list[str | None] = [None]
@@ -272,9 +291,9 @@ def autotune(
     raise ValueError(f"repeats must be a positive int, got {repeats!r}")
   if not min_seconds >= 0:
     raise ValueError(f"min_seconds must be >= 0, got {min_seconds!r}")
-  resolve_depthwise(depthwise_implementation)  # validates the name
-  backend = backend or jax.default_backend()
-  shape = tuple(int(v) for v in input_shape)
+  resolve_depthwise(depthwise_implementation, "cpu")  # validates the name
+  backend = _local_backend(backend)
+  shape, _ = targets.representative_shape(input_shape)
   g = conv_geometry(shape, fmt.kernel_size, fmt.in_features, strides, padding, dilation)
   dtype = jnp.dtype(dtype or fmt.dtype)
   key = _key(fmt, shape, dtype, strides, padding, dilation, depthwise_implementation, objective, precision, backend)
@@ -416,10 +435,11 @@ def autotune_dense(
   """
   if objective not in OBJECTIVES:
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-  backend = backend or jax.default_backend()
+  backend = _local_backend(backend)
   if feature_group_count != 1:
     return "xla", f"feature_group_count={feature_group_count}: only XLA's conv takes groups (nothing measured)"
-  shape, kshape, dtype = tuple(int(v) for v in input_shape), tuple(int(v) for v in kernel_shape), jnp.dtype(dtype)
+  shape, _ = targets.representative_shape(input_shape)
+  kshape, dtype = tuple(int(v) for v in kernel_shape), jnp.dtype(dtype)
   key = repr(
     (
       "dense",
