@@ -41,7 +41,8 @@ def test_the_committed_results_are_found():
 def test_every_committed_results_file_loads_under_todays_scheme_names(path: Path):
   payload = results.load(path, _kind(path))
   # The library's scheme names (efficonv.compress, the compress runs) and the experiments' variants.
-  known = {*NETWORK_SCHEMES, *(s.name for s in LAYER_SCHEMES), "cp", "tucker2", "tt", "spatial", "separable"}
+  # "search": a compress variant chosen per layer by efficonv.search (its layers' schemes are in its report).
+  known = {*NETWORK_SCHEMES, *(s.name for s in LAYER_SCHEMES), "cp", "tucker2", "tt", "spatial", "separable", "search"}
   kind = _kind(path)
   if kind not in ("compare", "compress", "bench_layers", "bench_network"):
     return  # no scheme fields (quick_timing, decompose) or ranks in them (the sweep's "cp rank 64")
