@@ -167,7 +167,7 @@ def _conv_problem(draw: st.DrawFn) -> dict:
   }
 
 
-# 60 examples cover every format × implementation × padding kind several times; 200 cost the suite ~20 s more.
+# 60 random problems per run (the fixed-case tests above cover each format and path); 200 cost the suite ~20 s.
 @settings(max_examples=60, deadline=None)
 @given(problem=_conv_problem())
 def test_property_matches_dense_reference(problem: dict) -> None:
