@@ -289,6 +289,17 @@ def check_feature_group_count(feature_group_count: Any, **features: int) -> int:
   return groups
 
 
+def check_promote_dtype(promote_dtype: Any) -> Any:
+  """``promote_dtype`` as ``nnx.Conv`` takes it: a function ``(arrays, *, dtype) -> arrays``.
+
+  Raises:
+    ValueError: naming ``promote_dtype`` when it is not callable.
+  """
+  if not callable(promote_dtype):
+    raise ValueError(f"promote_dtype must be a function (arrays, *, dtype) -> arrays, got {promote_dtype!r}")
+  return promote_dtype
+
+
 def check_unsupported(layer: str, why: str, **options: Any) -> None:
   """Raises for each ``nnx.Conv`` option a layer cannot honour that is set to other than its default.
 

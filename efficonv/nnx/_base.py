@@ -28,6 +28,7 @@ from efficonv.layer_options import (
   check_input_dilation,
   check_one_layer,
   check_options,
+  check_promote_dtype,
   default_bias_init,
   restore_batch,
 )
@@ -194,8 +195,7 @@ class FactorizedConv(nnx.Module):
     )
     di = check_input_dilation(input_dilation, padding)
     groups = check_feature_group_count(feature_group_count, in_features=in_features, out_features=out_features)
-    if not callable(promote_dtype):
-      raise ValueError(f"promote_dtype must be a function (arrays, *, dtype) -> arrays, got {promote_dtype!r}")
+    check_promote_dtype(promote_dtype)
     _factorized.check_reconstructed_only(implementation, groups, mask, preferred_element_type)
     # With groups the format holds nnx.Conv's grouped kernel (kh, kw, C_in // groups, C_out).
     dense_metadata = dict(kernel_metadata)

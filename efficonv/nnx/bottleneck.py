@@ -22,6 +22,7 @@ from efficonv.layer_options import (
   check_geometry,
   check_input_dilation,
   check_one_layer,
+  check_promote_dtype,
   check_unsupported,
   default_bias_init,
   default_kernel_init,
@@ -128,9 +129,7 @@ class Bottleneck(nnx.Module):
       mask=(mask, None),
       preferred_element_type=(preferred_element_type, None),
     )
-    if not callable(promote_dtype):
-      raise ValueError(f"promote_dtype must be a function (arrays, *, dtype) -> arrays, got {promote_dtype!r}")
-    self.promote_dtype = promote_dtype
+    self.promote_dtype = check_promote_dtype(promote_dtype)
     w1, w2 = bottleneck_widths(out_features, width)
     self.in_features, self.out_features, self.kernel_size, self.width = in_features, out_features, ks, (w1, w2)
     self.strides, self.padding, self.kernel_dilation = s, padding, d

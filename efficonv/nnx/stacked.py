@@ -21,6 +21,7 @@ from efficonv.layer_options import (
   check_geometry,
   check_input_dilation,
   check_one_layer,
+  check_promote_dtype,
   check_unsupported,
   default_bias_init,
   default_kernel_init,
@@ -114,9 +115,7 @@ class StackedConv(nnx.Module):
       mask=(mask, None),
       preferred_element_type=(preferred_element_type, None),
     )
-    if not callable(promote_dtype):
-      raise ValueError(f"promote_dtype must be a function (arrays, *, dtype) -> arrays, got {promote_dtype!r}")
-    self.promote_dtype = promote_dtype
+    self.promote_dtype = check_promote_dtype(promote_dtype)
     small = opt.pair(small_kernel_size, "small_kernel_size")
     self.num_layers = _blocks.stacked_count(ks, small)
     self.in_features, self.out_features = in_features, out_features
