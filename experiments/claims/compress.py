@@ -106,6 +106,11 @@ class CompressSettings:
     search_decompose_kwargs: ``{scheme: keywords}`` of the search variants' fits (e.g.
       ``{"cp": {"n_restarts": 1}}`` to make CP's fit at every candidate rank cheaper); the final compression
       makes the same fits.
+    search_repeats: timed calls of each candidate layer in the search variants (at least; see
+      :func:`efficonv.search`'s ``repeats``).
+    search_min_seconds: each candidate's timed calls add up to at least this many seconds (``min_seconds``):
+      the allocation is only as good as these times, and a handful of calls of a millisecond layer on a
+      shared CPU is not.
   """
 
   variants: tuple[Variant, ...]
@@ -117,6 +122,8 @@ class CompressSettings:
   stages: int = 1
   search_ranks: tuple[Any, ...] | None = None
   search_decompose_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+  search_repeats: int = 20
+  search_min_seconds: float = 0.25
 
 
 _STANDARD = (
@@ -138,10 +145,12 @@ CATALOG: dict[str, Variant] = {
     Variant("cp_energy0.9", "cp", rank_lib.Energy(0.9)),
     Variant("cp_vbmf", "cp", rank_lib.VBMF()),
     Variant("cp_mac12", "cp", rank_lib.MacReduction(12)),
+    Variant("cp_mac16", "cp", rank_lib.MacReduction(16)),
     Variant("separable_mac4", "separable", rank_lib.MacReduction(4)),
     Variant("tt_mac4", "tt", rank_lib.MacReduction(4)),
     Variant("tucker2_full", "tucker2", rank_lib.Fixed(1 << 20)),  # clipped to (C_in, C_out)
     Variant("search_speedup4", "search", rank_lib.Speedup(4), search=("cp", "tucker2")),
+    Variant("search_speedup5", "search", rank_lib.Speedup(5), search=("cp", "tucker2")),
     Variant("search_speedup8", "search", rank_lib.Speedup(8), search=("cp", "tucker2")),
   )
 }
@@ -270,6 +279,8 @@ def search_policy(
     implementation=settings.implementation,
     dense_implementation=settings.dense_implementation,
     measure_time=True,
+    repeats=settings.search_repeats,
+    min_seconds=settings.search_min_seconds,
   )
   tables[variant.search] = report
   return policy, report
@@ -622,6 +633,8 @@ def run(
       "stages": settings.stages,
       "search_ranks": None if settings.search_ranks is None else [rule_label(r) for r in settings.search_ranks],
       "search_decompose_kwargs": settings.search_decompose_kwargs,
+      "search_repeats": settings.search_repeats,
+      "search_min_seconds": settings.search_min_seconds,
     },
     "environment": environment(command or None),
     "bench_batch_size": bench_batch,
@@ -755,6 +768,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument(
     "--search-cp-restarts", type=int, default=None, help="n_restarts of the search variants' CP fits (default 4)"
   )
+  parser.add_argument(
+    "--search-min-seconds",
+    type=float,
+    default=None,
+    help="seconds of timed calls per candidate layer in the search variants (default 0.25; at least 20 calls)",
+  )
   return parser.parse_args(argv)
 
 
@@ -788,6 +807,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.search_cp_restarts is not None:
     kwargs = {**settings.search_decompose_kwargs, "cp": {"n_restarts": args.search_cp_restarts}}
     settings = dataclasses.replace(settings, search_decompose_kwargs=kwargs)
+  if args.search_min_seconds is not None:
+    settings = dataclasses.replace(settings, search_min_seconds=args.search_min_seconds)
   workdir = args.workdir or os.path.join("results", f"compress_{args.config}_{args.preset}")
   command = command_line(__spec__.name, argv)
   payload = run(cfg, settings, workdir, command=command)

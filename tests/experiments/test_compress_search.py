@@ -15,7 +15,9 @@ def test_search_variants_share_one_search_and_compress_with_its_policy() -> None
   cfg = load("compare_fashion_mnist", "tiny")
   shape = tuple(cfg.data.synthetic_shape)
   model = build_model(cfg.model, shape, rngs=nnx.Rngs(0))
-  settings = CompressSettings((), finetune_steps=0, search_ranks=(rank_rules.MacReduction(2),))
+  settings = CompressSettings(
+    (), finetune_steps=0, search_ranks=(rank_rules.MacReduction(2),), search_repeats=3, search_min_seconds=0.0
+  )
   calibration = [np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32)]
   first = Variant("a", "search", rank_rules.MacReduction(1.5), search=("tucker2",))
   second = Variant("b", "search", rank_rules.Speedup(1.0), search=("tucker2",))
