@@ -40,8 +40,10 @@ uncorrelated errors) or of the loss increase. Costs add up:
   excess is then not a negative "rest" — that would be subtracted from a compressed network's much smaller
   conv time and over-predict its speedup — but a factor on the dense convs only: ``T_rest = 0``,
   ``t' = α t`` for a dense choice with ``α = T_network / Σ_conv t(given)``, and ``t' = t`` for a factorized
-  one. Either way the dense point predicts ``T_network`` exactly. The predicted speedup is ``T_network / (T_rest + Σ t(choice))``, against the model
-  as given, at ``input_shape``'s batch size.
+  one. Either way the dense point predicts ``T_network`` exactly. The predicted speedup is ``T_ref / (T_rest + Σ t(choice))`` at
+  ``input_shape``'s batch size, where ``T_ref`` is ``T_network`` (the model as given) unless the caller gives
+  ``reference_seconds`` (the fastest dense build it can run, say), and a ``Speedup(x)`` target is met when
+  the predicted time is at most ``T_ref / x``.
 
 Example:
   >>> import jax, numpy as np
@@ -161,6 +163,9 @@ class SearchReport:
     policy: the per-layer policy of the chosen point (every conv named).
     call_overhead_seconds: the time of a trivial compiled call, subtracted from every layer's time (NaN when
       nothing was timed).
+    reference_seconds: the time a :class:`~efficonv.rank.Speedup` target and :attr:`predicted_speedup` are
+      relative to, when the caller gave one (e.g. the fastest dense build of the network, which may be
+      faster than the model as given); NaN: ``network_seconds``.
   """
 
   target: Any
@@ -173,6 +178,7 @@ class SearchReport:
   network_seconds: float
   policy: Policy
   call_overhead_seconds: float = math.nan
+  reference_seconds: float = math.nan
 
   def choice(self, path: str) -> Candidate:
     """The chosen candidate of the conv at ``path``.
@@ -211,12 +217,17 @@ class SearchReport:
     return self.predicted_params / max(self.network_params, 1)
 
   @property
+  def baseline_seconds(self) -> float:
+    """The time speedups are relative to: ``reference_seconds`` when given, else ``network_seconds``."""
+    return self.reference_seconds if math.isfinite(self.reference_seconds) else self.network_seconds
+
+  @property
   def predicted_speedup(self) -> float:
-    """Measured network time over the predicted time of the chosen point (NaN when nothing was timed)."""
+    """:attr:`baseline_seconds` over the predicted time of the chosen point (NaN when nothing was timed)."""
     if not self.timed:
       return math.nan
     predicted = self.predicted_seconds
-    return self.network_seconds / predicted if predicted > 0 else math.inf
+    return self.baseline_seconds / predicted if predicted > 0 else math.inf
 
   @property
   def predicted_penalty(self) -> float:
@@ -244,6 +255,7 @@ class SearchReport:
         "params": self.network_params,
         "seconds": _json_float(self.network_seconds),
         "call_overhead_seconds": _json_float(self.call_overhead_seconds),
+        "reference_seconds": _json_float(self.reference_seconds),
       },
       "predicted": {
         "macs": self.predicted_macs,
@@ -286,9 +298,14 @@ class SearchReport:
       f"{self.predicted_mac_ratio:.2f}×, parameters {self.predicted_param_fraction:.3f}× dense"
     )
     if self.timed:
+      reference = (
+        f"; the reference {1e3 * self.reference_seconds:.3g} ms, the model as given {1e3 * self.network_seconds:.3g} ms"
+        if math.isfinite(self.reference_seconds)
+        else ""
+      )
       summary += (
-        f", speedup {self.predicted_speedup:.2f}× ({1e3 * self.network_seconds:.3g} ms → "
-        f"{1e3 * self.predicted_seconds:.3g} ms)"
+        f", speedup {self.predicted_speedup:.2f}× ({1e3 * self.baseline_seconds:.3g} ms → "
+        f"{1e3 * self.predicted_seconds:.3g} ms{reference})"
       )
     if self.metric == "output_error":
       summary += f", output error {self.predicted_output_error:.3g} (√Σe²)."
@@ -369,6 +386,7 @@ def search(
   measure_time: bool | None = None,
   repeats: int = 5,
   min_seconds: float = 0.02,
+  reference_seconds: float | None = None,
 ) -> tuple[Policy, SearchReport]:
   """Chooses a scheme and rank (or dense) for every conv so that the network meets ``target`` at the least
   predicted loss (see the module docstring for the tables, the model of the prediction and the allocation).
@@ -398,6 +416,10 @@ def search(
     forward: ``forward(model, x)`` when the model is not called as ``model(x)`` (jit-compatible).
     measure_time: time the candidates and the network; ``None``: only for a ``Speedup`` target.
     repeats, min_seconds: of each timing (:func:`efficonv.planning.median_seconds`).
+    reference_seconds: the time (at ``input_shape``) that a ``Speedup`` target and the predicted speedup are
+      relative to, when it is not the model as given: e.g. the fastest dense build of the network, timed by
+      the caller the same way (another formulation of its convs, other compiler options). ``None``: the model
+      as given, measured here. The time model itself is always the measured model's.
 
   Returns:
     ``(policy, report)``: ``policy`` names every conv (``"dense"`` or ``(scheme, rank)``, with the scheme's
@@ -409,7 +431,7 @@ def search(
   Raises:
     ValueError: naming ``target``, ``input_shape``, ``data``, ``loss_fn``, ``schemes``, ``ranks``,
       ``multiple_of``, ``decompose_kwargs``, ``include``, ``implementation``, ``dense_implementation``,
-      ``repeats`` or ``min_seconds`` when invalid.
+      ``repeats``, ``min_seconds`` or ``reference_seconds`` when invalid.
   """
   _check_target(target)
   shape = _check_input_shape(input_shape)
@@ -429,6 +451,7 @@ def search(
   batches = _check_data(data, shape, loss_fn is not None)
   forward = forward or (lambda m, x: m(x))
   timed = isinstance(target, rank_lib.Speedup) if measure_time is None else bool(measure_time)
+  reference = _check_reference_seconds(reference_seconds, timed)
   overhead = _call_overhead(repeats, min_seconds) if timed else math.nan
   time_of = functools.partial(_layer_seconds, repeats=repeats, min_seconds=min_seconds, overhead=overhead)
 
@@ -510,12 +533,28 @@ def search(
       skip_first=False,
     ),
     overhead,
+    reference,
   )
   return _allocate_report(provisional, target, kwargs_by_scheme, stacklevel=3)
 
 
+def _check_reference_seconds(value: Any, timed: bool) -> float:
+  """``reference_seconds`` as a float (NaN for ``None``)."""
+  if value is None:
+    return math.nan
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    raise ValueError(f"reference_seconds must be None or a positive finite number of seconds, got {value!r}")
+  if not timed:
+    raise ValueError(f"reference_seconds={value!r} needs measured times: give a Speedup target or measure_time=True")
+  return float(value)
+
+
 def allocate(
-  report: SearchReport, target: Any, *, decompose_kwargs: Mapping[str, Mapping[str, Any]] | None = None
+  report: SearchReport,
+  target: Any,
+  *,
+  decompose_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+  reference_seconds: float | None = None,
 ) -> tuple[Policy, SearchReport]:
   """Chooses the point of ``report``'s tables that meets ``target`` at the least predicted penalty.
 
@@ -527,15 +566,20 @@ def allocate(
     target: as for :func:`search`; a :class:`~efficonv.rank.Speedup` needs tables with times.
     decompose_kwargs: ``{scheme: keywords}`` the returned policy carries; ``None`` keeps those of
       ``report.policy``.
+    reference_seconds: a new reference time for the speedups (see :func:`search`); ``None`` keeps
+      ``report``'s.
 
   Returns:
     ``(policy, report)`` for ``target`` (see :func:`search`).
 
   Raises:
-    ValueError: naming ``target`` when it is not a target, or a ``Speedup`` and ``report`` has no times.
+    ValueError: naming ``target`` when it is not a target, or a ``Speedup`` and ``report`` has no times;
+      naming ``reference_seconds`` when it is not a positive number or ``report`` has no times.
   """
   if decompose_kwargs is None:
     decompose_kwargs = _policy_kwargs(report.policy)
+  if reference_seconds is not None:
+    report = dataclasses.replace(report, reference_seconds=_check_reference_seconds(reference_seconds, report.timed))
   return _allocate_report(report, target, decompose_kwargs, stacklevel=3)
 
 
@@ -722,7 +766,7 @@ def _budget(report: SearchReport, target: Any) -> float:
     return report.network_macs / target.reduction
   if isinstance(target, rank_lib.ParamFraction):
     return report.network_params * target.fraction
-  return report.network_seconds / target.speedup
+  return report.baseline_seconds / target.speedup
 
 
 def _achieved(report: SearchReport, target: Any) -> str:

@@ -139,6 +139,28 @@ def test_speedup_target_is_met_on_the_measured_tables_or_warns(searched) -> None
   assert not unmet.target_met and unmet.predicted_speedup == pytest.approx(best)
 
 
+def test_reference_seconds_sets_what_the_speedup_is_relative_to(searched) -> None:
+  _, report = searched
+  with pytest.warns(UserWarning, match="cannot be met"):
+    cheapest = allocate(report, rank_rules.Speedup(1e6))[1].predicted_seconds
+  assert cheapest < report.network_seconds
+  faster = (cheapest + report.network_seconds) / 2  # say, a dense build faster than the model as given
+  _, plain = allocate(report, rank_rules.Speedup(1.0))
+  _, relative = allocate(report, rank_rules.Speedup(1.0), reference_seconds=faster)
+  assert relative.baseline_seconds == faster and plain.baseline_seconds == report.network_seconds
+  # The same time model; a Speedup(1) against the faster reference needs a point at least that fast.
+  assert relative.predicted_seconds <= faster * (1 + 1e-9) < plain.predicted_seconds
+  assert relative.predicted_speedup == pytest.approx(faster / relative.predicted_seconds)
+  assert "the reference" in relative.to_markdown()
+  assert json.loads(relative.to_json())["network"]["reference_seconds"] == faster
+  for bad in (0.0, -1.0, math.inf, "1"):
+    with pytest.raises(ValueError, match="reference_seconds must be None or a positive"):
+      allocate(report, rank_rules.Speedup(1.0), reference_seconds=bad)
+  untimed = dataclasses.replace(report, network_seconds=math.nan)
+  with pytest.raises(ValueError, match=r"reference_seconds=1\.0 needs measured times"):
+    allocate(untimed, rank_rules.MacReduction(1.2), reference_seconds=1.0)
+
+
 def test_policy_and_report_round_trip_through_json(searched, tmp_path) -> None:
   policy, report = searched
   assert efficonv.Policy.from_json(policy.to_json()) == policy == report.policy

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -44,6 +46,7 @@ from efficonv import cost
 from efficonv import rank as rank_lib
 from efficonv.compression import Policy, Report, compress, conv_calls
 from efficonv.convert import conv_kernel
+from efficonv.planning import median_seconds
 from efficonv.policy_search import SearchReport, allocate, search
 from experiments import data
 from experiments.bench.dense_baselines import dense_network_builds
@@ -111,6 +114,8 @@ class CompressSettings:
     search_min_seconds: each candidate's timed calls add up to at least this many seconds (``min_seconds``):
       the allocation is only as good as these times, and a handful of calls of a millisecond layer on a
       shared CPU is not.
+    control: fine-tune the dense baseline the same way as the variants (the control for the drops); off,
+      the report says there is none (another run with the same baseline can supply it).
   """
 
   variants: tuple[Variant, ...]
@@ -124,6 +129,7 @@ class CompressSettings:
   search_decompose_kwargs: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
   search_repeats: int = 20
   search_min_seconds: float = 0.25
+  control: bool = True
 
 
 _STANDARD = (
@@ -245,6 +251,7 @@ def search_policy(
   calibration: Sequence[np.ndarray],
   input_shape: Sequence[int],
   tables: dict[tuple[str, ...], SearchReport],
+  reference_seconds: float | None = None,
 ) -> tuple[Policy, SearchReport]:
   """The policy of a search variant: :func:`efficonv.search` for its target, or, when an earlier variant
   searched the same schemes (``tables``, updated), :func:`efficonv.policy_search.allocate` on its tables.
@@ -256,6 +263,8 @@ def search_policy(
     calibration: standardized input batches the sensitivities are measured on.
     input_shape: NHWC shape the candidates are timed at (the benchmark's batch).
     tables: reports of earlier searches, by their schemes.
+    reference_seconds: what the ``Speedup`` targets are relative to (:func:`efficonv.search`); the pipeline
+      passes the time of the fastest dense build (:func:`fastest_dense_seconds`).
 
   Returns:
     ``(policy, report)``.
@@ -281,6 +290,7 @@ def search_policy(
     measure_time=True,
     repeats=settings.search_repeats,
     min_seconds=settings.search_min_seconds,
+    reference_seconds=reference_seconds,
   )
   tables[variant.search] = report
   return policy, report
@@ -416,6 +426,26 @@ def compiled_with(graphdef: nnx.GraphDef, options: dict[str, Any]) -> Any:
   return predict
 
 
+def fastest_dense_seconds(
+  builds: dict[str, Subject], input_shape: Sequence[int], settings: CompressSettings
+) -> tuple[str, float]:
+  """The fastest of the dense ``builds`` at ``input_shape``: its name and median inference seconds.
+
+  Timed the way :func:`efficonv.search` times the network (:func:`efficonv.planning.median_seconds`, the
+  search's ``repeats`` and ``min_seconds``), so that a search's ``Speedup`` target is relative to the fastest
+  dense network this process can build, not only to the network as trained.
+  """
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(np.float32))
+  times = {}
+  for name, s in builds.items():
+    call = functools.partial(s.predict, s.params, s.rest, x)
+    jax.block_until_ready(call())  # compiles
+    times[name] = median_seconds(call, repeats=settings.search_repeats, min_seconds=settings.search_min_seconds)[0]
+  fastest = min(times, key=times.__getitem__)
+  logger.info("fastest dense build for the search: %s, %.2f ms (%s)", fastest, 1e3 * times[fastest], times)
+  return fastest, times[fastest]
+
+
 def dense_builds(
   cfg: ExperimentConfig, dense_model: nnx.Module, base: Any, train_set: data.Dataset, parallel: Any
 ) -> dict[str, Subject]:
@@ -495,19 +525,20 @@ def run(
   subjects = dense_builds(cfg, dense_model, base, train_set, parallel)
   # Control: the dense model fine-tuned the same way, so that gains from the extra steps are not credited to
   # the compression (short baselines keep improving).
-  control = finetune(
-    cfg,
-    base.graphdef,
-    base.params,
-    base.rest,
-    train_set,
-    settings.finetune_steps,
-    settings.finetune_lr_fraction,
-    parallel,
-  )
-  dense_row["test_accuracy_after_ft"] = evaluate(
-    base.predict, control["params"], control["rest"], test_set, eval_batch, parallel
-  )["accuracy"]
+  if settings.control:
+    control = finetune(
+      cfg,
+      base.graphdef,
+      base.params,
+      base.rest,
+      train_set,
+      settings.finetune_steps,
+      settings.finetune_lr_fraction,
+      parallel,
+    )
+    dense_row["test_accuracy_after_ft"] = evaluate(
+      base.predict, control["params"], control["rest"], test_set, eval_batch, parallel
+    )["accuracy"]
 
   rows: list[CompressRow] = []
   bench_batch = cfg.bench.batch_size or cfg.train.batch_size
@@ -516,11 +547,22 @@ def run(
     for i in range(0, min(settings.calibration_size, len(train_set)), eval_batch)
   ]
   tables: dict[tuple[str, ...], SearchReport] = {}
+  reference: tuple[str, float] | None = None
+  if any(v.is_search for v in settings.variants):
+    reference = fastest_dense_seconds(subjects, (bench_batch, *image_shape), settings)
   for variant in settings.variants:
     start = time.perf_counter()
     searched: SearchReport | None = None
     if variant.is_search:
-      policy, searched = search_policy(variant, settings, dense_model, calibration, (bench_batch, *image_shape), tables)
+      policy, searched = search_policy(
+        variant,
+        settings,
+        dense_model,
+        calibration,
+        (bench_batch, *image_shape),
+        tables,
+        reference_seconds=None if reference is None else reference[1],
+      )
       search_s = time.perf_counter() - start
     else:
       policy = Policy(
@@ -580,6 +622,8 @@ def run(
         search=searched.to_dict(),
         search_markdown=searched.to_markdown(),
       )
+      if reference is not None:
+        row["search_reference"] = {"build": reference[0], "seconds": reference[1]}
       searched.plot(workdir / f"search_{variant.name}.png")
     rows.append(row)
     logger.info(
@@ -635,6 +679,7 @@ def run(
       "search_decompose_kwargs": settings.search_decompose_kwargs,
       "search_repeats": settings.search_repeats,
       "search_min_seconds": settings.search_min_seconds,
+      "control": settings.control,
     },
     "environment": environment(command or None),
     "bench_batch_size": bench_batch,
@@ -658,8 +703,12 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
     f"Command: `{command}`" if command else "",
     "",
     f"Dense baseline: {dense['train_steps']} training steps, test accuracy {100 * dense['test_accuracy']:.2f}% "
-    f"({100 * dense['test_accuracy_after_ft']:.2f}% after the same fine-tuning as the variants), "
-    f"{dense['macs']:,} MACs/image, {dense['params']:,} params, "
+    + (
+      f"({100 * dense['test_accuracy_after_ft']:.2f}% after the same fine-tuning as the variants), "
+      if "test_accuracy_after_ft" in dense
+      else "(not fine-tuned in this run: no control for the drops), "
+    )
+    + f"{dense['macs']:,} MACs/image, {dense['params']:,} params, "
     f"{dense['inference_images_per_s']:.0f} images/s inference (batch {payload['bench_batch_size']}). "
     f"Each variant factorizes every conv after the stem (`efficonv.compress`, implementation "
     f"`{settings['implementation']}`), then fine-tunes {settings['finetune_steps']} steps at "
@@ -692,17 +741,24 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
       "",
     ]
   lines += [
-    "Search variants (`efficonv.search`) predict their throughput speedup over the `dense` build (the network "
-    "as trained) from each conv's candidates timed alone at the benchmark batch plus the rest of the network; "
-    "*predicted* and *measured vs dense* compare that prediction with the benchmark.",
+    "Search variants (`efficonv.search`) predict their throughput speedup from each conv's candidates timed "
+    "alone at the benchmark batch plus the rest of the network, over the fastest dense build timed before the "
+    "search (`reference`; without one, over the `dense` build, the network as trained); *predicted* and "
+    "*measured* compare that prediction with the benchmark's speedup over the same baseline (the fastest "
+    "dense build, or `dense`).",
     "",
     "| variant | scheme | rule | MAC ratio | throughput speedup | latency speedup | acc dense | acc before FT | "
-    "acc after FT | drop (points) | predicted speedup | measured vs dense |",
+    "acc after FT | drop (points) | predicted speedup | measured |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in payload["results"]:
     predicted = f"{r['predicted_speedup']:.2f}×" if "predicted_speedup" in r else "—"
-    measured = f"{r['measured_speedup_vs_dense']:.2f}×" if "measured_speedup_vs_dense" in r else "—"
+    if "search_reference" in r:
+      measured = f"{r['inference_speedup']:.2f}×"
+    elif "measured_speedup_vs_dense" in r:
+      measured = f"{r['measured_speedup_vs_dense']:.2f}× (vs dense)"
+    else:
+      measured = "—"
     scheme = f"search({', '.join(r['searched_schemes'])})" if "searched_schemes" in r else r["scheme"]
     lines.append(
       f"| {r['variant']} | {scheme} | {r['rule']} | {r['mac_ratio']:.2f}× | {r['inference_speedup']:.2f}× | "
@@ -769,6 +825,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     "--search-cp-restarts", type=int, default=None, help="n_restarts of the search variants' CP fits (default 4)"
   )
   parser.add_argument(
+    "--no-control",
+    action="store_true",
+    help="do not fine-tune the dense baseline as the control (another run with the same baseline has it)",
+  )
+  parser.add_argument(
     "--search-min-seconds",
     type=float,
     default=None,
@@ -807,6 +868,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.search_cp_restarts is not None:
     kwargs = {**settings.search_decompose_kwargs, "cp": {"n_restarts": args.search_cp_restarts}}
     settings = dataclasses.replace(settings, search_decompose_kwargs=kwargs)
+  if args.no_control:
+    settings = dataclasses.replace(settings, control=False)
   if args.search_min_seconds is not None:
     settings = dataclasses.replace(settings, search_min_seconds=args.search_min_seconds)
   workdir = args.workdir or os.path.join("results", f"compress_{args.config}_{args.preset}")

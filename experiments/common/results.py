@@ -200,6 +200,7 @@ class CompressRow(_CompressRowRequired, total=False):
   search_target_met: bool
   search_s: float
   search: dict[str, Any]
+  search_reference: dict[str, Any]
   search_markdown: str
 
 

@@ -56,6 +56,7 @@ def test_markdown_shows_predicted_and_measured_speedups() -> None:
   plain = {**row, "variant": "cp_mac4", "scheme": "cp", "rule": "MacReduction(4)"}
   for key in ("searched_schemes", "predicted_speedup", "search_markdown", "search_s"):
     plain.pop(key)
+  referenced = {**row, "variant": "search_speedup5", "search_reference": {"build": "dense/no_ynn", "seconds": 0.01}}
   payload = {
     "config": {"name": "c", "preset": "tiny"},
     "environment": {},
@@ -69,12 +70,17 @@ def test_markdown_shows_predicted_and_measured_speedups() -> None:
       "params": 10,
       "inference_images_per_s": 100.0,
     },
-    "results": [row, plain],
+    "results": [row, plain, referenced],
   }
   text = markdown(payload)
   assert "| search_speedup4 | search(cp, tucker2) | Speedup(4) | 5.00× | 3.50× |" in text
-  assert text.count("| 4.10× | 3.80× |") == 1 and "| — | 3.80× |" in text
+  assert text.count("| 4.10× | 3.80× (vs dense) |") == 1 and "| — | 3.80× (vs dense) |" in text
+  # A search against the fastest dense build compares its prediction with the speedup over that build.
+  assert "| search_speedup5 |" in text and text.count("| 4.10× | 3.50× |") == 1
   assert "Search tables (12 s):" in text and "Target Speedup(4) (met)" in text
+  assert "after the same fine-tuning as the variants" in text
+  del payload["dense"]["test_accuracy_after_ft"]  # a run without the control (--no-control)
+  assert "no control for the drops" in markdown(payload)
 
 
 def test_stage_groups_split_the_replaced_convs_in_forward_order() -> None:
