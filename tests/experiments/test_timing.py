@@ -88,5 +88,28 @@ def test_deadline_stops_after_the_first_round() -> None:
 
 def test_time_call_is_measure_of_one_candidate() -> None:
   calls = []
-  stats = time_call(lambda: calls.append(1), repeats=4, warmup=3)
+  stats = time_call(lambda: calls.append(1), repeats=4, warmup=3, rewarm_seconds=0.0)
   assert stats.repeats == 4 and len(calls) == 7
+
+
+def test_fast_candidates_are_timed_right_after_a_call_of_their_own() -> None:
+  order: list[str] = []
+
+  def fn(name: str, seconds: float) -> Callable[[], None]:
+    def call() -> None:
+      order.append(name)
+      time.sleep(seconds)
+
+    return call
+
+  stats = measure(
+    {"fast": (fn("fast", 0.0), ()), "slow": (fn("slow", 0.03), ())}, repeats=6, warmup=1, rewarm_seconds=0.02
+  )
+  assert stats["fast"].repeats == stats["slow"].repeats == 6
+  timed = order[2:]  # after the two warm-up calls
+  assert timed.count("fast") == 12 and timed.count("slow") == 6  # one untimed call before each timed one
+  # every fast call comes in a pair, so the timed one follows a call of its own, never the slow one's
+  runs = "".join("f" if n == "fast" else "s" for n in timed).split("s")
+  assert all(len(r) % 2 == 0 for r in runs)
+  with pytest.raises(ValueError, match="rewarm_seconds"):
+    measure({"f": (lambda: None, ())}, rewarm_seconds=-1.0)
