@@ -45,7 +45,8 @@ def _cp(run: Run, rules: Rules) -> tuple[list[Check], Result]:
 
 def pick_compress_run(runs: Sequence[Run]) -> Run | None:
   """The run with CP variants on the widest network (most dense MACs per image), then the one whose dense
-  baseline trained longest, then fine-tuned longest (ties: the first).
+  baseline trained longest, then fine-tuned longest, then the most recent (its ``environment.date``: the
+  newest code and timing harness; ties: the first).
 
   Width comes first because the claim is about speed, and speed is a property of the network's width: a
   narrow network that XLA already runs near the machine's peak cannot show it (the small-net runs stay in
@@ -60,6 +61,7 @@ def pick_compress_run(runs: Sequence[Run]) -> Run | None:
       int(r.payload["dense"].get("macs", 0)),
       r.steps(),
       r.payload.get("compress", {}).get("finetune_steps", 0),
+      str(r.payload.get("environment", {}).get("date", "")),  # "YYYY-MM-DD HH:MM UTC" sorts by time
     ),
   )
 
