@@ -293,10 +293,13 @@ def test_claim6_uses_the_widest_network_then_the_longest_training():
   v = _verdict(6, compress=[narrow_long, wide_short, wide])
   assert v.run is wide and v.verdict == HOLDS
   assert _verdict(6, compress=[narrow_long]).verdict == FAILS
-  # Otherwise equal runs: the most recent one.
+  # Otherwise equal runs: the one with the largest CP MAC ratio, then the most recent one.
   newer = _compress({"cp_mac8": ("cp", 2.0, 0.905)}, steps=936, macs=90_000_000)
   newer.payload["environment"]["date"] = "2030-01-03 00:00 UTC"
   assert _verdict(6, compress=[newer, wide]).run is newer and _verdict(6, compress=[wide, newer]).run is newer
+  further = _compress({"cp_mac12": ("cp", 5.0, 0.90)}, steps=936, macs=90_000_000)
+  further.payload["results"][0]["mac_ratio"] = 11.5
+  assert _verdict(6, compress=[newer, further, wide]).run is further
 
 
 # --- Run selection and Markdown -------------------------------------------------------------------------------
