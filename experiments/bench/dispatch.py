@@ -42,7 +42,7 @@ def calls(model: nnx.Module, x: jax.Array) -> dict[str, tuple[Any, tuple[Any, ..
   """The three calls of one network's inference program (see the module docstring)."""
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   predict = make_predict(graphdef)
-  compiled = jax.jit(lambda p, r, x: merge(graphdef, p, r)(x, train=False)).lower(params, rest, x).compile()
+  compiled = predict.lower(params, rest, x).compile()
   leaves, treedef = jax.tree.flatten((params, rest))
 
   def from_leaves(leaves: list[Any], x: jax.Array) -> jax.Array:

@@ -154,13 +154,19 @@ def _check(
     raise ValueError(f"slow_seconds must be > 0 and needs warmup >= 1, got {slow_seconds} with warmup={warmup}")
 
 
+def _per_call(warm: Sequence[float]) -> float:
+  """A candidate's per-call estimate from its warm-up calls: their median, without the first (it may still be
+  cold) when there are others."""
+  return float(np.median(warm[1:] if len(warm) > 1 else warm))
+
+
 def _planned_calls(
   warm: Sequence[float], repeats: int, min_seconds: float, max_seconds: float | None, min_repeats: int
 ) -> int:
   """Timed calls for a candidate whose warm-up calls took ``warm`` seconds (see the module docstring)."""
   if not warm:
     return repeats
-  per_call = max(float(np.median(warm[1:] if len(warm) > 1 else warm)), 1e-9)  # the first may still be cold
+  per_call = max(_per_call(warm), 1e-9)
   planned = max(repeats, math.ceil(min_seconds / per_call))
   if max_seconds is not None:
     planned = max(min(min_repeats, planned), min(planned, int(max_seconds / per_call)))
@@ -228,7 +234,7 @@ def measure(
       planned[name], rewarm[name] = 1, False
     else:
       planned[name] = _planned_calls(warm, repeats, min_seconds, max_seconds, min_repeats)
-      rewarm[name] = bool(warm) and float(np.median(warm)) < rewarm_seconds
+      rewarm[name] = bool(warm) and _per_call(warm) < rewarm_seconds
   times: dict[str, list[float]] = {name: [] for name in names}
   order = random.Random(seed)
   for round_index in range(max(planned.values(), default=0)):
