@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,8 @@ import jax.numpy as jnp
 from efficonv.decompose._info import HIGHEST, safe_ratio
 from efficonv.typing import Array
 
+# Below this relative error the convergence test forms the residual (see als).
+FORMED_ERROR_BELOW = 0.1
 # Factors in tensor-mode order (kh, kw, C_in, C_out), each (I_n, R).
 Factors = tuple[Array, Array, Array, Array]
 
@@ -31,20 +34,27 @@ def unit_columns(a: Array) -> tuple[Array, Array]:
   return a / jnp.where(norms > 0, norms, 1)[None, :], norms
 
 
-def _ridge_update(mttkrp: Array, hadamard_gram: Array, l2: float | Array) -> tuple[Array, Array]:
+Solver = Literal["cholesky", "lu"]
+
+
+def _ridge_update(mttkrp: Array, hadamard_gram: Array, l2: float | Array, solver: Solver) -> tuple[Array, Array]:
   """Solves ``B (hadamard_gram + l2 I) = mttkrp`` and splits ``B`` into unit columns and weights.
 
-  The shifted Gram is symmetric positive definite in exact arithmetic, so Cholesky is tried first (the
-  cheapest solve). In float32, rounding can make a nearly singular Gram numerically indefinite (over-
-  factored fits); Cholesky then yields NaN, and the solve falls back to LU with partial pivoting, which is
-  backward stable for any nonsingular matrix.
+  The shifted Gram is symmetric positive definite in exact arithmetic, so ``"cholesky"`` (the cheapest
+  solve: one factorization, two triangular solves) is the solver of every sweep. In float32, rounding can
+  make a nearly singular Gram numerically indefinite (over-factored fits); Cholesky then yields NaN, which
+  propagates to the end of the fit, and :func:`als_with_fallback` reruns that fit with ``"lu"`` (partial
+  pivoting, backward stable for any nonsingular matrix). Checking once per fit instead of once per update
+  keeps a data-dependent branch out of the sweep (under ``vmap`` a branch runs both sides, so the LU
+  solve ran on every update).
   """
   shifted = hadamard_gram + l2 * jnp.eye(hadamard_gram.shape[0], dtype=hadamard_gram.dtype)
+  if solver == "lu":
+    return unit_columns(jnp.linalg.solve(shifted, mttkrp.T).T)
   chol = jax.lax.linalg.cholesky(shifted, symmetrize_input=False)
   # B L L^T = M: two triangular solves from the right.
   b = jax.lax.linalg.triangular_solve(chol, mttkrp, left_side=False, lower=True, transpose_a=True)
   b = jax.lax.linalg.triangular_solve(chol, b, left_side=False, lower=True, transpose_a=False)
-  b = jax.lax.cond(jnp.isfinite(b).all(), lambda: b, lambda: jnp.linalg.solve(shifted, mttkrp.T).T)
   return unit_columns(b)
 
 
@@ -57,10 +67,19 @@ def als(
   l2: float | Array,
   w_norm: Array,
   check_convergence: bool,
+  solver: Solver = "cholesky",
 ) -> tuple[Factors, Array, Array]:
-  """Runs up to ``n_iter`` ALS sweeps; returns unit-column factors, weights ``λ`` and the sweep count."""
+  """Runs up to ``n_iter`` ALS sweeps; returns unit-column factors, weights ``λ`` and the sweep count.
+
+  ``solver`` solves the normal equations of every update (see ``_ridge_update``); ``check_convergence``
+  stops once the relative error, tracked by the norm identity below at no pass over ``W``, changes by
+  less than ``tol``.
+  """
   kh, kw, cin, cout = w.shape
   w_rows = w.reshape(kh * kw * cin, cout)  # W with the output mode last, as a GEMM operand
+  # The output-mode MTTKRP contracts W's rows: a row-major copy of W^T makes it a plain GEMM (XLA:CPU
+  # runs a GEMM with a transposed operand through a slower, non-fused path).
+  w_cols = jnp.transpose(w_rows).copy()
 
   def sweep(state: tuple) -> tuple:
     i, (a_h, a_w, a_in, a_out), (_, g_w, g_in, g_out), _, err, _ = state
@@ -70,22 +89,33 @@ def als(
     # a_in stays fixed through the first two updates as well.
     w_out_in = jnp.einsum("xycr,cr->xyr", w_out, a_in, precision=HIGHEST)
     m_h = jnp.einsum("xyr,yr->xr", w_out_in, a_w, precision=HIGHEST)
-    a_h, _ = _ridge_update(m_h, g_w * g_in * g_out, l2)
+    a_h, _ = _ridge_update(m_h, g_w * g_in * g_out, l2, solver)
     g_h = gram(a_h)
     m_w = jnp.einsum("xyr,xr->yr", w_out_in, a_h, precision=HIGHEST)
-    a_w, _ = _ridge_update(m_w, g_h * g_in * g_out, l2)
+    a_w, _ = _ridge_update(m_w, g_h * g_in * g_out, l2, solver)
     g_w = gram(a_w)
     spatial = a_h[:, None, :] * a_w[None, :, :]  # (kh, kw, R)
     m_in = jnp.einsum("xycr,xyr->cr", w_out, spatial, precision=HIGHEST)
-    a_in, _ = _ridge_update(m_in, g_h * g_w * g_out, l2)
+    a_in, _ = _ridge_update(m_in, g_h * g_w * g_out, l2, solver)
     g_in = gram(a_in)
     khatri_rao = (spatial[:, :, None, :] * a_in[None, None, :, :]).reshape(kh * kw * cin, -1)
-    m_out = jnp.dot(w_rows.T, khatri_rao, precision=HIGHEST)
-    a_out, weights = _ridge_update(m_out, g_h * g_w * g_in, l2)
+    m_out = jnp.dot(w_cols, khatri_rao, precision=HIGHEST)
+    a_out, weights = _ridge_update(m_out, g_h * g_w * g_in, l2, solver)
     g_out = gram(a_out)
     if check_convergence:
-      fit = jnp.dot(khatri_rao, (a_out * weights[None, :]).T, precision=HIGHEST)
-      new_err = safe_ratio(jnp.linalg.norm((w_rows - fit).ravel()), w_norm)
+      # ||W - fit||² = ||W||² - 2 <W, fit> + ||fit||² without forming the fit (as TensorLy does):
+      # <W, fit> = Σ_r λ_r <m_out_r, a_out_r> and ||fit||² = λ^T (⊛ Grams) λ — no pass over W.
+      inner = jnp.sum(weights * jnp.sum(m_out * a_out, axis=0))
+      fit_sq = jnp.dot(weights, jnp.dot(g_h * g_w * g_in * g_out, weights, precision=HIGHEST), precision=HIGHEST)
+      identity_err = safe_ratio(jnp.sqrt(jnp.maximum(w_norm**2 - 2 * inner + fit_sq, 0.0)), w_norm)
+
+      def formed_err() -> Array:
+        fit = jnp.dot(khatri_rao, (a_out * weights[None, :]).T, precision=HIGHEST)
+        return safe_ratio(jnp.linalg.norm((w_rows - fit).ravel()), w_norm)
+
+      # The identity cancels: in float32 it resolves a relative error only down to ~sqrt(eps) ≈ 3e-4, so
+      # a nearly exact fit forms its residual instead (one GEMM) to keep converging to the true minimum.
+      new_err = jax.lax.cond(identity_err < FORMED_ERROR_BELOW, formed_err, lambda: identity_err)
       done = jnp.abs(err - new_err) < tol
     else:
       new_err, done = err, jnp.zeros((), bool)
@@ -106,3 +136,10 @@ def als(
   )
   sweeps, factors, _, weights, _, _ = jax.lax.while_loop(keep_going, sweep, start)
   return factors, weights, sweeps
+
+
+def als_with_fallback(w: Array, factors: Factors, **options: Any) -> tuple[Factors, Array, Array]:
+  """:func:`als` with Cholesky solves, rerun with LU solves when that fit ends non-finite (see ``_ridge_update``)."""
+  result = als(w, factors, solver="cholesky", **options)
+  finite = jnp.isfinite(result[1]).all() & jnp.all(jnp.asarray([jnp.isfinite(f).all() for f in result[0]]))
+  return jax.lax.cond(finite, lambda: result, lambda: als(w, factors, solver="lu", **options))

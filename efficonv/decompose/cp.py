@@ -46,7 +46,7 @@ from typing import Literal, Union
 import jax
 import jax.numpy as jnp
 
-from efficonv.decompose._cp_als import Factors, als, factors_of, unit_columns
+from efficonv.decompose._cp_als import Factors, als_with_fallback, factors_of, unit_columns
 from efficonv.decompose._cp_lm import levenberg_marquardt
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import leading_eigenvectors
@@ -98,7 +98,7 @@ def cp(
     n_iter: maximum number of iterations, ``>= 1``: ALS sweeps (each updates all four factors), or for
       ``"lm"`` one ALS sweep plus ``n_iter - 1`` LM steps (rejected steps count).
     tol: stop when the relative error changes by less than ``tol`` between iterations; ``0`` runs all
-      ``n_iter`` and skips the per-sweep error of ALS (one GEMM per sweep cheaper).
+      ``n_iter`` and skips the per-sweep error of ALS.
     init: ``"svd"`` — leading left singular vectors of each unfolding, the modes shorter than ``R``
       padded with uniform ``[0, 1)`` columns (normalized), as TensorLy's ``parafac(init="svd")`` pads
       them, so that a single fit draws from the same minima; ``"random"`` — Gaussian unit columns; or a
@@ -216,12 +216,12 @@ def _fit_from(
   """One fit from unit-column starting factors."""
   w_norm = jnp.linalg.norm(w.ravel())
   if method == "als":
-    factors, weights, sweeps = als(
+    factors, weights, sweeps = als_with_fallback(
       w, factors, n_iter=n_iter, tol=tol, l2=l2, w_norm=w_norm, check_convergence=check_convergence
     )
   else:
     # One ALS sweep sets the scale (and puts the objective below ||W||², which the bound needs).
-    factors, weights, _ = als(w, factors, n_iter=1, tol=tol, l2=l2, w_norm=w_norm, check_convergence=False)
+    factors, weights, _ = als_with_fallback(w, factors, n_iter=1, tol=tol, l2=l2, w_norm=w_norm, check_convergence=False)
     share = jnp.sqrt(jnp.sqrt(weights))
     balanced = factors_of(f * share[None, :] for f in factors)
     balanced, steps = levenberg_marquardt(
