@@ -221,7 +221,9 @@ def _fit_from(
     )
   else:
     # One ALS sweep sets the scale (and puts the objective below ||W||², which the bound needs).
-    factors, weights, _ = als_with_fallback(w, factors, n_iter=1, tol=tol, l2=l2, w_norm=w_norm, check_convergence=False)
+    factors, weights, _ = als_with_fallback(
+      w, factors, n_iter=1, tol=tol, l2=l2, w_norm=w_norm, check_convergence=False
+    )
     share = jnp.sqrt(jnp.sqrt(weights))
     balanced = factors_of(f * share[None, :] for f in factors)
     balanced, steps = levenberg_marquardt(

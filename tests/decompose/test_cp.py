@@ -233,3 +233,37 @@ def test_default_is_no_worse_than_tensorly_svd_init(seed: int) -> None:
     warnings.simplefilter("ignore", UserWarning)
     theirs = parafac(tl.tensor(w), 8, n_iter_max=100, tol=0, init="svd", random_state=0)
   assert float(ours.relative_error) <= build.relative_error(w, tl.cp_to_tensor(theirs)) * (1 + 1e-4)
+
+
+def test_convergence_test_by_the_norm_identity_stops_where_the_formed_residual_does(
+  monkeypatch: pytest.MonkeyPatch,
+) -> None:
+  # A noisy kernel (error ~0.3): the sweep tracks its error by ||W||² - 2<W, fit> + ||fit||²; forming the
+  # residual instead (the path of nearly exact fits) must stop at the same sweep with the same error.
+  from efficonv.decompose import _cp_als
+
+  rng = np.random.default_rng(11)
+  w = build.cp_kernel(rng, (3, 3, 16, 16), 6) + 0.3 * build.gaussian(rng, (3, 3, 16, 16))
+  _, by_identity = cp(w, 5, n_iter=500, tol=1e-5, n_restarts=1)
+  jax.clear_caches()
+  monkeypatch.setattr(_cp_als, "FORMED_ERROR_BELOW", np.inf)
+  _, formed = cp(w, 5, n_iter=500, tol=1e-5, n_restarts=1)
+  jax.clear_caches()
+  assert 2 < int(by_identity.n_iter) < 500
+  assert abs(int(by_identity.n_iter) - int(formed.n_iter)) <= 1
+  assert float(by_identity.relative_error) == pytest.approx(float(formed.relative_error), rel=1e-4)
+
+
+def test_identity_relative_error_equals_the_formed_residual() -> None:
+  from efficonv.decompose._cp_als import gram, identity_relative_error, unit_columns
+
+  rng = np.random.default_rng(12)
+  w = jnp.asarray(build.cp_kernel(rng, (3, 3, 8, 10), 4) + 0.5 * build.gaussian(rng, (3, 3, 8, 10)))
+  a_h, a_w, a_in, a_out = (unit_columns(jnp.asarray(build.gaussian(rng, (s, 5))))[0] for s in (3, 3, 8, 10))
+  weights = jnp.asarray(np.abs(build.gaussian(rng, (5,))) + 0.5)
+  mttkrp_out = jnp.einsum("xycs,xr,yr,cr->sr", w, a_h, a_w, a_in, precision="highest")
+  grams = gram(a_h) * gram(a_w) * gram(a_in) * gram(a_out)
+  fit = jnp.einsum("r,xr,yr,cr,sr->xycs", weights, a_h, a_w, a_in, a_out, precision="highest")
+  formed = float(jnp.linalg.norm(w - fit) / jnp.linalg.norm(w))
+  got = float(identity_relative_error(jnp.linalg.norm(w), mttkrp_out, a_out, weights, grams))
+  assert got == pytest.approx(formed, rel=1e-4)
