@@ -116,10 +116,11 @@ def als(
     g_in = gram(a_in)
     khatri_rao = (spatial[:, :, None, :] * a_in[None, None, :, :]).reshape(kh * kw * cin, -1)
     m_out = jnp.dot(w_cols, khatri_rao, precision=HIGHEST)
-    a_out, weights = _ridge_update(m_out, g_h * g_w * g_in, l2, solver)
+    grams_but_out = g_h * g_w * g_in
+    a_out, weights = _ridge_update(m_out, grams_but_out, l2, solver)
     g_out = gram(a_out)
     if check_convergence:
-      identity_err = identity_relative_error(w_norm, m_out, a_out, weights, g_h * g_w * g_in * g_out)
+      identity_err = identity_relative_error(w_norm, m_out, a_out, weights, grams_but_out * g_out)
 
       def formed_err() -> Array:
         fit = jnp.dot(khatri_rao, (a_out * weights[None, :]).T, precision=HIGHEST)
@@ -153,5 +154,6 @@ def als(
 def als_with_fallback(w: Array, factors: Factors, **options: Any) -> tuple[Factors, Array, Array]:
   """:func:`als` with Cholesky solves, rerun with LU solves when that fit ends non-finite (see ``_ridge_update``)."""
   result = als(w, factors, solver="cholesky", **options)
-  finite = jnp.isfinite(result[1]).all() & jnp.all(jnp.asarray([jnp.isfinite(f).all() for f in result[0]]))
+  fitted, weights, _ = result
+  finite = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in (weights, *fitted)]))
   return jax.lax.cond(finite, lambda: result, lambda: als(w, factors, solver="lu", **options))

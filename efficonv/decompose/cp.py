@@ -192,8 +192,8 @@ def _fit(
     return fit(first)
   # The first fit starts where a single fit would (so the best is never worse than it); the others from
   # fresh starts (see _restart_init): ALS converges to different local minima from different starts.
-  # lax.map, not vmap: vmapped, the Cholesky/LU solves become batched LAPACK calls, which deadlocked in
-  # OpenBLAS here.
+  # lax.map, not vmap: XLA:CPU runs a batch of these small fits slower than one after another (and the
+  # batched LAPACK solves of a vmapped fit once deadlocked in OpenBLAS).
   restart = _restart_init(tuple(w.shape), rank, init)
   others = [_initial_factors(w, rank, restart, jax.random.fold_in(key, i)) for i in range(1, n_restarts)]
   starts = factors_of(jnp.stack([f, *(o[mode] for o in others)]) for mode, f in enumerate(first))
