@@ -56,12 +56,14 @@ from efficonv.formats.ranks import single_rank
 from efficonv.kernels.reconstruct import cp_to_dense
 from efficonv.typing import Array, ArrayLike
 
-Init = Union[Literal["svd", "random"], CP]
-INITS = ("svd", "random")
+Init = Union[Literal["svd", "svd_terms", "random"], CP]
+INITS = ("svd", "svd_terms", "random")
 Method = Literal["als", "lm"]
 METHODS = ("als", "lm")
 # Fits from which the best is kept (see cp's n_restarts).
 DEFAULT_RESTARTS = 4
+# Alternating rank-one updates that fit each term of the "svd_terms" start (see _svd_terms_factors).
+RANK_ONE_SWEEPS = 10
 
 
 def cp(
@@ -101,23 +103,27 @@ def cp(
       ``n_iter`` and skips the per-sweep error of ALS.
     init: ``"svd"`` — leading left singular vectors of each unfolding, the modes shorter than ``R``
       padded with uniform ``[0, 1)`` columns (normalized), as TensorLy's ``parafac(init="svd")`` pads
-      them, so that a single fit draws from the same minima; ``"random"`` — Gaussian unit columns; or a
-      :class:`CP` of the same shape and rank to warm-start from.
+      them, so that a single fit draws from the same minima; ``"svd_terms"`` — the ``R`` leading terms
+      of the SVD of the output unfolding ``W_(3)^T = U Σ V^T``, each left term ``σ_r u_r`` (a
+      ``kh × kw × C_in`` tensor) replaced by its best rank-one approximation and ``v_r`` kept as the
+      output column (deterministic; needs ``R <= min(kh·kw·C_in, C_out)``); ``"random"`` — Gaussian
+      unit columns; or a :class:`CP` of the same shape and rank to warm-start from.
     key: PRNG key for random columns; ``jax.random.key(0)`` when ``None``.
     l2: ridge on the rank-one term norms (relative to the unit Gram diagonal); guarantees
       ``FitInfo.degeneracy <= 1/sqrt(l2)``. ``0`` disables the guard and the float32 safety margin.
     method: ``"als"`` (alternating least squares) or ``"lm"`` (Levenberg–Marquardt).
     n_restarts: fits run (one after another, in one compiled ``lax.map``) from different starts, of
       which the one with the least relative error is returned. The first starts from ``init`` (it is the
-      fit ``n_restarts=1`` returns, so more restarts are never worse). The others start from the SVD init
-      with fresh random padding columns (keys ``fold_in(key, i)``) when some mode is shorter than
-      ``rank`` — those columns decide which local minimum ALS reaches, and fully random starts reached
-      worse minima than SVD starts — and from Gaussian unit columns when the SVD init has no random part
-      or ``init="random"``. A single fit's error is a draw from the same distribution as TensorLy's
-      ``parafac(init="svd")`` at the same rank and sweeps, and lost to it by up to a few percent on
-      rank-48-plus-noise ``3×3×64×64`` kernels at rank 32 and on real trained kernels; the best of the
-      default ``4`` was not worse than the median of TensorLy's seeds on all but one of them, where about
-      half of the SVD starts reach TensorLy's minimum (the experiments' ``bench.cp_quality``). Costs
+      fit ``n_restarts=1`` returns, so more restarts are never worse). Unless ``init`` is ``"random"`` or
+      ``"svd_terms"``, the second starts from ``"svd_terms"`` where that start exists: its minimum is
+      not a random draw, and it reached a better one than the median TensorLy seed on kernels where the
+      random-padded starts mostly did not. The others start from the SVD init with fresh random padding
+      columns (keys ``fold_in(key, i)`` for restart ``i``) when some mode is shorter than ``rank`` —
+      those columns decide which local minimum ALS reaches, and fully random starts reached worse
+      minima than SVD starts — and from Gaussian unit columns when the SVD init has no random part or
+      ``init="random"``. A single ``"svd"`` fit's error is a draw from the same distribution as
+      TensorLy's ``parafac(init="svd")`` at the same rank and sweeps (the experiments'
+      ``bench.cp_quality`` compares the default with the median of TensorLy's seeds). Costs
       ``n_restarts`` times one fit.
 
   Returns:
@@ -150,6 +156,11 @@ def cp(
     start = tuple(jnp.asarray(f, w.dtype) for f in (init.vertical, init.horizontal, init.first, init.last.T))
     init_kind = "given"
   elif isinstance(init, str) and init in INITS:
+    if init == "svd_terms" and not _has_svd_terms(shape, rank):
+      raise ValueError(
+        f"init='svd_terms' needs rank <= min(kh*kw*C_in, C_out) = {min(shape[0] * shape[1] * shape[2], shape[3])} "
+        f"for kernel shape {shape}, got rank {rank}"
+      )
     start, init_kind = None, init
   else:
     raise ValueError(f"init must be one of {INITS} or a CP format, got {init!r}")
@@ -194,8 +205,10 @@ def _fit(
   # fresh starts (see _restart_init): ALS converges to different local minima from different starts.
   # lax.map, not vmap: XLA:CPU runs a batch of these small fits slower than one after another (and the
   # batched LAPACK solves of a vmapped fit once deadlocked in OpenBLAS).
-  restart = _restart_init(tuple(w.shape), rank, init)
-  others = [_initial_factors(w, rank, restart, jax.random.fold_in(key, i)) for i in range(1, n_restarts)]
+  kinds = [_restart_init(tuple(w.shape), rank, init)] * (n_restarts - 1)
+  if init not in ("random", "svd_terms") and _has_svd_terms(tuple(w.shape), rank):
+    kinds[0] = "svd_terms"
+  others = [_initial_factors(w, rank, kind, jax.random.fold_in(key, i)) for i, kind in enumerate(kinds, start=1)]
   starts = factors_of(jnp.stack([f, *(o[mode] for o in others)]) for mode, f in enumerate(first))
   fmts, infos = jax.lax.map(fit, starts)
   errors = jnp.where(jnp.isnan(infos.relative_error), jnp.inf, infos.relative_error)
@@ -242,7 +255,7 @@ def _fit_from(
 
 
 def _restart_init(shape: tuple[int, ...], rank: int, init: str) -> str:
-  """The start of the restarts after the first.
+  """The start of the random restarts (after the first, and after the ``"svd_terms"`` one where it runs).
 
   The SVD init again, with fresh random columns, when some mode is shorter than the rank (its random
   columns are what decide the minimum ALS reaches, and fully random starts reached worse minima);
@@ -254,7 +267,47 @@ def _restart_init(shape: tuple[int, ...], rank: int, init: str) -> str:
   return "svd"
 
 
+def _has_svd_terms(shape: tuple[int, ...], rank: int) -> bool:
+  """Whether the output unfolding has ``rank`` singular triplets (the ``"svd_terms"`` start exists)."""
+  kh, kw, cin, cout = shape
+  return rank <= min(kh * kw * cin, cout)
+
+
+def _svd_terms_factors(w: Array, rank: int) -> Factors:
+  """The ``"svd_terms"`` start: the rank-one approximations of the leading SVD terms of ``W_(3)^T``.
+
+  ``W_(3)^T = U Σ V^T`` (rows ``kh·kw·C_in``, columns ``C_out``) is a sum of terms ``(σ_r u_r) v_r^T``; a
+  CP term is such a product whose left factor is rank one over ``(kh, kw, C_in)``. Each ``σ_r u_r`` gets
+  its best rank-one approximation by alternating updates from its HOSVD vectors (the leading left
+  singular vectors of its two spatial unfoldings), and ``v_r`` is the output column. Deterministic:
+  no random columns, unlike ``"svd"`` whose 3-long modes are mostly random at ``R > 3``.
+  """
+  kh, kw, cin, cout = w.shape
+  w_rows = w.reshape(kh * kw * cin, cout)
+  a_out = leading_eigenvectors(w_rows.T, rank)  # right singular vectors v_r
+  terms = jnp.dot(w_rows, a_out, precision=HIGHEST).reshape(kh, kw, cin, rank)  # σ_r u_r
+
+  def leading(grams: Array) -> Array:  # (rank, n, n) -> (n, rank): each Gram's leading eigenvector
+    return jnp.linalg.eigh(grams)[1][..., -1].T
+
+  a_h = leading(jnp.einsum("xycr,zycr->rxz", terms, terms, precision=HIGHEST))
+  a_w = leading(jnp.einsum("xycr,xzcr->ryz", terms, terms, precision=HIGHEST))
+
+  def rank_one_sweep(_: Array, spatial: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+    a_h, a_w, _ = spatial
+    a_in = unit_columns(jnp.einsum("xycr,xr,yr->cr", terms, a_h, a_w, precision=HIGHEST))[0]
+    a_h = unit_columns(jnp.einsum("xycr,yr,cr->xr", terms, a_w, a_in, precision=HIGHEST))[0]
+    a_w = unit_columns(jnp.einsum("xycr,xr,cr->yr", terms, a_h, a_in, precision=HIGHEST))[0]
+    return a_h, a_w, a_in
+
+  start = (a_h, a_w, jnp.zeros((cin, rank), w.dtype))
+  a_h, a_w, a_in = jax.lax.fori_loop(0, RANK_ONE_SWEEPS, rank_one_sweep, start)
+  return a_h, a_w, a_in, a_out
+
+
 def _initial_factors(w: Array, rank: int, init: str, key: Array) -> Factors:
+  if init == "svd_terms":
+    return _svd_terms_factors(w, rank)
   keys = jax.random.split(key, 4)
   unfoldings = CP.unfoldings(w)
   factors = []

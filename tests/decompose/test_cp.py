@@ -159,6 +159,7 @@ def test_max_rank() -> None:
     (np.ones(SHAPE), {"rank": 2, "init": "hosvd"}, "init"),
     (np.ones(SHAPE), {"rank": 2, "method": "gn"}, "method"),
     (np.ones(SHAPE), {"rank": 2, "n_restarts": 0}, "n_restarts"),
+    (np.ones(SHAPE), {"rank": 11, "init": "svd_terms"}, "init='svd_terms' needs rank <= min"),
     (
       np.ones(SHAPE),
       {"rank": 2, "init": CP(np.ones((8, 3)), np.ones((3, 3)), np.ones((3, 3)), np.ones((3, 10)))},
@@ -193,16 +194,37 @@ def test_restarts_keep_the_best_of_the_individual_fits() -> None:
   w = build.cp_kernel(rng, SHAPE, 6) + 0.3 * build.gaussian(rng, SHAPE)
   key = jax.random.key(3)
   fmt, info = cp(w, 5, n_iter=40, tol=0.0, key=key, n_restarts=4)
-  # Restart 0 is the single fit; restart i the SVD init with the padding columns of fold_in(key, i)
-  # (the 3-long modes are shorter than the rank).
+  # Restart 0 is the single fit, restart 1 the "svd_terms" start, restart i >= 2 the SVD init with the
+  # padding columns of fold_in(key, i) (the 3-long modes are shorter than the rank).
   singles = [float(cp(w, 5, n_iter=40, tol=0.0, key=key, n_restarts=1)[1].relative_error)]
+  singles += [float(cp(w, 5, n_iter=40, tol=0.0, init="svd_terms", n_restarts=1)[1].relative_error)]
   singles += [
-    float(cp(w, 5, n_iter=40, tol=0.0, key=jax.random.fold_in(key, i), n_restarts=1)[1].relative_error) for i in (1, 2)
+    float(cp(w, 5, n_iter=40, tol=0.0, key=jax.random.fold_in(key, i), n_restarts=1)[1].relative_error) for i in (2, 3)
   ]
-  assert float(info.relative_error) <= min(singles) * (1 + 1e-4)
+  assert float(info.relative_error) == pytest.approx(min(singles), rel=1e-4)
   assert build.relative_error(w, fmt.to_dense()) == pytest.approx(float(info.relative_error), rel=1e-4)
   fits = jax.jit(jax.vmap(lambda k: cp(k, 5, n_iter=10, n_restarts=3)))(jnp.stack([w, -w]))
   assert fits[1].relative_error.shape == (2,) and fits[0].first.shape == (2, SHAPE[2], 5)
+
+
+def test_svd_terms_start_is_exact_when_every_svd_term_is_a_cp_term() -> None:
+  # Orthonormal input and output factors with distinct weights: the terms a_h ⊗ a_w ⊗ a_in are orthogonal,
+  # so the SVD of W_(3)^T is the CP itself (σ_r u_r = λ_r a_h ⊗ a_w ⊗ a_in, rank one) and the start is
+  # the exact decomposition (one sweep from a random start is far from it).
+  rng = np.random.default_rng(11)
+  cin, out = (np.linalg.qr(rng.standard_normal((size, 5)))[0] for size in SHAPE[2:])
+  spatial = [rng.standard_normal((size, 5)) for size in SHAPE[:2]]
+  w = np.einsum("r,xr,yr,cr,sr->xycs", 2.0 ** -np.arange(5), *spatial, cin, out).astype(np.float32)
+  _, terms = cp(w, 5, n_iter=1, tol=0.0, init="svd_terms", n_restarts=1)
+  _, random = cp(w, 5, n_iter=1, tol=0.0, init="random", n_restarts=1)
+  assert float(terms.relative_error) < 1e-4 < 1e-2 < float(random.relative_error)
+
+
+def test_svd_terms_start_is_deterministic_and_jits() -> None:
+  w = build.cp_kernel(np.random.default_rng(12), SHAPE, 6)
+  fit = jax.jit(lambda k, key: cp(k, 5, n_iter=5, init="svd_terms", key=key, n_restarts=1))
+  a, b = fit(w, jax.random.key(0)), fit(w, jax.random.key(1))
+  np.testing.assert_array_equal(np.asarray(a[0].first), np.asarray(b[0].first))
 
 
 @pytest.mark.parametrize(("rank", "init"), [(3, "svd"), (5, "random")])
