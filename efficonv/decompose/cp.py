@@ -46,6 +46,7 @@ from typing import Literal, Union
 import jax
 import jax.numpy as jnp
 
+from efficonv.decompose._compile import fit_jit
 from efficonv.decompose._cp_als import Factors, als_with_fallback, factors_of, unit_columns
 from efficonv.decompose._cp_lm import levenberg_marquardt
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
@@ -153,7 +154,9 @@ def cp(
       raise ValueError(
         f"init must be a CP of kernel shape {shape} and rank {rank}, got kernel_size, in/out features and rank {given}"
       )
-    start = tuple(jnp.asarray(f, w.dtype) for f in (init.vertical, init.horizontal, init.first, init.last.T))
+    start: Factors | None = factors_of(
+      jnp.asarray(f, w.dtype) for f in (init.vertical, init.horizontal, init.first, init.last.T)
+    )
     init_kind = "given"
   elif isinstance(init, str) and init in INITS:
     if init == "svd_terms" and not _has_svd_terms(shape, rank):
@@ -180,7 +183,7 @@ def cp(
 
 
 # Only what changes the program is static, so new values of n_iter, tol or l2 reuse the compiled fit.
-@functools.partial(jax.jit, static_argnames=("rank", "init", "method", "check_convergence", "n_restarts"))
+@fit_jit("rank", "init", "method", "check_convergence", "n_restarts")
 def _fit(
   w: Array,
   key: Array,

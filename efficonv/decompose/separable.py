@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 
+from efficonv.decompose._compile import fit_jit
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import truncated_svd
 from efficonv.decompose._validate import check_kernel
 from efficonv.formats import Separable
+from efficonv.formats.ranks import single_rank
 from efficonv.kernels.reconstruct import separable_to_dense
 from efficonv.typing import Array, ArrayLike
 
@@ -44,11 +43,11 @@ def separable(kernel: ArrayLike, depth_multiplier: int = 1) -> tuple[Separable, 
     <https://arxiv.org/abs/1610.02357>`_, CVPR 2017.
   """
   w = check_kernel(kernel)
-  m = Separable.check_rank(depth_multiplier, w.shape, name="depth_multiplier")
+  m = single_rank(Separable.check_rank(depth_multiplier, w.shape, name="depth_multiplier"))
   return _fit(w, m=m)
 
 
-@functools.partial(jax.jit, static_argnames="m")
+@fit_jit("m")
 def _fit(w: Array, *, m: int) -> tuple[Separable, FitInfo]:
   kh, kw, cin, cout = w.shape
   (slices,) = (u.matrix for u in Separable.unfoldings(w))  # (C_in, kh·kw, C_out): one matrix per input channel

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 
+from efficonv.decompose._compile import fit_jit
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import truncated_svd
 from efficonv.decompose._validate import check_kernel
@@ -47,7 +45,7 @@ def spatial(kernel: ArrayLike, rank: int) -> tuple[Spatial, FitInfo]:
   return _fit(w, rank=rank)
 
 
-@functools.partial(jax.jit, static_argnames="rank")
+@fit_jit("rank")
 def _fit(w: Array, *, rank: int) -> tuple[Spatial, FitInfo]:
   kh, kw, cin, cout = w.shape
   (matrix,) = (u.matrix for u in Spatial.unfoldings(w))  # (kh·C_in) × (kw·C_out)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 
+from efficonv.decompose._compile import fit_jit
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import truncated_svd
 from efficonv.decompose._validate import check_kernel
@@ -65,7 +64,7 @@ def tt(
   return _fit(w, ranks=ranks, **modes)
 
 
-@functools.partial(jax.jit, static_argnames=("ranks", "in_modes", "out_modes"))
+@fit_jit("ranks", "in_modes", "out_modes")
 def _fit(
   w: Array, *, ranks: tuple[int, ...], in_modes: tuple[int, ...], out_modes: tuple[int, ...]
 ) -> tuple[TT, FitInfo]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
+from efficonv.decompose._compile import fit_jit
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import leading_left_singular_vectors
 from efficonv.decompose._validate import check_float, check_int, check_kernel
@@ -61,7 +61,7 @@ def tucker2(
 
 
 # n_iter and tol are traced, so new values reuse the compiled fit.
-@functools.partial(jax.jit, static_argnames="ranks")
+@fit_jit("ranks")
 def _fit(w: Array, n_iter: int | Array, tol: float | Array, *, ranks: tuple[int, int]) -> tuple[Tucker2, FitInfo]:
   cin, cout = w.shape[2:]
   r_in, r_out = ranks
