@@ -151,9 +151,22 @@ def als(
   return factors, weights, sweeps
 
 
-def als_with_fallback(w: Array, factors: Factors, **options: Any) -> tuple[Factors, Array, Array]:
-  """:func:`als` with Cholesky solves, rerun with LU solves when that fit ends non-finite (see ``_ridge_update``)."""
-  result = als(w, factors, solver="cholesky", **options)
+def finite_fit(result: tuple[Factors, Array, Array]) -> Array:
+  """Whether an :func:`als` result's factors and weights are all finite."""
   fitted, weights, _ = result
-  finite = jnp.all(jnp.stack([jnp.isfinite(x).all() for x in (weights, *fitted)]))
-  return jax.lax.cond(finite, lambda: result, lambda: als(w, factors, solver="lu", **options))
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in (weights, *fitted)]))
+
+
+def als_with_cholesky(w: Array, factors: Factors, **options: Any) -> tuple[tuple[Factors, Array, Array], Array]:
+  """:func:`als` with Cholesky solves, and whether it ended finite (:func:`als_with_fallback` without the rerun)."""
+  result = als(w, factors, solver="cholesky", **options)
+  return result, finite_fit(result)
+
+
+def als_with_fallback(w: Array, factors: Factors, **options: Any) -> tuple[tuple[Factors, Array, Array], Array]:
+  """:func:`als` with Cholesky solves, rerun with LU solves when that fit ends non-finite (see ``_ridge_update``).
+
+  Returns the result and whether the Cholesky fit ended finite (``False``: the result is the LU rerun's).
+  """
+  result, finite = als_with_cholesky(w, factors, **options)
+  return jax.lax.cond(finite, lambda: result, lambda: als(w, factors, solver="lu", **options)), finite

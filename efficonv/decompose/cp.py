@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from efficonv.decompose._compile import fit_jit
-from efficonv.decompose._cp_als import Factors, als_with_fallback, factors_of, unit_columns
+from efficonv.decompose._cp_als import Factors, als_with_cholesky, als_with_fallback, factors_of, unit_columns
 from efficonv.decompose._cp_lm import levenberg_marquardt
 from efficonv.decompose._info import HIGHEST, FitInfo, dense_relative_error, safe_ratio
 from efficonv.decompose._svd import leading_eigenvectors
@@ -167,7 +167,8 @@ def cp(
     start, init_kind = None, init
   else:
     raise ValueError(f"init must be one of {INITS} or a CP format, got {init!r}")
-  return _fit(
+  fit = functools.partial(
+    _fit,
     w,
     key,
     start,
@@ -180,10 +181,19 @@ def cp(
     check_convergence=tol > 0,
     n_restarts=n_restarts,
   )
+  if isinstance(w, jax.core.Tracer):
+    fmt, info, _ = fit(fallback=True)
+    return fmt, info
+  # Called eagerly, the LU fallback (see _cp_als.als_with_fallback) is compiled only for a fit that needs
+  # it: most never do, and it is a second copy of the ALS loop in the program.
+  fmt, info, finite = fit(fallback=False)
+  if not bool(finite):
+    fmt, info, _ = fit(fallback=True)
+  return fmt, info
 
 
 # Only what changes the program is static, so new values of n_iter, tol or l2 reuse the compiled fit.
-@fit_jit("rank", "init", "method", "check_convergence", "n_restarts")
+@fit_jit("rank", "init", "method", "check_convergence", "n_restarts", "fallback")
 def _fit(
   w: Array,
   key: Array,
@@ -197,26 +207,73 @@ def _fit(
   method: str,
   check_convergence: bool,
   n_restarts: int,
-) -> tuple[CP, FitInfo]:
-  first = _initial_factors(w, rank, init, key) if start is None else factors_of(unit_columns(f)[0] for f in start)
+  fallback: bool,
+) -> tuple[CP, FitInfo, Array]:
+  """The best of ``n_restarts`` fits, and whether every fit's ALS ended finite with Cholesky solves.
+
+  With ``fallback`` a fit that did not is rerun with LU solves in the same program (under a caller's
+  trace nothing else can); without it, the caller reruns the whole call with ``fallback`` when the flag
+  is ``False``.
+  """
   fit = functools.partial(
-    _fit_from, w, n_iter=n_iter, tol=tol, l2=l2, method=method, check_convergence=check_convergence
+    _fit_from,
+    w,
+    n_iter=n_iter,
+    tol=tol,
+    l2=l2,
+    method=method,
+    check_convergence=check_convergence,
+    fallback=fallback,
   )
-  if n_restarts == 1:
-    return fit(first)
   # The first fit starts where a single fit would (so the best is never worse than it); the others from
-  # fresh starts (see _restart_init): ALS converges to different local minima from different starts.
-  # lax.map, not vmap: XLA:CPU runs a batch of these small fits slower than one after another (and the
-  # batched LAPACK solves of a vmapped fit once deadlocked in OpenBLAS).
-  kinds = [_restart_init(tuple(w.shape), rank, init)] * (n_restarts - 1)
-  if init not in ("random", "svd_terms") and _has_svd_terms(tuple(w.shape), rank):
-    kinds[0] = "svd_terms"
-  others = [_initial_factors(w, rank, kind, jax.random.fold_in(key, i)) for i, kind in enumerate(kinds, start=1)]
-  starts = factors_of(jnp.stack([f, *(o[mode] for o in others)]) for mode, f in enumerate(first))
-  fmts, infos = jax.lax.map(fit, starts)
+  # fresh starts (see _restart_starts): ALS converges to different local minima from different starts.
+  starts = _restart_starts(w, rank, init, key, start, n_restarts)
+  if n_restarts == 1:
+    return fit(factors_of(f[0] for f in starts))
+  # lax.map, not vmap: XLA:CPU runs a batch of these small fits slower than one after another.
+  fmts, infos, finite = jax.lax.map(fit, starts)
   errors = jnp.where(jnp.isnan(infos.relative_error), jnp.inf, infos.relative_error)
   best = jnp.argmin(errors)
-  return jax.tree_util.tree_map(lambda x: x[best], (fmts, infos))
+  fmt, info = jax.tree_util.tree_map(lambda x: x[best], (fmts, infos))
+  return fmt, info, jnp.all(finite)
+
+
+def _restart_starts(w: Array, rank: int, init: str, key: Array, start: Factors | None, n_restarts: int) -> Factors:
+  """The ``n_restarts`` starting points, stacked: ``init`` (or ``start``), then ``"svd_terms"``, then draws.
+
+  Restart ``i`` of the draws (kind :func:`_restart_init`) uses key ``fold_in(key, i)``, and restart 0 key
+  ``key`` when it is a draw of the same kind. The draws are one ``vmap`` over their keys, so the
+  unfoldings' eigenvectors, which do not depend on the key, are computed (and compiled) once.
+  """
+  shape = tuple(int(d) for d in w.shape)
+  kind = _restart_init(shape, rank, init)
+  fixed: list[Factors] = []  # the starts that are not draws, in restart order
+  draw_keys: list[Array] = []
+  is_draw: list[bool] = []
+  for i in range(n_restarts):
+    if i == 0 and start is not None:
+      fixed.append(factors_of(unit_columns(f)[0] for f in start))
+    elif i == 0 and init != kind:
+      fixed.append(_initial_factors(w, rank, init, key))
+    elif i == 1 and init not in ("random", "svd_terms") and _has_svd_terms(shape, rank):
+      fixed.append(_svd_terms_factors(w, rank))
+    else:
+      draw_keys.append(key if i == 0 else jax.random.fold_in(key, i))
+      is_draw.append(True)
+      continue
+    is_draw.append(False)
+  draws = jax.vmap(lambda k: _initial_factors(w, rank, kind, k))(jnp.stack(draw_keys)) if draw_keys else None
+  next_draw, next_fixed = iter(range(len(draw_keys))), iter(fixed)
+  per_mode: list[list[Array]] = [[], [], [], []]
+  for drawn in is_draw:
+    if drawn and draws is not None:
+      j = next(next_draw)
+      chosen = factors_of(d[j] for d in draws)
+    else:
+      chosen = next(next_fixed)
+    for mode in range(4):
+      per_mode[mode].append(chosen[mode])
+  return factors_of(jnp.stack(parts) for parts in per_mode)
 
 
 def _fit_from(
@@ -228,16 +285,18 @@ def _fit_from(
   l2: float | Array,
   method: str,
   check_convergence: bool,
-) -> tuple[CP, FitInfo]:
-  """One fit from unit-column starting factors."""
+  fallback: bool,
+) -> tuple[CP, FitInfo, Array]:
+  """One fit from unit-column starting factors, and whether its ALS ended finite with Cholesky solves."""
   w_norm = jnp.linalg.norm(w.ravel())
+  run_als = als_with_fallback if fallback else als_with_cholesky
   if method == "als":
-    factors, weights, sweeps = als_with_fallback(
+    (factors, weights, sweeps), finite = run_als(
       w, factors, n_iter=n_iter, tol=tol, l2=l2, w_norm=w_norm, check_convergence=check_convergence
     )
   else:
     # One ALS sweep sets the scale (and puts the objective below ||W||², which the bound needs).
-    factors, weights, _ = als_with_fallback(
+    (factors, weights, _), finite = run_als(
       w, factors, n_iter=1, tol=tol, l2=l2, w_norm=w_norm, check_convergence=False
     )
     share = jnp.sqrt(jnp.sqrt(weights))
@@ -254,7 +313,7 @@ def _fit_from(
   fmt = CP(a_in, a_h, a_w, a_out.T)
   dense = cp_to_dense(fmt.first, fmt.vertical, fmt.horizontal, fmt.last, precision=HIGHEST)
   info = FitInfo(dense_relative_error(w, dense), sweeps, safe_ratio(jnp.max(weights), w_norm))
-  return fmt, info
+  return fmt, info, finite
 
 
 def _restart_init(shape: tuple[int, ...], rank: int, init: str) -> str:

@@ -289,3 +289,28 @@ def test_identity_relative_error_equals_the_formed_residual() -> None:
   formed = float(jnp.linalg.norm(w - fit) / jnp.linalg.norm(w))
   got = float(identity_relative_error(jnp.linalg.norm(w), mttkrp_out, a_out, weights, grams))
   assert got == pytest.approx(formed, rel=1e-4)
+
+
+def test_a_fit_whose_cholesky_solves_fail_is_rerun_with_lu_solves(monkeypatch: pytest.MonkeyPatch) -> None:
+  # Cholesky and LU solve the same positive definite systems, so with working Cholesky solves the LU rerun
+  # is the same fit. Make every Cholesky fit end non-finite (as a numerically indefinite Gram does): the
+  # eager call (which compiles the LU fallback only when needed) and the traced call (which has it in the
+  # program) must both return the LU fit.
+  from efficonv.decompose import _cp_als
+
+  rng = np.random.default_rng(13)
+  w = build.cp_kernel(rng, SHAPE, 6) + 0.3 * build.gaussian(rng, SHAPE)
+  _, reference = cp(w, 4, n_iter=20, tol=0.0, n_restarts=2)
+  real_als = _cp_als.als
+
+  def cholesky_fails(w: jax.Array, factors: tuple, *, solver: str = "cholesky", **options: object) -> tuple:
+    fitted, weights, sweeps = real_als(w, factors, solver=solver, **options)
+    return fitted, (weights * jnp.nan if solver == "cholesky" else weights), sweeps
+
+  jax.clear_caches()
+  monkeypatch.setattr(_cp_als, "als", cholesky_fails)
+  _, eager = cp(w, 4, n_iter=20, tol=0.0, n_restarts=2)
+  _, traced = jax.jit(lambda k: cp(k, 4, n_iter=20, tol=0.0, n_restarts=2))(jnp.asarray(w))
+  jax.clear_caches()
+  for fit in (eager, traced):
+    assert float(fit.relative_error) == pytest.approx(float(reference.relative_error), rel=1e-3)
