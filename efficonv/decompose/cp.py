@@ -85,7 +85,9 @@ def cp(
   changes by less than ``tol``), so it runs under ``jax.jit`` (close over or mark static every argument
   but ``kernel`` and ``key``) and ``jax.vmap`` over a stack of same-shape kernels (each kernel keeps its
   own stopping sweep). Called eagerly, the fit is compiled once per kernel shape, ``rank``, ``init`` kind
-  and ``method``; other values of ``n_iter``, ``tol`` and ``l2`` reuse it.
+  and ``method``; other values of ``n_iter``, ``tol`` and ``l2`` reuse it. An eager call waits for its
+  result: a fit whose float32 Cholesky solves broke down (see ``_cp_als._ridge_update``) is rerun with
+  LU solves, a second program compiled only then.
 
   Example:
     >>> import jax
