@@ -249,33 +249,22 @@ def _restart_starts(w: Array, rank: int, init: str, key: Array, start: Factors |
   """
   shape = tuple(int(d) for d in w.shape)
   kind = _restart_init(shape, rank, init)
-  fixed: list[Factors] = []  # the starts that are not draws, in restart order
+  slots: list[Factors | int] = []  # per restart: a start that is not a draw, or the index of its draw
   draw_keys: list[Array] = []
-  is_draw: list[bool] = []
   for i in range(n_restarts):
     if i == 0 and start is not None:
-      fixed.append(factors_of(unit_columns(f)[0] for f in start))
+      slots.append(factors_of(unit_columns(f)[0] for f in start))
     elif i == 0 and init != kind:
-      fixed.append(_initial_factors(w, rank, init, key))
+      slots.append(_initial_factors(w, rank, init, key))
     elif i == 1 and init not in ("random", "svd_terms") and _has_svd_terms(shape, rank):
-      fixed.append(_svd_terms_factors(w, rank))
+      slots.append(_svd_terms_factors(w, rank))
     else:
+      slots.append(len(draw_keys))
       draw_keys.append(key if i == 0 else jax.random.fold_in(key, i))
-      is_draw.append(True)
-      continue
-    is_draw.append(False)
-  draws = jax.vmap(lambda k: _initial_factors(w, rank, kind, k))(jnp.stack(draw_keys)) if draw_keys else None
-  next_draw, next_fixed = iter(range(len(draw_keys))), iter(fixed)
-  per_mode: list[list[Array]] = [[], [], [], []]
-  for drawn in is_draw:
-    if drawn and draws is not None:
-      j = next(next_draw)
-      chosen = factors_of(d[j] for d in draws)
-    else:
-      chosen = next(next_fixed)
-    for mode in range(4):
-      per_mode[mode].append(chosen[mode])
-  return factors_of(jnp.stack(parts) for parts in per_mode)
+  if draw_keys:
+    draws = jax.vmap(lambda k: _initial_factors(w, rank, kind, k))(jnp.stack(draw_keys))
+  chosen = [factors_of(d[slot] for d in draws) if isinstance(slot, int) else slot for slot in slots]
+  return factors_of(jnp.stack([c[mode] for c in chosen]) for mode in range(4))
 
 
 def _fit_from(
