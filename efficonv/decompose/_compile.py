@@ -3,9 +3,9 @@
 A fit is a loop of many small ops (Gram matrices, ``R × R`` solves, normalizations) around a few GEMMs that
 XLA:CPU runs through library calls. Much of such a program's compile time goes to LLVM's default ``-O2``
 pipeline optimizing the small ops' loop fusions (the layout copies around each LAPACK call among them),
-which does not make them measurably faster. The fits are compiled per kernel
-shape and rank, so a whole-network decomposition or a rank search compiles many of them: at ``-O1`` they
-compile markedly faster and run as fast (measurements: the README's "Decomposition" section).
+which does not make them measurably faster. The fits are compiled per kernel shape and rank, so a
+whole-network decomposition or a rank search compiles many of them: at ``-O1`` they compile markedly
+faster and run as fast (measurements: the README's "Decomposition" section).
 """
 
 from __future__ import annotations
