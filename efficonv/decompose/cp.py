@@ -163,7 +163,7 @@ def cp(
   elif isinstance(init, str) and init in INITS:
     if init == "svd_terms" and not _has_svd_terms(shape, rank):
       raise ValueError(
-        f"init='svd_terms' needs rank <= min(kh*kw*C_in, C_out) = {min(shape[0] * shape[1] * shape[2], shape[3])} "
+        f"init='svd_terms' needs rank <= min(kh*kw*C_in, C_out) = {_svd_terms_max_rank(shape)} "
         f"for kernel shape {shape}, got rank {rank}"
       )
     start, init_kind = None, init
@@ -320,10 +320,15 @@ def _restart_init(shape: tuple[int, ...], rank: int, init: str) -> str:
   return "svd"
 
 
+def _svd_terms_max_rank(shape: tuple[int, ...]) -> int:
+  """The number of singular triplets of the output unfolding: the largest rank of the ``"svd_terms"`` start."""
+  kh, kw, cin, cout = shape
+  return min(kh * kw * cin, cout)
+
+
 def _has_svd_terms(shape: tuple[int, ...], rank: int) -> bool:
   """Whether the output unfolding has ``rank`` singular triplets (the ``"svd_terms"`` start exists)."""
-  kh, kw, cin, cout = shape
-  return rank <= min(kh * kw * cin, cout)
+  return rank <= _svd_terms_max_rank(shape)
 
 
 def _svd_terms_factors(w: Array, rank: int) -> Factors:
