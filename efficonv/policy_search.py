@@ -30,20 +30,24 @@ uncorrelated errors) or of the loss increase. Costs add up:
   :class:`~efficonv.rank.MacReduction` target is the whole-network ratio.
 * parameters: likewise (:func:`efficonv.cost.params`, biases included);
   :class:`~efficonv.rank.ParamFraction` is the whole-network fraction.
-* time: ``T_rest + Σ_conv t'(choice)``. Each conv's ``t`` is its median time alone minus that of a
-  trivial compiled call (the dispatch overhead the network pays once, not once per conv), at least 0. When
-  the convs as in the model take less than the network alone (``Σ_conv t(given) ≤ T_network``),
-  ``T_rest = T_network − Σ_conv t(given)`` is the time of everything that is not a conv (normalization,
-  activations, pooling, the head) and ``t' = t``. When they take more, the network's fused program runs its
-  dense convs faster than they run alone (on XLA:CPU with its default library fusion this was the case for
-  a 64–512-channel VGG, by about 20%, while the factorized layers' times added up to their network's). The
-  excess is then not a negative "rest" — that would be subtracted from a compressed network's much smaller
-  conv time and over-predict its speedup — but a factor on the dense convs only: ``T_rest = 0``,
-  ``t' = α t`` for a dense choice with ``α = T_network / Σ_conv t(given)``, and ``t' = t`` for a factorized
-  one. Either way the dense point predicts ``T_network`` exactly. The predicted speedup is ``T_ref / (T_rest + Σ t(choice))`` at
-  ``input_shape``'s batch size, where ``T_ref`` is ``T_network`` (the model as given) unless the caller gives
+* time: ``T_rest + Σ_conv t'(choice) + c``. Each conv's ``t`` is its median time alone minus that of a
+  trivial compiled call (the dispatch overhead the network pays once, not once per conv), at least 0.
+  ``T_rest`` is measured: the network with every conv swapped for a near-free stand-in of its output shape
+  (:mod:`efficonv._stand_in`; normalization, activations, pooling and the head stay). A network compiled
+  whole does not run its dense convs in the sum of their times alone (on XLA:CPU with its default library
+  fusion a 64–512-channel VGG's convs summed to more than the network), so a dense choice counts
+  ``t' = α t`` with ``α = (T_network − T_rest) / Σ_conv t(given)``, and a factorized one ``t' = t``: the dense
+  point predicts ``T_network`` exactly. (Without stand-ins — convs inside an NNX transform —
+  ``T_rest = max(T_network − Σ t(given), 0)``.) The predicted speedup is ``T_ref / T`` at ``input_shape``'s
+  batch size, where ``T_ref`` is ``T_network`` (the model as given) unless the caller gives
   ``reference_seconds`` (the fastest dense build it can run, say), and a ``Speedup(x)`` target is met when
-  the predicted time is at most ``T_ref / x``.
+  the time is at most ``T_ref / x``.
+
+**Verified, for a Speedup target** (:func:`verify`). Per-layer times do not add up exactly (a compressed
+network fuses and schedules differently; per-layer times move by tens of percent between runs), so the
+chosen point is assembled (:func:`efficonv.compress` with ``decompose=False``) and timed whole; ``c`` is set
+to the measured time minus the tables' there, and the allocation is made again, for at most
+``verify_rounds`` points. The point returned meets the target as measured when any timed point does.
 
 Example:
   >>> import jax, numpy as np
@@ -80,12 +84,15 @@ from flax import nnx
 from efficonv import cost
 from efficonv import rank as rank_lib
 from efficonv import schemes as schemes_lib
+from efficonv._stand_in import stand_in_network
 from efficonv.compression import (
   DENSE,
   Policy,
   _candidate_macs,
   _conv_options,
   _name,
+  _replace,
+  compress,
   conv_calls,
   fast_conv,
   layer_of_format,
@@ -149,6 +156,21 @@ class LayerTable:
 
 
 @dataclasses.dataclass(frozen=True)
+class Verification:
+  """One point :func:`verify` assembled and timed.
+
+  Attributes:
+    chosen: the candidate index of each layer.
+    predicted_seconds: the tables' time of the point (no correction).
+    measured_seconds: the assembled network's measured time.
+  """
+
+  chosen: tuple[int, ...]
+  predicted_seconds: float
+  measured_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchReport:
   """What :func:`search` measured and chose.
 
@@ -166,6 +188,14 @@ class SearchReport:
     reference_seconds: the time a :class:`~efficonv.rank.Speedup` target and :attr:`predicted_speedup` are
       relative to, when the caller gave one (e.g. the fastest dense build of the network, which may be
       faster than the model as given); NaN: ``network_seconds``.
+    rest_seconds: measured time of the network with every conv swapped for a near-free stand-in of its
+      output shape: the part of the time that is not a conv (NaN when not measured: the time model then
+      takes ``network_seconds − Σ given_seconds``, at least 0).
+    correction_seconds: added to the tables' predicted time: what the verification measured at its last
+      point beyond (or, negative, below) the tables' prediction there (0 when not verified).
+    measured_seconds: the chosen point's whole network, assembled (:func:`efficonv.compress` with
+      ``decompose=False``) and timed by :func:`verify` (NaN when not verified).
+    verification: every point :func:`verify` assembled and timed, in order.
   """
 
   target: Any
@@ -179,6 +209,10 @@ class SearchReport:
   policy: Policy
   call_overhead_seconds: float = math.nan
   reference_seconds: float = math.nan
+  rest_seconds: float = math.nan
+  correction_seconds: float = 0.0
+  measured_seconds: float = math.nan
+  verification: tuple[Verification, ...] = ()
 
   def choice(self, path: str) -> Candidate:
     """The chosen candidate of the conv at ``path``.
@@ -230,6 +264,11 @@ class SearchReport:
     return self.baseline_seconds / predicted if predicted > 0 else math.inf
 
   @property
+  def measured_speedup(self) -> float:
+    """:attr:`baseline_seconds` over :attr:`measured_seconds` (NaN when not verified)."""
+    return self.baseline_seconds / self.measured_seconds if self.measured_seconds > 0 else math.nan
+
+  @property
   def predicted_penalty(self) -> float:
     """The allocation's objective at the chosen point: Σ sensitivity² (output error) or Σ loss increase."""
     return sum(_penalty(self.metric, t.candidates[i].sensitivity) for t, i in zip(self.layers, self.chosen))
@@ -256,6 +295,7 @@ class SearchReport:
         "seconds": _json_float(self.network_seconds),
         "call_overhead_seconds": _json_float(self.call_overhead_seconds),
         "reference_seconds": _json_float(self.reference_seconds),
+        "rest_seconds": _json_float(self.rest_seconds),
       },
       "predicted": {
         "macs": self.predicted_macs,
@@ -266,7 +306,10 @@ class SearchReport:
         "speedup": _json_float(self.predicted_speedup),
         "penalty": self.predicted_penalty,
         "output_error": _json_float(self.predicted_output_error),
+        "correction_seconds": self.correction_seconds,
       },
+      "measured": {"seconds": _json_float(self.measured_seconds), "speedup": _json_float(self.measured_speedup)},
+      "verification": [dataclasses.asdict(v) | {"chosen": list(v.chosen)} for v in self.verification],
       "layers": [
         {
           "path": t.path,
@@ -307,6 +350,11 @@ class SearchReport:
         f", speedup {self.predicted_speedup:.2f}× ({1e3 * self.baseline_seconds:.3g} ms → "
         f"{1e3 * self.predicted_seconds:.3g} ms{reference})"
       )
+      if math.isfinite(self.measured_seconds):
+        summary += (
+          f", measured as assembled {self.measured_speedup:.2f}× ({1e3 * self.measured_seconds:.3g} ms, "
+          f"{len(self.verification)} point(s) timed)"
+        )
     if self.metric == "output_error":
       summary += f", output error {self.predicted_output_error:.3g} (√Σe²)."
     else:
@@ -387,6 +435,7 @@ def search(
   repeats: int = 5,
   min_seconds: float = 0.02,
   reference_seconds: float | None = None,
+  verify_rounds: int = 3,
 ) -> tuple[Policy, SearchReport]:
   """Chooses a scheme and rank (or dense) for every conv so that the network meets ``target`` at the least
   predicted loss (see the module docstring for the tables, the model of the prediction and the allocation).
@@ -420,6 +469,9 @@ def search(
       relative to, when it is not the model as given: e.g. the fastest dense build of the network, timed by
       the caller the same way (another formulation of its convs, other compiler options). ``None``: the model
       as given, measured here. The time model itself is always the measured model's.
+    verify_rounds: for a ``Speedup`` target, at most this many points are assembled and timed whole
+      (:func:`verify`): the returned one meets the target as measured, not only as predicted, when any
+      does. ``0``: the tables' prediction alone.
 
   Returns:
     ``(policy, report)``: ``policy`` names every conv (``"dense"`` or ``(scheme, rank)``, with the scheme's
@@ -431,7 +483,7 @@ def search(
   Raises:
     ValueError: naming ``target``, ``input_shape``, ``data``, ``loss_fn``, ``schemes``, ``ranks``,
       ``multiple_of``, ``decompose_kwargs``, ``include``, ``implementation``, ``dense_implementation``,
-      ``repeats``, ``min_seconds`` or ``reference_seconds`` when invalid.
+      ``repeats``, ``min_seconds``, ``reference_seconds`` or ``verify_rounds`` when invalid.
   """
   _check_target(target)
   shape = _check_input_shape(input_shape)
@@ -448,6 +500,7 @@ def search(
     raise ValueError(f"min_seconds must be >= 0, got {min_seconds!r}")
   if loss_fn is not None and not callable(loss_fn):
     raise ValueError(f"loss_fn must be None or a callable (outputs, y) -> scalar, got {loss_fn!r}")
+  _check_rounds(verify_rounds, "verify_rounds", allow_zero=True)
   batches = _check_data(data, shape, loss_fn is not None)
   forward = forward or (lambda m, x: m(x))
   timed = isinstance(target, rank_lib.Speedup) if measure_time is None else bool(measure_time)
@@ -470,6 +523,8 @@ def search(
   network_macs = cost.macs(work, shape)
   network_params = cost.params(work)
   network_seconds = _network_seconds(work, forward, shape, repeats, min_seconds) if timed else math.nan
+  stand_ins = stand_in_network(work, calls, convs, _replace) if timed else None
+  rest_seconds = math.nan if stand_ins is None else _network_seconds(stand_ins, forward, shape, repeats, min_seconds)
 
   sensitivity = _Sensitivity(work, forward, batches, loss_fn)
   tables: list[LayerTable] = []
@@ -534,7 +589,12 @@ def search(
     ),
     overhead,
     reference,
+    rest_seconds,
   )
+  if timed and isinstance(target, rank_lib.Speedup) and verify_rounds:
+    return _verify(
+      provisional, target, work, shape, forward, kwargs_by_scheme, verify_rounds, repeats, min_seconds, stacklevel=3
+    )
   return _allocate_report(provisional, target, kwargs_by_scheme, stacklevel=3)
 
 
@@ -581,6 +641,130 @@ def allocate(
   if reference_seconds is not None:
     report = dataclasses.replace(report, reference_seconds=_check_reference_seconds(reference_seconds, report.timed))
   return _allocate_report(report, target, decompose_kwargs, stacklevel=3)
+
+
+def verify(
+  report: SearchReport,
+  model: nnx.Module,
+  *,
+  input_shape: Sequence[int],
+  forward: Forward | None = None,
+  rounds: int = 3,
+  repeats: int = 5,
+  min_seconds: float = 0.02,
+) -> tuple[Policy, SearchReport]:
+  """Assembles the chosen point of ``report`` and times it whole; re-allocates until it meets the target.
+
+  The tables' time model (module docstring) adds times measured one layer at a time; a network compiled
+  whole fuses and schedules differently. Each round builds the point's structure
+  (:func:`efficonv.compress` with ``decompose=False``: random factors, which time as the fitted ones do),
+  times it at ``input_shape``, and sets :attr:`SearchReport.correction_seconds` to the difference between
+  the measured and the predicted time there; the next round allocates with that correction. It stops when a
+  point repeats, when one meets the target within 5% of its budget, or after ``rounds`` points. Of the
+  points timed, it returns the least-penalty one that meets the target as measured, else the fastest one
+  measured (with a ``UserWarning``; ``target_met`` is then ``False``).
+
+  Args:
+    report: a :class:`SearchReport` with times and a :class:`~efficonv.rank.Speedup` target, from
+      :func:`search` or :func:`allocate` (its correction is not reused: the first round starts from the
+      tables alone).
+    model: the model ``report`` was searched on.
+    input_shape: the shape it was timed at.
+    forward: as for :func:`search`.
+    rounds: at most this many points are timed.
+    repeats, min_seconds: of each timing (:func:`efficonv.planning.median_seconds`), at least 10 calls and
+      0.2 s.
+
+  Returns:
+    ``(policy, report)`` with :attr:`~SearchReport.measured_seconds` and
+    :attr:`~SearchReport.verification` set.
+
+  Raises:
+    ValueError: naming ``report`` when its target is not a ``Speedup`` or it has no times, ``input_shape``,
+      ``rounds``, ``repeats`` or ``min_seconds`` when invalid.
+  """
+  if not isinstance(report.target, rank_lib.Speedup) or not report.timed:
+    raise ValueError(f"report must have measured times and a Speedup target, got target {report.target!r}")
+  shape = _check_input_shape(input_shape)
+  _check_rounds(rounds, "rounds", allow_zero=False)
+  _check_rounds(repeats, "repeats", allow_zero=False)
+  if not min_seconds >= 0:
+    raise ValueError(f"min_seconds must be >= 0, got {min_seconds!r}")
+  return _verify(
+    report,
+    report.target,
+    model,
+    shape,
+    forward or (lambda m, x: m(x)),
+    _policy_kwargs(report.policy),
+    rounds,
+    repeats,
+    min_seconds,
+    stacklevel=3,
+  )
+
+
+# A verified point this close under its budget is taken without another round.
+_CLOSE_ENOUGH = 0.05
+# Each assembled point is timed at least this much: one whole-network time decides the round, and a short
+# median is at the mercy of one noisy stretch.
+_VERIFY_REPEATS, _VERIFY_MIN_SECONDS = 10, 0.2
+
+
+def _verify(
+  report: SearchReport,
+  target: Any,
+  model: nnx.Module,
+  shape: tuple[int, ...],
+  forward: Forward,
+  decompose_kwargs: Mapping[str, Mapping[str, Any]],
+  rounds: int,
+  repeats: int,
+  min_seconds: float,
+  stacklevel: int,
+) -> tuple[Policy, SearchReport]:
+  budget = _budget(report, target)
+  correction = 0.0
+  timed: list[tuple[Policy, SearchReport]] = []
+  for _ in range(rounds):
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", UserWarning)  # the verdict is the measurement's, given below
+      policy, point = _allocate_report(
+        dataclasses.replace(report, correction_seconds=correction, verification=()), target, decompose_kwargs, 0
+      )
+    if any(p.chosen == point.chosen for _, p in timed):
+      break
+    assembled, _ = compress(model, policy, input_shape=shape, forward=forward, decompose=False)
+    measured = _network_seconds(
+      assembled, forward, shape, max(repeats, _VERIFY_REPEATS), max(min_seconds, _VERIFY_MIN_SECONDS)
+    )
+    tables = point.predicted_seconds - correction
+    timed.append((policy, dataclasses.replace(point, measured_seconds=measured)))
+    correction = measured - tables
+    if (1 - _CLOSE_ENOUGH) * budget <= measured <= budget:
+      break
+  history = tuple(
+    Verification(p.chosen, p.predicted_seconds - p.correction_seconds, p.measured_seconds) for _, p in timed
+  )
+  meeting = [(policy, p) for policy, p in timed if p.measured_seconds <= budget]
+  if meeting:
+    policy, best = min(meeting, key=lambda pair: pair[1].predicted_penalty)
+  else:
+    policy, best = min(timed, key=lambda pair: pair[1].measured_seconds)
+    warnings.warn(
+      f"target {target!r} is not met as measured: of the {len(timed)} point(s) assembled and timed, the fastest "
+      f"reaches {best.baseline_seconds / best.measured_seconds:.3g}× (predicted {best.predicted_speedup:.3g}×); "
+      "returning it (report.target_met is False)",
+      UserWarning,
+      stacklevel=stacklevel,
+    )
+  return policy, dataclasses.replace(best, target_met=bool(meeting), verification=history)
+
+
+def _check_rounds(value: Any, name: str, allow_zero: bool) -> None:
+  least = 0 if allow_zero else 1
+  if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
 
 
 def _allocate_report(
@@ -732,18 +916,26 @@ def _cost_field(target: Any) -> str:
 
 
 def _rest(report: SearchReport, field: str) -> float:
-  """The part of the network's cost outside its convs (see the module docstring)."""
+  """The part of the network's cost outside its convs (see the module docstring), with the verification's
+  correction for time."""
   if field == "macs":
     return float(report.network_macs - sum(t.candidates[0].macs for t in report.layers))
   if field == "params":
     return float(report.network_params - sum(t.candidates[0].params for t in report.layers))
+  return _rest_seconds(report) + report.correction_seconds
+
+
+def _rest_seconds(report: SearchReport) -> float:
+  """``T_rest``: measured with stand-ins when it was, else ``T_network − Σ t(given)``; at most ``T_network``."""
+  if math.isfinite(report.rest_seconds):
+    return min(max(report.rest_seconds, 0.0), report.network_seconds)
   return max(report.network_seconds - sum(t.given_seconds for t in report.layers), 0.0)
 
 
 def _dense_scale(report: SearchReport) -> float:
   """``α``: a dense conv's share of the network's time per second it takes alone (see the module docstring)."""
   given = sum(t.given_seconds for t in report.layers)
-  return min(report.network_seconds / given, 1.0) if given > 0 else 1.0
+  return (report.network_seconds - _rest_seconds(report)) / given if given > 0 else 1.0
 
 
 def _costs(report: SearchReport, field: str) -> list[list[float]]:

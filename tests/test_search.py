@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +23,9 @@ import pytest
 from flax import nnx
 
 import efficonv
-from efficonv import cost
+from efficonv import cost, policy_search
 from efficonv import rank as rank_rules
-from efficonv.policy_search import Candidate, LayerTable, SearchReport, _allocate, _ranks, allocate
+from efficonv.policy_search import Candidate, LayerTable, SearchReport, _allocate, _ranks, allocate, verify
 
 C, SIZE, CLASSES = 4, 8, 3
 INPUT_SHAPE = (2, SIZE, SIZE, 1)
@@ -116,11 +117,12 @@ def test_speedup_target_is_met_on_the_measured_tables_or_warns(searched) -> None
   assert report.timed and report.network_seconds > 0
   assert all(c.seconds >= 0 for t in report.layers for c in t.candidates) and report.call_overhead_seconds > 0
   assert allocate(report, rank_rules.Speedup(1.0))[1].predicted_speedup == pytest.approx(1.0)  # dense: exact
-  # The time model of the module docstring: the rest of the network, plus each choice's time alone, dense
-  # choices scaled by alpha when the convs alone add up to more than the network.
+  # The time model of the module docstring: the rest of the network (measured with stand-ins for the convs),
+  # plus each choice's time alone, dense choices scaled by alpha so that the dense point is the network.
+  assert 0 < report.rest_seconds and math.isnan(report.measured_seconds) and report.verification == ()
   given = sum(t.given_seconds for t in report.layers)
-  alpha = min(report.network_seconds / given, 1.0)
-  rest = max(report.network_seconds - given, 0.0)
+  rest = min(report.rest_seconds, report.network_seconds)
+  alpha = (report.network_seconds - rest) / given
 
   def cost(c) -> float:
     return c.seconds * (alpha if c.scheme == "dense" else 1.0)
@@ -170,6 +172,92 @@ def test_reference_seconds_sets_what_the_speedup_is_relative_to(searched) -> Non
   untimed = dataclasses.replace(report, network_seconds=math.nan)
   with pytest.raises(ValueError, match=r"reference_seconds=1\.0 needs measured times"):
     allocate(untimed, rank_rules.MacReduction(1.2), reference_seconds=1.0)
+
+
+def test_a_speedup_search_times_its_point_assembled(net: Net, calibration) -> None:
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # whether a 1.0× target is met as measured is the machine's
+    policy, report = efficonv.search(
+      net,
+      rank_rules.Speedup(1.0),
+      input_shape=INPUT_SHAPE,
+      data=calibration[0],
+      schemes=("tucker2",),
+      ranks=RANKS[:1],
+      repeats=3,
+      min_seconds=0.0,
+      verify_rounds=1,
+    )
+  (only,) = report.verification
+  assert only.chosen == report.chosen and report.measured_seconds == only.measured_seconds > 0
+  assert report.target_met == (report.measured_seconds <= report.baseline_seconds)
+  assert policy == report.policy
+
+
+def _deterministic(report: SearchReport, per_second: float = 1e-8, rest: float = 1e-5) -> SearchReport:
+  """``report`` with every time made from MACs (``per_second`` seconds per MAC) and a fixed rest."""
+  layers = tuple(
+    dataclasses.replace(
+      t,
+      candidates=tuple(dataclasses.replace(c, seconds=c.macs * per_second) for c in t.candidates),
+      given_seconds=t.candidates[0].macs * per_second,
+    )
+    for t in report.layers
+  )
+  network = sum(t.given_seconds for t in layers) + rest
+  return dataclasses.replace(report, layers=layers, network_seconds=network, rest_seconds=rest)
+
+
+def test_verify_assembles_the_point_and_reallocates_when_it_misses(net: Net, searched, monkeypatch) -> None:
+  _, measured = searched
+  report = _deterministic(measured)
+  # The assembled network, "timed": its MACs at the tables' rate plus 20 µs per factorized layer, which the
+  # tables do not know about, so that the tables' first point misses its budget.
+  per_layer = 2e-5
+
+  def assembled_seconds(model, forward, shape, repeats, min_seconds):
+    total = report.rest_seconds
+    for t in report.layers:
+      layer = getattr(model, t.path)
+      if isinstance(layer, efficonv.nnx.FactorizedConv):
+        rank = layer.format.rank
+        rank = tuple(int(r) for r in rank) if isinstance(rank, tuple) else int(rank)
+        total += next(c.seconds for c in t.candidates if c.rank == rank) + per_layer
+      else:
+        total += t.candidates[0].seconds
+    return total
+
+  monkeypatch.setattr(policy_search, "_network_seconds", assembled_seconds)
+  # A target the tables meet with one layer at its (2, 2) rank (conv2, exact), and the assembled network
+  # does not: after the correction the next round needs a cheaper point.
+  one = allocate(report, rank_rules.MacReduction(1.3))[1]
+  target = rank_rules.Speedup(report.network_seconds / (one.predicted_seconds + per_layer / 2))
+  _, first = allocate(report, target)
+  assert first.target_met and first.policy.layers["conv3"] == "dense"
+  policy, verified = verify(first, net, input_shape=INPUT_SHAPE, rounds=3)
+  rounds = verified.verification
+  assert len(rounds) >= 2 and rounds[0].chosen == first.chosen
+  assert rounds[0].measured_seconds == pytest.approx(rounds[0].predicted_seconds + per_layer)
+  assert rounds[0].measured_seconds > report.network_seconds / target.speedup  # the first point misses
+  assert verified.target_met and verified.measured_seconds <= report.network_seconds / target.speedup
+  assert verified.measured_speedup >= target.speedup and policy.layers != first.policy.layers
+  assert verified.predicted_penalty > first.predicted_penalty
+  # The correction that chose it: the first point's measured time minus the tables' there.
+  assert verified.correction_seconds == pytest.approx(per_layer)
+  data = json.loads(verified.to_json())
+  assert data["measured"]["speedup"] == pytest.approx(verified.measured_speedup)
+  assert [v["chosen"] for v in data["verification"]] == [list(v.chosen) for v in rounds]
+  assert "measured as assembled" in verified.to_markdown()
+  # A target no timed point meets: the fastest one measured, with a warning.
+  with pytest.warns(UserWarning, match="cannot be met with these candidates"):
+    _, cheapest = allocate(report, rank_rules.Speedup(1e6))
+  with pytest.warns(UserWarning, match="not met as measured"):
+    _, unmet = verify(cheapest, net, input_shape=INPUT_SHAPE, rounds=2)
+  assert not unmet.target_met and unmet.measured_seconds == min(v.measured_seconds for v in unmet.verification)
+  with pytest.raises(ValueError, match="report must have measured times and a Speedup target"):
+    verify(allocate(report, rank_rules.MacReduction(1.3))[1], net, input_shape=INPUT_SHAPE)
+  with pytest.raises(ValueError, match="rounds must be an int >= 1"):
+    verify(first, net, input_shape=INPUT_SHAPE, rounds=0)
 
 
 def test_policy_and_report_round_trip_through_json(searched, tmp_path) -> None:
@@ -296,6 +384,7 @@ def test_allocation_on_hand_made_tables_picks_the_cheap_insensitive_layers() -> 
     ({"implementation": "fast"}, "implementation must be"),
     ({"dense_implementation": "fast"}, "dense_implementation must be"),
     ({"include": ["conv9"]}, "include names paths that are not convs"),
+    ({"verify_rounds": -1}, "verify_rounds must be an int >= 0"),
   ],
 )
 def test_bad_arguments_are_rejected_naming_them(net: Net, kwargs, match) -> None:

@@ -196,6 +196,7 @@ class CompressRow(_CompressRowRequired, total=False):
   # Search variants (efficonv.search) only:
   searched_schemes: list[str]
   predicted_speedup: float
+  search_measured_speedup: float
   predicted_mac_ratio: float
   search_target_met: bool
   search_s: float
