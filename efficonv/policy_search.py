@@ -100,7 +100,7 @@ from efficonv.compression import (
 from efficonv.convert import conv_kernel
 from efficonv.kernels.dense import check_layer_implementation
 from efficonv.planning.plan import check_implementation
-from efficonv.planning.timing import median_seconds
+from efficonv.planning.timing import median_seconds, median_time_ratio
 
 #: The MAC reductions whose ranks are every scheme's candidates by default.
 DEFAULT_REDUCTIONS = (2, 3, 4, 6, 8, 12, 16)
@@ -592,9 +592,7 @@ def search(
     rest_seconds,
   )
   if timed and isinstance(target, rank_lib.Speedup) and verify_rounds:
-    return _verify(
-      provisional, target, work, shape, forward, kwargs_by_scheme, verify_rounds, repeats, min_seconds, stacklevel=3
-    )
+    return _verify(provisional, target, work, shape, forward, kwargs_by_scheme, verify_rounds, stacklevel=3)
   return _allocate_report(provisional, target, kwargs_by_scheme, stacklevel=3)
 
 
@@ -650,19 +648,20 @@ def verify(
   input_shape: Sequence[int],
   forward: Forward | None = None,
   rounds: int = 3,
-  repeats: int = 5,
-  min_seconds: float = 0.02,
 ) -> tuple[Policy, SearchReport]:
   """Assembles the chosen point of ``report`` and times it whole; re-allocates until it meets the target.
 
   The tables' time model (module docstring) adds times measured one layer at a time; a network compiled
-  whole fuses and schedules differently. Each round builds the point's structure
-  (:func:`efficonv.compress` with ``decompose=False``: random factors, which time as the fitted ones do),
-  times it at ``input_shape``, and sets :attr:`SearchReport.correction_seconds` to the difference between
-  the measured and the predicted time there; the next round allocates with that correction. It stops when a
-  point repeats, when one meets the target within 5% of its budget, or after ``rounds`` points. Of the
-  points timed, it returns the least-penalty one that meets the target as measured, else the fastest one
-  measured (with a ``UserWarning``; ``target_met`` is then ``False``).
+  whole fuses and schedules differently. Each round builds the point's structure (:func:`efficonv.compress`
+  with ``decompose=False``: random factors, which time as the fitted ones do) and times it at
+  ``input_shape`` in alternating pairs with ``model`` (:func:`efficonv.planning.median_time_ratio`, at least
+  20 pairs and 0.5 s): its time is ``report.network_seconds`` times the median ratio, so that a machine
+  whose speed moved since the tables were timed moves both alike. The round then sets
+  :attr:`SearchReport.correction_seconds` to the measured time minus the tables' there, and the next round
+  allocates with that correction. It stops when a point repeats, when one meets the target within 10% of
+  its budget, or after ``rounds`` points. Of the points timed, it returns the least-penalty one that meets
+  the target as measured, else the fastest one measured (with a ``UserWarning``; ``target_met`` is then
+  ``False``).
 
   Args:
     report: a :class:`SearchReport` with times and a :class:`~efficonv.rank.Speedup` target, from
@@ -672,24 +671,19 @@ def verify(
     input_shape: the shape it was timed at.
     forward: as for :func:`search`.
     rounds: at most this many points are timed.
-    repeats, min_seconds: of each timing (:func:`efficonv.planning.median_seconds`), at least 10 calls and
-      0.2 s.
 
   Returns:
     ``(policy, report)`` with :attr:`~SearchReport.measured_seconds` and
     :attr:`~SearchReport.verification` set.
 
   Raises:
-    ValueError: naming ``report`` when its target is not a ``Speedup`` or it has no times, ``input_shape``,
-      ``rounds``, ``repeats`` or ``min_seconds`` when invalid.
+    ValueError: naming ``report`` when its target is not a ``Speedup`` or it has no times, ``input_shape``
+      or ``rounds`` when invalid.
   """
   if not isinstance(report.target, rank_lib.Speedup) or not report.timed:
     raise ValueError(f"report must have measured times and a Speedup target, got target {report.target!r}")
   shape = _check_input_shape(input_shape)
   _check_rounds(rounds, "rounds", allow_zero=False)
-  _check_rounds(repeats, "repeats", allow_zero=False)
-  if not min_seconds >= 0:
-    raise ValueError(f"min_seconds must be >= 0, got {min_seconds!r}")
   return _verify(
     report,
     report.target,
@@ -698,17 +692,15 @@ def verify(
     forward or (lambda m, x: m(x)),
     _policy_kwargs(report.policy),
     rounds,
-    repeats,
-    min_seconds,
     stacklevel=3,
   )
 
 
 # A verified point this close under its budget is taken without another round.
-_CLOSE_ENOUGH = 0.05
-# Each assembled point is timed at least this much: one whole-network time decides the round, and a short
-# median is at the mercy of one noisy stretch.
-_VERIFY_REPEATS, _VERIFY_MIN_SECONDS = 10, 0.2
+_CLOSE_ENOUGH = 0.1
+# Each assembled point is timed against the given network in at least this many alternating pairs and this
+# long: one whole-network ratio decides the round.
+_VERIFY_REPEATS, _VERIFY_MIN_SECONDS = 20, 0.5
 
 
 def _verify(
@@ -719,11 +711,10 @@ def _verify(
   forward: Forward,
   decompose_kwargs: Mapping[str, Mapping[str, Any]],
   rounds: int,
-  repeats: int,
-  min_seconds: float,
   stacklevel: int,
 ) -> tuple[Policy, SearchReport]:
   budget = _budget(report, target)
+  given = _network_call(model, forward, shape)
   correction = 0.0
   timed: list[tuple[Policy, SearchReport]] = []
   for _ in range(rounds):
@@ -735,9 +726,7 @@ def _verify(
     if any(p.chosen == point.chosen for _, p in timed):
       break
     assembled, _ = compress(model, policy, input_shape=shape, forward=forward, decompose=False)
-    measured = _network_seconds(
-      assembled, forward, shape, max(repeats, _VERIFY_REPEATS), max(min_seconds, _VERIFY_MIN_SECONDS)
-    )
+    measured = _assembled_seconds(assembled, given, report.network_seconds, forward, shape)
     tables = point.predicted_seconds - correction
     timed.append((policy, dataclasses.replace(point, measured_seconds=measured)))
     correction = measured - tables
@@ -1057,13 +1046,28 @@ def _layer_seconds(
   return max(median - overhead, 0.0)
 
 
-def _network_seconds(
-  model: nnx.Module, forward: Forward, shape: tuple[int, ...], repeats: int, min_seconds: float
-) -> float:
+def _network_call(model: nnx.Module, forward: Forward, shape: tuple[int, ...]) -> Callable[[], Any]:
+  """``forward(model, x)`` compiled at ``shape``, as a call with no arguments."""
   graphdef, state = nnx.split(model)
   x = _random_input(shape)
   compiled = jax.jit(lambda state, x: forward(nnx.merge(graphdef, state), x)).lower(state, x).compile()
-  return median_seconds(functools.partial(compiled, state, x), repeats=repeats, min_seconds=min_seconds)[0]
+  return functools.partial(compiled, state, x)
+
+
+def _network_seconds(
+  model: nnx.Module, forward: Forward, shape: tuple[int, ...], repeats: int, min_seconds: float
+) -> float:
+  return median_seconds(_network_call(model, forward, shape), repeats=repeats, min_seconds=min_seconds)[0]
+
+
+def _assembled_seconds(
+  model: nnx.Module, given: Callable[[], Any], given_seconds: float, forward: Forward, shape: tuple[int, ...]
+) -> float:
+  """``model``'s time at ``shape``: ``given_seconds`` times its median ratio to the ``given`` network's call."""
+  ratio, _ = median_time_ratio(
+    _network_call(model, forward, shape), given, repeats=_VERIFY_REPEATS, min_seconds=_VERIFY_MIN_SECONDS
+  )
+  return ratio * given_seconds
 
 
 # --- candidates -------------------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def test_verify_assembles_the_point_and_reallocates_when_it_misses(net: Net, sea
   # tables do not know about, so that the tables' first point misses its budget.
   per_layer = 2e-5
 
-  def assembled_seconds(model, forward, shape, repeats, min_seconds):
+  def assembled_seconds(model, given, given_seconds, forward, shape):
     total = report.rest_seconds
     for t in report.layers:
       layer = getattr(model, t.path)
@@ -227,7 +227,7 @@ def test_verify_assembles_the_point_and_reallocates_when_it_misses(net: Net, sea
         total += t.candidates[0].seconds
     return total
 
-  monkeypatch.setattr(policy_search, "_network_seconds", assembled_seconds)
+  monkeypatch.setattr(policy_search, "_assembled_seconds", assembled_seconds)
   # A target the tables meet with one layer at its (2, 2) rank (conv2, exact), and the assembled network
   # does not: after the correction the next round needs a cheaper point.
   one = allocate(report, rank_rules.MacReduction(1.3))[1]

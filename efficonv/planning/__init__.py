@@ -5,7 +5,8 @@
 * :func:`path_terms`, :func:`estimate_seconds` — the cost model's accounting of one path.
 * :func:`plan_conv` — the decision behind ``implementation="auto"`` and ``"autotune"``.
 * :func:`autotune` — measure every path once per shape and keep the fastest (cached).
-* :func:`median_seconds` — the one timing statistic.
+* :func:`median_seconds` — the one timing statistic; :func:`median_time_ratio` — two calls timed in
+  alternating pairs.
 * :func:`plan_for` — the platforms (and the sizes of symbolic dims) convs are planned for, e.g. around
   :func:`jax.export.export` (:mod:`efficonv.kernels.targets`).
 
@@ -33,6 +34,7 @@ from efficonv.planning.rates import TRAINING_FACTORS as TRAINING_FACTORS
 from efficonv.planning.rates import rates_for as rates_for
 from efficonv.planning.rates import training_factors_for as training_factors_for
 from efficonv.planning.timing import median_seconds as median_seconds
+from efficonv.planning.timing import median_time_ratio as median_time_ratio
 from efficonv.planning.tuning import CACHE_ENV as CACHE_ENV
 from efficonv.planning.tuning import autotune as autotune
 from efficonv.planning.tuning import autotune_dense as autotune_dense

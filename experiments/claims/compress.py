@@ -281,13 +281,7 @@ def search_policy(
     if not isinstance(variant.rule, rank_lib.Speedup):
       return policy, report
     # As search itself does for a Speedup target: the chosen point assembled and timed whole.
-    return verify(
-      report,
-      model,
-      input_shape=input_shape,
-      repeats=settings.search_repeats,
-      min_seconds=settings.search_min_seconds,
-    )
+    return verify(report, model, input_shape=input_shape)
   policy, report = search(
     model,
     variant.rule,
