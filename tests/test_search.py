@@ -254,6 +254,9 @@ def test_verify_assembles_the_point_and_reallocates_when_it_misses(net: Net, sea
   with pytest.warns(UserWarning, match="not met as measured"):
     _, unmet = verify(cheapest, net, input_shape=INPUT_SHAPE, rounds=2)
   assert not unmet.target_met and unmet.measured_seconds == min(v.measured_seconds for v in unmet.verification)
+  # The cheapest point, offered again after it missed, is not timed again: no faster point is left.
+  chosen = [v.chosen for v in unmet.verification]
+  assert len(chosen) == len(set(chosen)) == 1
   with pytest.raises(ValueError, match="report must have measured times and a Speedup target"):
     verify(allocate(report, rank_rules.MacReduction(1.3))[1], net, input_shape=INPUT_SHAPE)
   with pytest.raises(ValueError, match="rounds must be an int >= 1"):
