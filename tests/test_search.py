@@ -153,7 +153,9 @@ def test_reference_seconds_sets_what_the_speedup_is_relative_to(searched) -> Non
     )
     for t in measured.layers
   )
-  report = dataclasses.replace(measured, layers=layers, network_seconds=sum(t.given_seconds for t in layers) + 1e-4)
+  report = dataclasses.replace(
+    measured, layers=layers, network_seconds=sum(t.given_seconds for t in layers) + 1e-4, rest_seconds=1e-4
+  )
   with pytest.warns(UserWarning, match="cannot be met"):
     cheapest = allocate(report, rank_rules.Speedup(1e6))[1].predicted_seconds
   assert cheapest < report.network_seconds
