@@ -30,14 +30,14 @@ uncorrelated errors) or of the loss increase. Costs add up:
   :class:`~efficonv.rank.MacReduction` target is the whole-network ratio.
 * parameters: likewise (:func:`efficonv.cost.params`, biases included);
   :class:`~efficonv.rank.ParamFraction` is the whole-network fraction.
-* time: ``T_rest + Σ_conv t'(choice) + c``. Each conv's ``t`` is its median time alone minus that of a
+* time: ``T_rest + Σ_conv t'(choice)``. Each conv's ``t`` is its median time alone minus that of a
   trivial compiled call (the dispatch overhead the network pays once, not once per conv), at least 0.
   ``T_rest`` is measured: the network with every conv swapped for a near-free stand-in of its output shape
   (:mod:`efficonv._stand_in`; normalization, activations, pooling and the head stay). A network compiled
   whole does not run its dense convs in the sum of their times alone (on XLA:CPU with its default library
   fusion a 64–512-channel VGG's convs summed to more than the network), so a dense choice counts
-  ``t' = α t`` with ``α = (T_network − T_rest) / Σ_conv t(given)``, and a factorized one ``t' = t``: the dense
-  point predicts ``T_network`` exactly. (Without stand-ins — convs inside an NNX transform —
+  ``t' = α t`` with ``α = (T_network − T_rest) / Σ_conv t(given)``, and a factorized one ``t' = β t``
+  (``β = 1`` until :func:`verify` measures it): the dense point predicts ``T_network`` exactly. (Without stand-ins — convs inside an NNX transform —
   ``T_rest = max(T_network − Σ t(given), 0)``.) The predicted speedup is ``T_ref / T`` at ``input_shape``'s
   batch size, where ``T_ref`` is ``T_network`` (the model as given) unless the caller gives
   ``reference_seconds`` (the fastest dense build it can run, say), and a ``Speedup(x)`` target is met when
@@ -45,9 +45,10 @@ uncorrelated errors) or of the loss increase. Costs add up:
 
 **Verified, for a Speedup target** (:func:`verify`). Per-layer times do not add up exactly (a compressed
 network fuses and schedules differently; per-layer times move by tens of percent between runs), so the
-chosen point is assembled (:func:`efficonv.compress` with ``decompose=False``) and timed whole; ``c`` is set
-to the measured time minus the tables' there, and the allocation is made again, for at most
-``verify_rounds`` points. The point returned meets the target as measured when any timed point does.
+chosen point is assembled (:func:`efficonv.compress` with ``decompose=False``) and timed whole; ``β`` is set
+to what makes the model predict the measured time there (the factorized convs' share of it over the sum of
+their times alone: the dense and non-conv parts are already calibrated on the network as given), and the
+allocation is made again, for at most ``verify_rounds`` points. The point returned meets the target as measured when any timed point does.
 
 Example:
   >>> import jax, numpy as np
@@ -161,7 +162,7 @@ class Verification:
 
   Attributes:
     chosen: the candidate index of each layer.
-    predicted_seconds: the tables' time of the point (no correction).
+    predicted_seconds: the tables' time of the point (with ``β = 1``).
     measured_seconds: the assembled network's measured time.
   """
 
@@ -191,8 +192,10 @@ class SearchReport:
     rest_seconds: measured time of the network with every conv swapped for a near-free stand-in of its
       output shape: the part of the time that is not a conv (NaN when not measured: the time model then
       takes ``network_seconds − Σ given_seconds``, at least 0).
-    correction_seconds: added to the tables' predicted time: what the verification measured at its last
-      point beyond (or, negative, below) the tables' prediction there (0 when not verified).
+    factorized_scale: ``β`` of the time model (module docstring), the factor on the factorized candidates'
+      times alone that this point was allocated with: 1 from the tables alone; from :func:`verify`, the one
+      fitted on the point it timed before this one (so that :attr:`predicted_seconds` is a prediction
+      made before this point was timed).
     measured_seconds: the chosen point's whole network, assembled (:func:`efficonv.compress` with
       ``decompose=False``) and timed by :func:`verify` (NaN when not verified).
     verification: every point :func:`verify` assembled and timed, in order.
@@ -210,7 +213,7 @@ class SearchReport:
   call_overhead_seconds: float = math.nan
   reference_seconds: float = math.nan
   rest_seconds: float = math.nan
-  correction_seconds: float = 0.0
+  factorized_scale: float = 1.0
   measured_seconds: float = math.nan
   verification: tuple[Verification, ...] = ()
 
@@ -306,7 +309,7 @@ class SearchReport:
         "speedup": _json_float(self.predicted_speedup),
         "penalty": self.predicted_penalty,
         "output_error": _json_float(self.predicted_output_error),
-        "correction_seconds": self.correction_seconds,
+        "factorized_scale": _json_float(self.factorized_scale),
       },
       "measured": {"seconds": _json_float(self.measured_seconds), "speedup": _json_float(self.measured_speedup)},
       "verification": [dataclasses.asdict(v) | {"chosen": list(v.chosen)} for v in self.verification],
@@ -656,17 +659,18 @@ def verify(
   with ``decompose=False``: random factors, which time as the fitted ones do) and times it at
   ``input_shape`` in alternating pairs with ``model`` (:func:`efficonv.planning.median_time_ratio`, at least
   20 pairs and 0.5 s): its time is ``report.network_seconds`` times the median ratio, so that a machine
-  whose speed moved since the tables were timed moves both alike. The round then sets
-  :attr:`SearchReport.correction_seconds` to the measured time minus the tables' there, and the next round
-  allocates with that correction; when that gives again a point that missed, the correction grows by the
-  shortfall (and 1% of the budget) until a new point comes. It stops when a point that met repeats, when
+  whose speed moved since the tables were timed moves both alike. The round then fits
+  :attr:`SearchReport.factorized_scale` (``β``: the factorized convs' share of the measured time, that is
+  the measured time less the calibrated dense and non-conv part, over the sum of their times alone), and
+  the next round allocates with it; when that gives again a point that missed, ``β`` grows to the least
+  value at which that point misses by 1% of the budget, until a new point comes. It stops when a point that met repeats, when
   no faster point is left, when one meets the target within 10% of its budget, or after ``rounds`` points.
   Of the points timed, it returns the least-penalty one that meets the target as measured, else the
   fastest one measured (with a ``UserWarning``; ``target_met`` is then ``False``).
 
   Args:
     report: a :class:`SearchReport` with times and a :class:`~efficonv.rank.Speedup` target, from
-      :func:`search` or :func:`allocate` (its correction is not reused: the first round starts from the
+      :func:`search` or :func:`allocate` (its ``factorized_scale`` is not reused: the first round starts from the
       tables alone).
     model: the model ``report`` was searched on.
     input_shape: the shape it was timed at.
@@ -699,9 +703,11 @@ def verify(
 
 # A verified point this close under its budget is taken without another round.
 _CLOSE_ENOUGH = 0.1
-# When the tables offer again a point that missed, they are asked for one this much of the budget faster
-# than its shortfall.
+# When the tables offer again a point that missed, they are asked for one that would miss by this much of
+# the budget.
 _TIGHTEN = 0.01
+# A measured time under the calibrated dense and non-conv part is noise, not free factorized convs.
+_LEAST_SCALE = 0.1
 # Each assembled point is timed against the given network in at least this many alternating pairs and this
 # long: one whole-network ratio decides the round.
 _VERIFY_REPEATS, _VERIFY_MIN_SECONDS = 20, 0.5
@@ -719,24 +725,32 @@ def _verify(
 ) -> tuple[Policy, SearchReport]:
   budget = _budget(report, target)
   given = _network_call(model, forward, shape)
-  correction = 0.0
+  scale = 1.0
   timed: list[tuple[Policy, SearchReport]] = []
+  tables: list[float] = []
 
-  def allocated(correction: float) -> tuple[Policy, SearchReport]:
+  def allocated(scale: float) -> tuple[Policy, SearchReport]:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", UserWarning)  # the verdict is the measurement's, given below
       return _allocate_report(
-        dataclasses.replace(report, correction_seconds=correction, verification=()), target, decompose_kwargs, 0
+        dataclasses.replace(report, factorized_scale=scale, verification=()), target, decompose_kwargs, 0
       )
 
+  def fixed_and_factorized(point: SearchReport) -> tuple[float, float]:
+    factorized = _factorized_seconds(point, point.chosen)
+    return point.predicted_seconds - point.factorized_scale * factorized, factorized
+
   for _ in range(rounds):
-    policy, point = allocated(correction)
+    policy, point = allocated(scale)
     seen = {p.chosen: p for _, p in timed}
-    # A point timed before: done if it met the budget; if it missed, ask the tables for one faster by its
-    # shortfall (and a step more), until a new point comes or none is faster.
+    # A point timed before: done if it met the budget; if it missed, ask the tables for one faster as that
+    # point measured: the least β at which it no longer fits (and at least a step more).
     while point.chosen in seen and seen[point.chosen].measured_seconds > budget:
-      correction += seen[point.chosen].measured_seconds - budget + _TIGHTEN * budget
-      policy, tighter = allocated(correction)
+      fixed, factorized = fixed_and_factorized(point)
+      if factorized <= 0:
+        break
+      scale = max(((1 + _TIGHTEN) * budget - fixed) / factorized, (1 + _TIGHTEN) * scale)
+      policy, tighter = allocated(scale)
       if tighter.chosen == point.chosen:
         break
       point = tighter
@@ -744,14 +758,14 @@ def _verify(
       break
     assembled, _ = compress(model, policy, input_shape=shape, forward=forward, decompose=False)
     measured = _assembled_seconds(assembled, given, report.network_seconds, forward, shape)
-    tables = point.predicted_seconds - correction
+    fixed, factorized = fixed_and_factorized(point)
     timed.append((policy, dataclasses.replace(point, measured_seconds=measured)))
-    correction = measured - tables
+    tables.append(fixed + factorized)
+    if factorized > 0:
+      scale = max((measured - fixed) / factorized, _LEAST_SCALE)
     if (1 - _CLOSE_ENOUGH) * budget <= measured <= budget:
       break
-  history = tuple(
-    Verification(p.chosen, p.predicted_seconds - p.correction_seconds, p.measured_seconds) for _, p in timed
-  )
+  history = tuple(Verification(p.chosen, t, p.measured_seconds) for (_, p), t in zip(timed, tables))
   meeting = [(policy, p) for policy, p in timed if p.measured_seconds <= budget]
   if meeting:
     policy, best = min(meeting, key=lambda pair: pair[1].predicted_penalty)
@@ -922,13 +936,12 @@ def _cost_field(target: Any) -> str:
 
 
 def _rest(report: SearchReport, field: str) -> float:
-  """The part of the network's cost outside its convs (see the module docstring), with the verification's
-  correction for time."""
+  """The part of the network's cost outside its convs (see the module docstring)."""
   if field == "macs":
     return float(report.network_macs - sum(t.candidates[0].macs for t in report.layers))
   if field == "params":
     return float(report.network_params - sum(t.candidates[0].params for t in report.layers))
-  return _rest_seconds(report) + report.correction_seconds
+  return _rest_seconds(report)
 
 
 def _rest_seconds(report: SearchReport) -> float:
@@ -946,10 +959,15 @@ def _dense_scale(report: SearchReport) -> float:
 
 def _costs(report: SearchReport, field: str) -> list[list[float]]:
   """Each layer's candidates' costs in the network (``t'`` of the module docstring for ``"seconds"``)."""
-  alpha = _dense_scale(report) if field == "seconds" else 1.0
+  alpha, beta = (_dense_scale(report), report.factorized_scale) if field == "seconds" else (1.0, 1.0)
   return [
-    [float(getattr(c, field)) * (alpha if c.scheme == "dense" else 1.0) for c in t.candidates] for t in report.layers
+    [float(getattr(c, field)) * (alpha if c.scheme == "dense" else beta) for c in t.candidates] for t in report.layers
   ]
+
+
+def _factorized_seconds(report: SearchReport, chosen: Sequence[int]) -> float:
+  """``Σ t`` of the factorized candidates among ``chosen`` (times alone: the part ``β`` multiplies)."""
+  return sum(t.candidates[i].seconds for t, i in zip(report.layers, chosen) if t.candidates[i].scheme != "dense")
 
 
 def _total(report: SearchReport, field: str, chosen: Sequence[int]) -> Any:

@@ -231,7 +231,7 @@ def test_verify_assembles_the_point_and_reallocates_when_it_misses(net: Net, sea
 
   monkeypatch.setattr(policy_search, "_assembled_seconds", assembled_seconds)
   # A target the tables meet with one layer at its (2, 2) rank (conv2, exact), and the assembled network
-  # does not: after the correction the next round needs a cheaper point.
+  # does not: after fitting β on it the next round needs a cheaper point.
   one = allocate(report, rank_rules.MacReduction(1.3))[1]
   target = rank_rules.Speedup(report.network_seconds / (one.predicted_seconds + per_layer / 2))
   _, first = allocate(report, target)
@@ -244,8 +244,14 @@ def test_verify_assembles_the_point_and_reallocates_when_it_misses(net: Net, sea
   assert verified.target_met and verified.measured_seconds <= report.network_seconds / target.speedup
   assert verified.measured_speedup >= target.speedup and policy.layers != first.policy.layers
   assert verified.predicted_penalty > first.predicted_penalty
-  # The correction that chose it: the first point's measured time minus the tables' there.
-  assert verified.correction_seconds == pytest.approx(per_layer)
+  # The β that chose it, fitted on the first point: its factorized convs' measured share over their times alone.
+  factorized = sum(t.candidates[i].seconds for t, i in zip(report.layers, first.chosen) if i > 0)
+  assert rounds[1].chosen == verified.chosen
+  assert verified.factorized_scale == pytest.approx((factorized + per_layer) / factorized)
+  assert verified.predicted_seconds == pytest.approx(
+    rounds[1].predicted_seconds
+    + (verified.factorized_scale - 1) * policy_search._factorized_seconds(verified, verified.chosen)
+  )
   data = json.loads(verified.to_json())
   assert data["measured"]["speedup"] == pytest.approx(verified.measured_speedup)
   assert [v["chosen"] for v in data["verification"]] == [list(v.chosen) for v in rounds]
