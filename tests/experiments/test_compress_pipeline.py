@@ -30,7 +30,7 @@ ROW_KEYS = {
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("compress") / "run"
-  result = run(["-m", "experiments.claims.compress", "--preset", "tiny", "--workdir", str(workdir)], timeout=120)
+  result = run(["-m", "experiments.claims.compress", "--preset", "tiny", "--workdir", str(workdir)], timeout=600)
   return workdir, json.loads((workdir / "compress.json").read_text()), result
 
 
