@@ -153,6 +153,8 @@ CATALOG: dict[str, Variant] = {
     Variant("cp_vbmf", "cp", rank_lib.VBMF()),
     Variant("cp_mac12", "cp", rank_lib.MacReduction(12)),
     Variant("cp_mac16", "cp", rank_lib.MacReduction(16)),
+    Variant("cp_mac20", "cp", rank_lib.MacReduction(20)),
+    Variant("cp_mac24", "cp", rank_lib.MacReduction(24)),
     Variant("separable_mac4", "separable", rank_lib.MacReduction(4)),
     Variant("tt_mac4", "tt", rank_lib.MacReduction(4)),
     Variant("tucker2_full", "tucker2", rank_lib.Fixed(1 << 20)),  # clipped to (C_in, C_out)
