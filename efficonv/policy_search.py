@@ -438,6 +438,7 @@ def search(
   repeats: int = 5,
   min_seconds: float = 0.02,
   reference_seconds: float | None = None,
+  reference: Callable[[], Any] | None = None,
   verify_rounds: int = 3,
 ) -> tuple[Policy, SearchReport]:
   """Chooses a scheme and rank (or dense) for every conv so that the network meets ``target`` at the least
@@ -472,6 +473,11 @@ def search(
       relative to, when it is not the model as given: e.g. the fastest dense build of the network, timed by
       the caller the same way (another formulation of its convs, other compiler options). ``None``: the model
       as given, measured here. The time model itself is always the measured model's.
+    reference: instead of ``reference_seconds``, a call (no arguments, at ``input_shape``) of the network the
+      speedups are relative to. It is timed in alternating pairs with the model as given
+      (:func:`efficonv.planning.median_time_ratio`), and its time is the model's measured time times the
+      median ratio: two networks timed one after the other, seconds apart, see the machine in different
+      states, which moved a ``Speedup`` target by as much as the margins it is met by.
     verify_rounds: for a ``Speedup`` target, at most this many points are assembled and timed whole
       (:func:`verify`): the returned one meets the target as measured, not only as predicted, when any
       does. ``0``: the tables' prediction alone.
@@ -486,7 +492,7 @@ def search(
   Raises:
     ValueError: naming ``target``, ``input_shape``, ``data``, ``loss_fn``, ``schemes``, ``ranks``,
       ``multiple_of``, ``decompose_kwargs``, ``include``, ``implementation``, ``dense_implementation``,
-      ``repeats``, ``min_seconds``, ``reference_seconds`` or ``verify_rounds`` when invalid.
+      ``repeats``, ``min_seconds``, ``reference_seconds``, ``reference`` or ``verify_rounds`` when invalid.
   """
   _check_target(target)
   shape = _check_input_shape(input_shape)
@@ -507,7 +513,14 @@ def search(
   batches = _check_data(data, shape, loss_fn is not None)
   forward = forward or (lambda m, x: m(x))
   timed = isinstance(target, rank_lib.Speedup) if measure_time is None else bool(measure_time)
-  reference = _check_reference_seconds(reference_seconds, timed)
+  reference_s = _check_reference_seconds(reference_seconds, timed)
+  if reference is not None:
+    if not callable(reference):
+      raise ValueError(f"reference must be None or a callable of no arguments, got {reference!r}")
+    if reference_seconds is not None:
+      raise ValueError("reference and reference_seconds are alternatives: give at most one")
+    if not timed:
+      raise ValueError("reference needs measured times: give a Speedup target or measure_time=True")
   overhead = _call_overhead(repeats, min_seconds) if timed else math.nan
   time_of = functools.partial(_layer_seconds, repeats=repeats, min_seconds=min_seconds, overhead=overhead)
 
@@ -526,6 +539,8 @@ def search(
   network_macs = cost.macs(work, shape)
   network_params = cost.params(work)
   network_seconds = _network_seconds(work, forward, shape, repeats, min_seconds) if timed else math.nan
+  if reference is not None:
+    reference_s = network_seconds * _paired_ratio(reference, _network_call(work, forward, shape))
   stand_ins = stand_in_network(work, calls, convs, _replace) if timed else None
   rest_seconds = math.nan if stand_ins is None else _network_seconds(stand_ins, forward, shape, repeats, min_seconds)
 
@@ -591,7 +606,7 @@ def search(
       skip_first=False,
     ),
     overhead,
-    reference,
+    reference_s,
     rest_seconds,
   )
   if timed and isinstance(target, rank_lib.Speedup) and verify_rounds:
@@ -1099,10 +1114,13 @@ def _assembled_seconds(
   model: nnx.Module, given: Callable[[], Any], given_seconds: float, forward: Forward, shape: tuple[int, ...]
 ) -> float:
   """``model``'s time at ``shape``: ``given_seconds`` times its median ratio to the ``given`` network's call."""
-  ratio, _ = median_time_ratio(
-    _network_call(model, forward, shape), given, repeats=_VERIFY_REPEATS, min_seconds=_VERIFY_MIN_SECONDS
-  )
-  return ratio * given_seconds
+  return _paired_ratio(_network_call(model, forward, shape), given) * given_seconds
+
+
+def _paired_ratio(call: Callable[[], Any], given: Callable[[], Any]) -> float:
+  """The median time ratio of ``call`` to ``given``, timed in alternating pairs (the verification's count)."""
+  ratio, _ = median_time_ratio(call, given, repeats=_VERIFY_REPEATS, min_seconds=_VERIFY_MIN_SECONDS)
+  return ratio
 
 
 # --- candidates -------------------------------------------------------------------------------------------

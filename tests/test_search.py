@@ -176,6 +176,29 @@ def test_reference_seconds_sets_what_the_speedup_is_relative_to(searched) -> Non
     allocate(untimed, rank_rules.MacReduction(1.2), reference_seconds=1.0)
 
 
+def test_reference_call_is_timed_in_pairs_with_the_model(net: Net, calibration) -> None:
+  graphdef, state = nnx.split(net)
+  x = jnp.zeros(INPUT_SHAPE)
+  compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+
+  def reference() -> tuple:  # a "network" that is the model run twice
+    return compiled(state, x), compiled(state, x)
+
+  kwargs = dict(input_shape=INPUT_SHAPE, data=calibration[0], schemes=("tucker2",), ranks=RANKS, repeats=3)
+  _, report = efficonv.search(net, rank_rules.MacReduction(1.3), measure_time=True, reference=reference, **kwargs)
+  # the model's measured time times the median paired ratio (about 2)
+  assert report.baseline_seconds == report.reference_seconds
+  assert 1.2 < report.reference_seconds / report.network_seconds < 3.5
+  with pytest.raises(ValueError, match="reference must be None or a callable"):
+    efficonv.search(net, rank_rules.MacReduction(1.3), measure_time=True, reference=0.02, **kwargs)
+  with pytest.raises(ValueError, match="reference and reference_seconds are alternatives"):
+    efficonv.search(
+      net, rank_rules.MacReduction(1.3), measure_time=True, reference=reference, reference_seconds=0.02, **kwargs
+    )
+  with pytest.raises(ValueError, match="reference needs measured times"):
+    efficonv.search(net, rank_rules.MacReduction(1.3), reference=reference, **kwargs)
+
+
 def test_a_speedup_search_times_its_point_assembled(net: Net, calibration) -> None:
   with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # whether a 1.0× target is met as measured is the machine's

@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -254,7 +254,7 @@ def search_policy(
   calibration: Sequence[np.ndarray],
   input_shape: Sequence[int],
   tables: dict[tuple[str, ...], SearchReport],
-  reference_seconds: float | None = None,
+  reference: Callable[[], Any] | None = None,
 ) -> tuple[Policy, SearchReport]:
   """The policy of a search variant: :func:`efficonv.search` for its target, or, when an earlier variant
   searched the same schemes (``tables``, updated), :func:`efficonv.policy_search.allocate` on its tables.
@@ -266,8 +266,8 @@ def search_policy(
     calibration: standardized input batches the sensitivities are measured on.
     input_shape: NHWC shape the candidates are timed at (the benchmark's batch).
     tables: reports of earlier searches, by their schemes.
-    reference_seconds: what the ``Speedup`` targets are relative to (:func:`efficonv.search`); the pipeline
-      passes the time of the fastest dense build (:func:`fastest_dense_seconds`).
+    reference: a call of the network the ``Speedup`` targets are relative to (:func:`efficonv.search` times
+      it in pairs with the model); the pipeline passes the fastest dense build (:func:`fastest_dense_seconds`).
 
   Returns:
     ``(policy, report)``.
@@ -297,7 +297,7 @@ def search_policy(
     measure_time=True,
     repeats=settings.search_repeats,
     min_seconds=settings.search_min_seconds,
-    reference_seconds=reference_seconds,
+    reference=reference,
   )
   tables[variant.search] = report
   return policy, report
@@ -435,22 +435,22 @@ def compiled_with(graphdef: nnx.GraphDef, options: dict[str, Any]) -> Any:
 
 def fastest_dense_seconds(
   builds: dict[str, Subject], input_shape: Sequence[int], settings: CompressSettings
-) -> tuple[str, float]:
-  """The fastest of the dense ``builds`` at ``input_shape``: its name and median inference seconds.
+) -> tuple[str, float, Callable[[], Any]]:
+  """The fastest of the dense ``builds`` at ``input_shape``: its name, median inference seconds and call.
 
   Timed the way :func:`efficonv.search` times the network (:func:`efficonv.planning.median_seconds`, the
   search's ``repeats`` and ``min_seconds``), so that a search's ``Speedup`` target is relative to the fastest
   dense network this process can build, not only to the network as trained.
   """
   x = jnp.asarray(np.random.default_rng(0).standard_normal(tuple(input_shape)).astype(np.float32))
-  times = {}
+  times, calls = {}, {}
   for name, s in builds.items():
-    call = functools.partial(s.predict, s.params, s.rest, x)
+    calls[name] = call = functools.partial(s.predict, s.params, s.rest, x)
     jax.block_until_ready(call())  # compiles
     times[name] = median_seconds(call, repeats=settings.search_repeats, min_seconds=settings.search_min_seconds)[0]
   fastest = min(times, key=times.__getitem__)
   logger.info("fastest dense build for the search: %s, %.2f ms (%s)", fastest, 1e3 * times[fastest], times)
-  return fastest, times[fastest]
+  return fastest, times[fastest], calls[fastest]
 
 
 def dense_builds(
@@ -554,7 +554,7 @@ def run(
     for i in range(0, min(settings.calibration_size, len(train_set)), eval_batch)
   ]
   tables: dict[tuple[str, ...], SearchReport] = {}
-  reference: tuple[str, float] | None = None
+  reference: tuple[str, float, Callable[[], Any]] | None = None
   if any(v.is_search for v in settings.variants):
     reference = fastest_dense_seconds(subjects, (bench_batch, *image_shape), settings)
   for variant in settings.variants:
@@ -568,7 +568,7 @@ def run(
         calibration,
         (bench_batch, *image_shape),
         tables,
-        reference_seconds=None if reference is None else reference[1],
+        reference=None if reference is None else reference[2],
       )
       search_s = time.perf_counter() - start
     else:
