@@ -40,8 +40,9 @@ uncorrelated errors) or of the loss increase. Costs add up:
   (``β = 1`` until :func:`verify` measures it): the dense point predicts ``T_network`` exactly. (Without stand-ins — convs inside an NNX transform —
   ``T_rest = max(T_network − Σ t(given), 0)``.) The predicted speedup is ``T_ref / T`` at ``input_shape``'s
   batch size, where ``T_ref`` is ``T_network`` (the model as given) unless the caller gives
-  ``reference_seconds`` (the fastest dense build it can run, say), and a ``Speedup(x)`` target is met when
-  the time is at most ``T_ref / x``.
+  ``reference_seconds`` (the fastest dense build it can run, say) or ``reference`` (a call of that build,
+  timed in alternating pairs with the model as given), and a ``Speedup(x)`` target is met when the time is at
+  most ``T_ref / x``.
 
 **Verified, for a Speedup target** (:func:`verify`). Per-layer times do not add up exactly (a compressed
 network fuses and schedules differently; per-layer times move by tens of percent between runs), so the
@@ -187,8 +188,8 @@ class SearchReport:
     call_overhead_seconds: the time of a trivial compiled call, subtracted from every layer's time (NaN when
       nothing was timed).
     reference_seconds: the time a :class:`~efficonv.rank.Speedup` target and :attr:`predicted_speedup` are
-      relative to, when the caller gave one (e.g. the fastest dense build of the network, which may be
-      faster than the model as given); NaN: ``network_seconds``.
+      relative to, when the caller gave one or a ``reference`` call (e.g. the fastest dense build of the
+      network, which may be faster than the model as given); NaN: ``network_seconds``.
     rest_seconds: measured time of the network with every conv swapped for a near-free stand-in of its
       output shape: the part of the time that is not a conv (NaN when not measured: the time model then
       takes ``network_seconds − Σ given_seconds``, at least 0).
