@@ -539,9 +539,14 @@ def search(
     counts[path] = counts.get(path, 0) + 1
   network_macs = cost.macs(work, shape)
   network_params = cost.params(work)
-  network_seconds = _network_seconds(work, forward, shape, repeats, min_seconds) if timed else math.nan
-  if reference is not None:
-    reference_s = network_seconds * _paired_ratio(reference, _network_call(work, forward, shape))
+  # The model as given is compiled once: its time, the reference's ratio to it and every verification round
+  # use this call.
+  given = _network_call(work, forward, shape) if timed else None
+  network_seconds = (
+    median_seconds(given, repeats=repeats, min_seconds=min_seconds)[0] if given is not None else math.nan
+  )
+  if reference is not None and given is not None:
+    reference_s = network_seconds * _paired_ratio(reference, given)
   stand_ins = stand_in_network(work, calls, convs, _replace) if timed else None
   rest_seconds = math.nan if stand_ins is None else _network_seconds(stand_ins, forward, shape, repeats, min_seconds)
 
@@ -611,7 +616,9 @@ def search(
     rest_seconds,
   )
   if timed and isinstance(target, rank_lib.Speedup) and verify_rounds:
-    return _verify(provisional, target, work, shape, forward, kwargs_by_scheme, verify_rounds, stacklevel=3)
+    return _verify(
+      provisional, target, work, shape, forward, kwargs_by_scheme, verify_rounds, stacklevel=3, given=given
+    )
   return _allocate_report(provisional, target, kwargs_by_scheme, stacklevel=3)
 
 
@@ -738,9 +745,11 @@ def _verify(
   decompose_kwargs: Mapping[str, Mapping[str, Any]],
   rounds: int,
   stacklevel: int,
+  given: Callable[[], Any] | None = None,
 ) -> tuple[Policy, SearchReport]:
   budget = _budget(report, target)
-  given = _network_call(model, forward, shape)
+  if given is None:
+    given = _network_call(model, forward, shape)
   scale = 1.0
   timed: list[tuple[Policy, SearchReport]] = []
   tables: list[float] = []

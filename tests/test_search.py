@@ -10,6 +10,7 @@ Tucker-2 rank compiles one fit. One search with timing runs per module; the othe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -197,6 +198,41 @@ def test_reference_call_is_timed_in_pairs_with_the_model(net: Net, calibration) 
     )
   with pytest.raises(ValueError, match="reference needs measured times"):
     efficonv.search(net, rank_rules.MacReduction(1.3), reference=reference, **kwargs)
+
+
+def test_the_model_as_given_is_compiled_once(net: Net, calibration, monkeypatch) -> None:
+  from efficonv import policy_search
+
+  given = nnx.graphdef(net)
+  compiled_given = []
+  original = policy_search._network_call
+
+  def counting(model, forward, shape):
+    compiled_given.append(nnx.graphdef(model) == given)
+    return original(model, forward, shape)
+
+  monkeypatch.setattr(policy_search, "_network_call", counting)
+  graphdef, state = nnx.split(net)
+  x = jnp.zeros(INPUT_SHAPE)
+  compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, x).compile()
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # whether the target is met as measured is the machine's
+    _, report = efficonv.search(
+      net,
+      rank_rules.Speedup(1.0),
+      input_shape=INPUT_SHAPE,
+      data=calibration[0],
+      schemes=("tucker2",),
+      ranks=RANKS[:1],
+      repeats=3,
+      min_seconds=0.0,
+      verify_rounds=1,
+      reference=functools.partial(compiled, state, x),
+    )
+  # the given network's time, the reference's ratio and the verification round share one compiled call;
+  # then the stand-in network and the one assembled point (all dense at 1×: the given structure) are compiled
+  assert len(report.verification) == 1
+  assert compiled_given[:2] == [True, False] and len(compiled_given) == 3
 
 
 def test_a_speedup_search_times_its_point_assembled(net: Net, calibration) -> None:
