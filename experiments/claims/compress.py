@@ -117,6 +117,10 @@ class CompressSettings:
       shared CPU is not.
     control: fine-tune the dense baseline the same way as the variants (the control for the drops); off,
       the report says there is none (another run with the same baseline can supply it).
+    finetune_seeds: fine-tune every variant from this many seeds (data order and augmentation; the factors
+      are the same fit). The first seed's model is the row's (its accuracy and its timing: time does not
+      depend on the weights); all give ``accuracy_after_ft_seeds``, the spread that an accuracy difference
+      between variants is judged against. Single-stage only.
   """
 
   variants: tuple[Variant, ...]
@@ -131,6 +135,7 @@ class CompressSettings:
   search_repeats: int = 20
   search_min_seconds: float = 0.25
   control: bool = True
+  finetune_seeds: int = 1
 
 
 _STANDARD = (
@@ -204,8 +209,11 @@ def finetune(
   steps: int,
   lr_fraction: float,
   parallel: Any,
+  seed: int | None = None,
 ) -> dict[str, Any]:
   """Fine-tunes a split model with the training run's step, for ``steps`` batches of ``train.batch_size``.
+
+  ``seed`` sets the batches' order and the augmentation's randomness (``None``: ``train.seed + 1``).
 
   Returns:
     ``{"params", "rest", "opt_state", "train_step", "losses", "elapsed_s"}``.
@@ -223,11 +231,12 @@ def finetune(
   )
   params, rest = replicate(parallel, (params, rest))
   opt_state = replicate(parallel, optimizer.init(params))
-  rng = replicate(parallel, jax.random.PRNGKey(cfg.train.seed + 1))
+  seed = cfg.train.seed + 1 if seed is None else seed
+  rng = replicate(parallel, jax.random.PRNGKey(seed))
   losses, step, epoch, start = [], 0, 0, time.perf_counter()
   while step < steps:
     for images, labels in data.batches(
-      train_set.images, train_set.labels, cfg.train.batch_size, seed=cfg.train.seed + 1, epoch=epoch
+      train_set.images, train_set.labels, cfg.train.batch_size, seed=seed, epoch=epoch
     ):
       if step >= steps:
         break
@@ -504,11 +513,17 @@ def run(
     The payload written to ``compress.json``: ``{"config", "compress", "environment", "dense", "results"}``.
 
   Raises:
-    ValueError: naming ``settings.variants`` when it is empty or has repeated names.
+    ValueError: naming ``settings.variants`` when it is empty or has repeated names, ``settings.finetune_seeds``
+      when it is not a positive integer or is more than one with ``stages > 1``.
   """
   names = [v.name for v in settings.variants]
   if not names or len(set(names)) != len(names):
     raise ValueError(f"settings.variants must be non-empty with distinct names, got {names}")
+  seeds = settings.finetune_seeds
+  if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+    raise ValueError(f"settings.finetune_seeds must be a positive integer, got {seeds!r}")
+  if seeds > 1 and settings.stages > 1:
+    raise ValueError(f"settings.finetune_seeds={seeds} needs a single-stage compression, got stages={settings.stages}")
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   cfg = cfg.with_scheme("dense")
@@ -595,6 +610,22 @@ def run(
         cfg, graphdef, params, rest, train_set, settings.finetune_steps, settings.finetune_lr_fraction, parallel
       )
     after = evaluate(predict, tuned["params"], tuned["rest"], test_set, eval_batch, parallel)
+    seed_accuracies = [after["accuracy"]]
+    for k in range(1, seeds):
+      again = finetune(
+        cfg,
+        graphdef,
+        params,
+        rest,
+        train_set,
+        settings.finetune_steps,
+        settings.finetune_lr_fraction,
+        parallel,
+        seed=cfg.train.seed + 1 + k,
+      )
+      seed_accuracies.append(
+        evaluate(predict, again["params"], again["rest"], test_set, eval_batch, parallel)["accuracy"]
+      )
     macs = cost.macs(model, input_shape)
     row: CompressRow = {  # type: ignore[typeddict-item]  # the timings are added below
       "variant": variant.name,
@@ -611,6 +642,7 @@ def run(
       "loss_before_ft": before["loss"],
       "loss_after_ft": after["loss"],
       "finetune_steps": settings.finetune_steps,
+      "accuracy_after_ft_seeds": seed_accuracies,
       "finetune_losses": tuned["losses"],
       "finetune_s": tuned["elapsed_s"],
       "compress_s": compress_s,
@@ -674,6 +706,9 @@ def run(
       measured_speedup_vs_dense=t.inference_images_per_s / timings["dense"].inference_images_per_s,
       bench_stats=t.stats,
     )
+  for row in rows:
+    if "searched_schemes" in row:
+      row["uniform_at_same_speed"] = uniform_at_same_speed(row, rows)
   payload: CompressPayload = {
     "config": config_dict(cfg),
     "compress": {
@@ -689,6 +724,7 @@ def run(
       "search_repeats": settings.search_repeats,
       "search_min_seconds": settings.search_min_seconds,
       "control": settings.control,
+      "finetune_seeds": seeds,
     },
     "environment": environment(command or None),
     "bench_batch_size": bench_batch,
@@ -700,6 +736,53 @@ def run(
   pareto_plot(payload, workdir / "pareto.png")
   logger.info("Wrote %s and %s", workdir / "compress.md", workdir / "compress.json")
   return payload
+
+
+def mean_accuracy(row: CompressRow) -> tuple[float, float]:
+  """The mean and sample standard deviation of ``row``'s accuracies after fine-tuning over its seeds."""
+  values = row.get("accuracy_after_ft_seeds") or [row["accuracy_after_ft"]]
+  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def uniform_at_same_speed(searched: CompressRow, rows: Sequence[CompressRow]) -> list[dict[str, Any]]:
+  """The uniform ``MacReduction`` rule's accuracy at the measured speed of a search variant, per scheme.
+
+  For each scheme with uniform ``MacReduction`` variants in ``rows``, the two whose measured throughput
+  speedups (same benchmark) bracket ``searched``'s nearest are interpolated linearly in speedup (mean
+  accuracies over the fine-tuning seeds). A scheme whose variants do not bracket it says so
+  (``"bracketed": False``) with its nearest variant: an extrapolation would claim more than was measured.
+
+  Returns:
+    One dict per scheme: ``scheme``, ``bracketed``, ``between`` (variant names), ``accuracy`` (interpolated;
+    absent when not bracketed), ``search_accuracy`` and ``difference_points`` (search minus uniform).
+  """
+  speed = searched["inference_speedup"]
+  search_mean, _ = mean_accuracy(searched)
+  uniform = [r for r in rows if "searched_schemes" not in r and r["rule"].startswith("MacReduction")]
+  out: list[dict[str, Any]] = []
+  for scheme in sorted({r["scheme"] for r in uniform}):
+    points = sorted(
+      (r["inference_speedup"], mean_accuracy(r)[0], r["variant"]) for r in uniform if r["scheme"] == scheme
+    )
+    below = [p for p in points if p[0] <= speed]
+    above = [p for p in points if p[0] >= speed]
+    entry: dict[str, Any] = {"scheme": scheme, "speedup": speed, "search_accuracy": search_mean}
+    if not below or not above:
+      nearest = min(points, key=lambda p: abs(p[0] - speed))
+      out.append({**entry, "bracketed": False, "between": [nearest[2]]})
+      continue
+    (s0, a0, n0), (s1, a1, n1) = below[-1], above[0]
+    accuracy = a0 if s1 == s0 else a0 + (speed - s0) / (s1 - s0) * (a1 - a0)
+    out.append(
+      {
+        **entry,
+        "bracketed": True,
+        "between": [n0, n1],
+        "accuracy": accuracy,
+        "difference_points": 100 * (search_mean - accuracy),
+      }
+    )
+  return out
 
 
 def markdown(payload: CompressPayload, command: str = "") -> str:
@@ -772,11 +855,37 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
     else:
       measured = "—"
     scheme = f"search({', '.join(r['searched_schemes'])})" if "searched_schemes" in r else r["scheme"]
+    after = f"{100 * r['accuracy_after_ft']:.2f}%"
+    if len(r.get("accuracy_after_ft_seeds", ())) > 1:
+      mean, sd = mean_accuracy(r)
+      after += f" ({100 * mean:.2f} ± {100 * sd:.2f}, {len(r['accuracy_after_ft_seeds'])} seeds)"
     lines.append(
       f"| {r['variant']} | {scheme} | {r['rule']} | {r['mac_ratio']:.2f}× | {r['inference_speedup']:.2f}× | "
       f"{r['latency_speedup']:.2f}× | {100 * r['accuracy_dense']:.2f}% | {100 * r['accuracy_before_ft']:.2f}% | "
-      f"{100 * r['accuracy_after_ft']:.2f}% | {r['drop_points']:+.2f} | {predicted} | {verified} | {measured} |"
+      f"{after} | {r['drop_points']:+.2f} | {predicted} | {verified} | {measured} |"
     )
+  compared = [r for r in payload["results"] if r.get("uniform_at_same_speed")]
+  if compared:
+    lines += [
+      "",
+      "## Search against the uniform rule at the same measured speed",
+      "",
+      "The uniform `MacReduction` variants of each scheme whose measured throughput speedups bracket the "
+      "search's are interpolated linearly in speedup (mean accuracy after fine-tuning over the seeds).",
+      "",
+      "| search variant | measured | scheme | uniform between | uniform accuracy | search accuracy | search − uniform |",
+      "|---|---|---|---|---|---|---|",
+    ]
+    for r in compared:
+      for c in r["uniform_at_same_speed"]:
+        if c["bracketed"]:
+          uniform, diff = f"{100 * c['accuracy']:.2f}%", f"{c['difference_points']:+.2f} pt"
+        else:
+          uniform, diff = f"not bracketed (nearest: {c['between'][0]})", "—"
+        lines.append(
+          f"| {r['variant']} | {c['speedup']:.2f}× | {c['scheme']} | {' and '.join(c['between'])} | {uniform} | "
+          f"{100 * c['search_accuracy']:.2f}% | {diff} |"
+        )
   lines += ["", "## Per-layer compression reports", ""]
   for r in payload["results"]:
     lines += [f"### {r['variant']}", "", r["report_markdown"], ""]
@@ -842,6 +951,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     help="do not fine-tune the dense baseline as the control (another run with the same baseline has it)",
   )
   parser.add_argument(
+    "--finetune-seeds",
+    type=int,
+    default=None,
+    help="fine-tune every variant from this many seeds (the spread of its accuracy; default 1)",
+  )
+  parser.add_argument(
     "--search-min-seconds",
     type=float,
     default=None,
@@ -882,6 +997,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     settings = dataclasses.replace(settings, search_decompose_kwargs=kwargs)
   if args.no_control:
     settings = dataclasses.replace(settings, control=False)
+  if args.finetune_seeds is not None:
+    settings = dataclasses.replace(settings, finetune_seeds=args.finetune_seeds)
   if args.search_min_seconds is not None:
     settings = dataclasses.replace(settings, search_min_seconds=args.search_min_seconds)
   workdir = args.workdir or os.path.join("results", f"compress_{args.config}_{args.preset}")

@@ -193,6 +193,7 @@ class CompressRow(_CompressRowRequired, total=False):
   bench_rounds: dict[str, list[float]]
   measured_speedup_vs_dense: float
   stages: list[dict[str, Any]]
+  accuracy_after_ft_seeds: list[float]
   # Search variants (efficonv.search) only:
   searched_schemes: list[str]
   predicted_speedup: float
@@ -203,6 +204,7 @@ class CompressRow(_CompressRowRequired, total=False):
   search: dict[str, Any]
   search_reference: dict[str, Any]
   search_markdown: str
+  uniform_at_same_speed: list[dict[str, Any]]
 
 
 class CompressPayload(TypedDict):

@@ -30,7 +30,17 @@ ROW_KEYS = {
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("compress") / "run"
-  result = run(["-m", "experiments.claims.compress", "--preset", "tiny", "--workdir", str(workdir)], timeout=600)
+  command = [
+    "-m",
+    "experiments.claims.compress",
+    "--preset",
+    "tiny",
+    "--workdir",
+    str(workdir),
+    "--finetune-seeds",
+    "2",
+  ]
+  result = run(command, timeout=600)
   return workdir, json.loads((workdir / "compress.json").read_text()), result
 
 
@@ -44,12 +54,17 @@ def test_tiny_preset_writes_both_files_with_expected_keys(tiny_run):
     assert set(row["report"]) == {"layers", "totals", "policy"}
     assert row["drop_points"] == pytest.approx(100 * (row["accuracy_dense"] - row["accuracy_after_ft"]))
     assert row["inference_speedup"] > 0 and len(row["finetune_losses"]) == row["finetune_steps"]
+    # the row's model is the first seed's; the second is fine-tuned from the same factors
+    seeds = row["accuracy_after_ft_seeds"]
+    assert len(seeds) == 2 and seeds[0] == row["accuracy_after_ft"] and 0 <= seeds[1] <= 1
+  assert payload["compress"]["finetune_seeds"] == 2
   # Every conv after the stem is factorized; the stem is left dense.
   layers = rows["cp_mac4"]["report"]["layers"]
   assert layers[0]["scheme"] == "skipped" and all(r["scheme"] == "cp" for r in layers[1:])
   assert rows["cp_mac4"]["mac_ratio"] > 2 and rows["tucker2_mac4"]["mac_ratio"] > 2
   markdown = (workdir / "compress.md").read_text()
   assert "| cp_mac4 | cp | MacReduction(4) |" in markdown and "### tucker2_full" in markdown
+  assert markdown.count(", 2 seeds) |") == len(rows)
   assert "| cp_mac4 |" in result.stdout
 
 

@@ -8,9 +8,21 @@ from flax import nnx
 
 from efficonv import rank as rank_rules
 from efficonv.compression import Policy
-from experiments.claims.compress import CATALOG, CompressSettings, Variant, markdown, search_policy, stage_groups
+from experiments.claims.compress import (
+  CATALOG,
+  CompressSettings,
+  Variant,
+  finetune,
+  markdown,
+  run,
+  search_policy,
+  stage_groups,
+  uniform_at_same_speed,
+)
 from experiments.common.config import load
 from experiments.models import build_model
+from experiments.training.steps import make_parallel
+from experiments.training.train import load_datasets
 
 
 def test_search_variants_share_one_search_and_compress_with_its_policy() -> None:
@@ -108,3 +120,71 @@ def test_stage_groups_split_the_replaced_convs_in_forward_order() -> None:
   assert stage_groups(per_layer, model, (1, *shape), 2) == [("layers/1/conv",)]
   with pytest.raises(ValueError, match="stages must be a positive int"):
     stage_groups(uniform, model, (1, *shape), 0)
+
+
+def _row(variant: str, scheme: str, rule: str, speedup: float, accuracies: list[float]) -> dict:
+  row = {"variant": variant, "scheme": scheme, "rule": rule, "inference_speedup": speedup}
+  return {**row, "accuracy_after_ft": accuracies[0], "accuracy_after_ft_seeds": accuracies}
+
+
+def test_uniform_accuracy_is_interpolated_at_the_search_speed() -> None:
+  searched = {**_row("search", "search", "Speedup(4)", 4.5, [0.92, 0.93]), "searched_schemes": ["cp"]}
+  rows = [
+    searched,
+    _row("cp_mac8", "cp", "MacReduction(8)", 3.5, [0.925, 0.925]),
+    _row("cp_mac16", "cp", "MacReduction(16)", 5.5, [0.915, 0.905]),
+    _row("tucker2_mac8", "tucker2", "MacReduction(8)", 3.0, [0.93]),
+    _row("cp_vbmf", "cp", "VBMF()", 4.5, [0.99]),  # not a MacReduction: not compared
+  ]
+  cp, tucker2 = uniform_at_same_speed(searched, rows)
+  # halfway between 3.5× (92.5%) and 5.5× (91.0%): 91.75%, against the search's mean 92.5%
+  assert cp["bracketed"] and cp["between"] == ["cp_mac8", "cp_mac16"]
+  assert cp["accuracy"] == pytest.approx(0.9175) and cp["difference_points"] == pytest.approx(0.75)
+  assert cp["search_accuracy"] == pytest.approx(0.925) and cp["speedup"] == 4.5
+  assert tucker2 == {
+    "scheme": "tucker2",
+    "speedup": 4.5,
+    "search_accuracy": pytest.approx(0.925),
+    "bracketed": False,
+    "between": ["tucker2_mac8"],
+  }
+  searched["uniform_at_same_speed"] = [cp, tucker2]
+  payload = {
+    "config": {"name": "c", "preset": "tiny"},
+    "environment": {},
+    "compress": {"implementation": "factorized", "finetune_steps": 1, "finetune_lr_fraction": 0.1},
+    "bench_batch_size": 8,
+    "dense": {"train_steps": 1, "test_accuracy": 0.9, "macs": 10, "params": 10, "inference_images_per_s": 100.0},
+    "results": [
+      {
+        **r,
+        "mac_ratio": 2.0,
+        "latency_speedup": 1.0,
+        "accuracy_dense": 0.9,
+        "accuracy_before_ft": 0.5,
+        "drop_points": 0.0,
+        "report_markdown": "",
+      }
+      for r in rows
+    ],
+  }
+  text = markdown(payload)
+  assert "| 92.00% (92.50 ± 0.71, 2 seeds) |" in text
+  assert "| search | 4.50× | cp | cp_mac8 and cp_mac16 | 91.75% | 92.50% | +0.75 pt |" in text
+  assert "| search | 4.50× | tucker2 | tucker2_mac8 | not bracketed (nearest: tucker2_mac8) | 92.50% | — |" in text
+
+
+def test_finetune_seeds_are_checked_and_change_the_batches(tmp_path) -> None:
+  cfg = load("compare_fashion_mnist", "tiny")
+  for bad, stages, match in ((0, 1, "positive integer"), (True, 1, "positive integer"), (2, 2, "single-stage")):
+    settings = CompressSettings((CATALOG["cp_mac4"],), finetune_steps=1, finetune_seeds=bad, stages=stages)
+    with pytest.raises(ValueError, match=f"settings.finetune_seeds.*{match}"):
+      run(cfg, settings, tmp_path)
+  train_set, _ = load_datasets(cfg.data, cfg.model.num_classes)
+  model = build_model(cfg.model, tuple(cfg.data.synthetic_shape), rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  parallel = make_parallel(1)
+  default = finetune(cfg, graphdef, params, rest, train_set, 2, 0.1, parallel)
+  again = finetune(cfg, graphdef, params, rest, train_set, 2, 0.1, parallel, seed=cfg.train.seed + 1)
+  other = finetune(cfg, graphdef, params, rest, train_set, 2, 0.1, parallel, seed=cfg.train.seed + 2)
+  assert default["losses"] == again["losses"] and default["losses"][0] != other["losses"][0]
