@@ -758,9 +758,14 @@ def uniform_at_same_speed(searched: CompressRow, rows: Sequence[CompressRow]) ->
   accuracies over the fine-tuning seeds). A scheme whose variants do not bracket it says so
   (``"bracketed": False``) with its nearest variant: an extrapolation would claim more than was measured.
 
+  The accuracies before fine-tuning are interpolated alike: they show what the search's allocation buys by
+  itself, which fine-tuning may then erase.
+
   Returns:
     One dict per scheme: ``scheme``, ``bracketed``, ``between`` (variant names), ``accuracy`` (interpolated;
-    absent when not bracketed), ``search_accuracy`` and ``difference_points`` (search minus uniform).
+    absent when not bracketed), ``search_accuracy`` and ``difference_points`` (search minus uniform), and the
+    same before fine-tuning: ``accuracy_before_ft``, ``search_accuracy_before_ft``,
+    ``difference_before_ft_points``.
   """
   speed = searched["inference_speedup"]
   search_mean, _ = mean_accuracy(searched)
@@ -768,17 +773,25 @@ def uniform_at_same_speed(searched: CompressRow, rows: Sequence[CompressRow]) ->
   out: list[dict[str, Any]] = []
   for scheme in sorted({r["scheme"] for r in uniform}):
     points = sorted(
-      (r["inference_speedup"], mean_accuracy(r)[0], r["variant"]) for r in uniform if r["scheme"] == scheme
+      (r["inference_speedup"], mean_accuracy(r)[0], r["accuracy_before_ft"], r["variant"])
+      for r in uniform
+      if r["scheme"] == scheme
     )
     below = [p for p in points if p[0] <= speed]
     above = [p for p in points if p[0] >= speed]
-    entry: dict[str, Any] = {"scheme": scheme, "speedup": speed, "search_accuracy": search_mean}
+    entry: dict[str, Any] = {
+      "scheme": scheme,
+      "speedup": speed,
+      "search_accuracy": search_mean,
+      "search_accuracy_before_ft": searched["accuracy_before_ft"],
+    }
     if not below or not above:
       nearest = min(points, key=lambda p: abs(p[0] - speed))
-      out.append({**entry, "bracketed": False, "between": [nearest[2]]})
+      out.append({**entry, "bracketed": False, "between": [nearest[3]]})
       continue
-    (s0, a0, n0), (s1, a1, n1) = below[-1], above[0]
-    accuracy = a0 if s1 == s0 else a0 + (speed - s0) / (s1 - s0) * (a1 - a0)
+    (s0, a0, b0, n0), (s1, a1, b1, n1) = below[-1], above[0]
+    weight = 0.0 if s1 == s0 else (speed - s0) / (s1 - s0)
+    accuracy, before = a0 + weight * (a1 - a0), b0 + weight * (b1 - b0)
     out.append(
       {
         **entry,
@@ -786,6 +799,8 @@ def uniform_at_same_speed(searched: CompressRow, rows: Sequence[CompressRow]) ->
         "between": [n0, n1],
         "accuracy": accuracy,
         "difference_points": 100 * (search_mean - accuracy),
+        "accuracy_before_ft": before,
+        "difference_before_ft_points": 100 * (searched["accuracy_before_ft"] - before),
       }
     )
   return out
@@ -877,20 +892,27 @@ def markdown(payload: CompressPayload, command: str = "") -> str:
       "## Search against the uniform rule at the same measured speed",
       "",
       "The uniform `MacReduction` variants of each scheme whose measured throughput speedups bracket the "
-      "search's are interpolated linearly in speedup (mean accuracy after fine-tuning over the seeds).",
+      "search's are interpolated linearly in speedup (mean accuracy after fine-tuning over the seeds; before "
+      "fine-tuning, what the allocation buys by itself).",
       "",
-      "| search variant | measured | scheme | uniform between | uniform accuracy | search accuracy | search − uniform |",
-      "|---|---|---|---|---|---|---|",
+      "| search variant | measured | scheme | uniform between | uniform accuracy | search accuracy | search − uniform "
+      "| before FT: uniform | search | search − uniform |",
+      "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in compared:
       for c in r["uniform_at_same_speed"]:
+        search_before = f"{100 * c['search_accuracy_before_ft']:.2f}%"
         if c["bracketed"]:
           uniform, diff = f"{100 * c['accuracy']:.2f}%", f"{c['difference_points']:+.2f} pt"
+          before = (
+            f"{100 * c['accuracy_before_ft']:.2f}% | {search_before} | {c['difference_before_ft_points']:+.2f} pt"
+          )
         else:
           uniform, diff = f"not bracketed (nearest: {c['between'][0]})", "—"
+          before = f"— | {search_before} | —"
         lines.append(
           f"| {r['variant']} | {c['speedup']:.2f}× | {c['scheme']} | {' and '.join(c['between'])} | {uniform} | "
-          f"{100 * c['search_accuracy']:.2f}% | {diff} |"
+          f"{100 * c['search_accuracy']:.2f}% | {diff} | {before} |"
         )
   lines += ["", "## Per-layer compression reports", ""]
   for r in payload["results"]:

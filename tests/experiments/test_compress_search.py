@@ -122,17 +122,22 @@ def test_stage_groups_split_the_replaced_convs_in_forward_order() -> None:
     stage_groups(uniform, model, (1, *shape), 0)
 
 
-def _row(variant: str, scheme: str, rule: str, speedup: float, accuracies: list[float]) -> dict:
+def _row(variant: str, scheme: str, rule: str, speedup: float, accuracies: list[float], before: float = 0.5) -> dict:
   row = {"variant": variant, "scheme": scheme, "rule": rule, "inference_speedup": speedup}
-  return {**row, "accuracy_after_ft": accuracies[0], "accuracy_after_ft_seeds": accuracies}
+  return {
+    **row,
+    "accuracy_after_ft": accuracies[0],
+    "accuracy_after_ft_seeds": accuracies,
+    "accuracy_before_ft": before,
+  }
 
 
 def test_uniform_accuracy_is_interpolated_at_the_search_speed() -> None:
-  searched = {**_row("search", "search", "Speedup(4)", 4.5, [0.92, 0.93]), "searched_schemes": ["cp"]}
+  searched = {**_row("search", "search", "Speedup(4)", 4.5, [0.92, 0.93], 0.9), "searched_schemes": ["cp"]}
   rows = [
     searched,
-    _row("cp_mac8", "cp", "MacReduction(8)", 3.5, [0.925, 0.925]),
-    _row("cp_mac16", "cp", "MacReduction(16)", 5.5, [0.915, 0.905]),
+    _row("cp_mac8", "cp", "MacReduction(8)", 3.5, [0.925, 0.925], 0.88),
+    _row("cp_mac16", "cp", "MacReduction(16)", 5.5, [0.915, 0.905], 0.84),
     _row("tucker2_mac8", "tucker2", "MacReduction(8)", 3.0, [0.93]),
     _row("cp_vbmf", "cp", "VBMF()", 4.5, [0.99]),  # not a MacReduction: not compared
   ]
@@ -141,10 +146,13 @@ def test_uniform_accuracy_is_interpolated_at_the_search_speed() -> None:
   assert cp["bracketed"] and cp["between"] == ["cp_mac8", "cp_mac16"]
   assert cp["accuracy"] == pytest.approx(0.9175) and cp["difference_points"] == pytest.approx(0.75)
   assert cp["search_accuracy"] == pytest.approx(0.925) and cp["speedup"] == 4.5
+  # before fine-tuning: halfway between 88% and 84%, 86%, against the search's 90%
+  assert cp["accuracy_before_ft"] == pytest.approx(0.86) and cp["difference_before_ft_points"] == pytest.approx(4.0)
   assert tucker2 == {
     "scheme": "tucker2",
     "speedup": 4.5,
     "search_accuracy": pytest.approx(0.925),
+    "search_accuracy_before_ft": 0.9,
     "bracketed": False,
     "between": ["tucker2_mac8"],
   }
@@ -161,7 +169,6 @@ def test_uniform_accuracy_is_interpolated_at_the_search_speed() -> None:
         "mac_ratio": 2.0,
         "latency_speedup": 1.0,
         "accuracy_dense": 0.9,
-        "accuracy_before_ft": 0.5,
         "drop_points": 0.0,
         "report_markdown": "",
       }
@@ -170,8 +177,13 @@ def test_uniform_accuracy_is_interpolated_at_the_search_speed() -> None:
   }
   text = markdown(payload)
   assert "| 92.00% (92.50 ± 0.71, 2 seeds) |" in text
-  assert "| search | 4.50× | cp | cp_mac8 and cp_mac16 | 91.75% | 92.50% | +0.75 pt |" in text
-  assert "| search | 4.50× | tucker2 | tucker2_mac8 | not bracketed (nearest: tucker2_mac8) | 92.50% | — |" in text
+  assert (
+    "| search | 4.50× | cp | cp_mac8 and cp_mac16 | 91.75% | 92.50% | +0.75 pt | 86.00% | 90.00% | +4.00 pt |" in text
+  )
+  row = (
+    "| search | 4.50× | tucker2 | tucker2_mac8 | not bracketed (nearest: tucker2_mac8) | 92.50% | — | — | 90.00% | — |"
+  )
+  assert row in text
 
 
 def test_finetune_seeds_are_checked_and_change_the_batches(tmp_path) -> None:
