@@ -32,6 +32,7 @@ from flax import nnx
 from efficonv.compression import Policy, compress
 from efficonv.planning import median_time_ratio
 from experiments.cli import add_config_arguments, command_line, config_from_args, setup_logging
+from experiments.common import results
 from experiments.common.environment import load_average, machine_info
 from experiments.training.steps import merge
 from experiments.training.train import load_datasets, train
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     },
   }
   out = Path(args.json) if args.json else workdir / "assembled_timing.json"
+  results.validate(result, "assembled_timing", str(out))  # the schema the committed files are checked against
   out.write_text(json.dumps(result, indent=2) + "\n")
   for name in wanted:
     for kind in KINDS:

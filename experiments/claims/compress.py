@@ -156,6 +156,7 @@ CATALOG: dict[str, Variant] = {
     *_STANDARD,
     Variant("cp_energy0.9", "cp", rank_lib.Energy(0.9)),
     Variant("cp_vbmf", "cp", rank_lib.VBMF()),
+    Variant("cp_mac6", "cp", rank_lib.MacReduction(6)),
     Variant("cp_mac12", "cp", rank_lib.MacReduction(12)),
     Variant("cp_mac16", "cp", rank_lib.MacReduction(16)),
     Variant("cp_mac20", "cp", rank_lib.MacReduction(20)),

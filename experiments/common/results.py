@@ -389,6 +389,18 @@ class DenseConvPayload(TypedDict):
   cases: list[dict[str, Any]]
 
 
+class AssembledTimingPayload(TypedDict):
+  """``<compress workdir>/assembled_timing.json`` (:mod:`experiments.bench.assembled_timing`).
+
+  Per variant, the time ratio to dense of the fitted model and of the same structure with random
+  factors, one entry per round, and their summaries.
+  """
+
+  machine: dict[str, Any]
+  config: dict[str, Any]
+  variants: dict[str, dict[str, Any]]
+
+
 _SCHEMAS: dict[str, tuple[type, dict[str, type]]] = {
   "compare": (ComparePayload, {"results": CompareRow}),
   "compress": (CompressPayload, {"results": CompressRow}),
@@ -399,6 +411,7 @@ _SCHEMAS: dict[str, tuple[type, dict[str, type]]] = {
   "decompose": (DecomposePayload, {}),
   "dense_conv": (DenseConvPayload, {}),
   "cp_quality": (CpQualityPayload, {}),
+  "assembled_timing": (AssembledTimingPayload, {}),
 }
 KINDS: tuple[str, ...] = tuple(_SCHEMAS)
 """The kinds of results file :func:`load` reads."""

@@ -17,6 +17,8 @@ def _kind(path: Path) -> str:
     return path.stem
   if path.name.startswith("bench_decompose"):
     return "decompose"
+  if path.name == "assembled_timing.json":
+    return "assembled_timing"
   return {
     "quick_timing": "quick_timing",
     "auto_sweep": "auto_sweep",
